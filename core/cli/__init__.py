@@ -1,0 +1,66 @@
+"""The ``bench`` command. Each sub-command lives in its own module with ``add_parser(subparsers)``."""
+
+import argparse
+import importlib
+import logging
+import sys
+import warnings
+
+from molbridge.core.errors import MolbridgeError
+
+#: Sub-command modules, in the order ``bench --help`` lists them.
+COMMANDS = ("plugins", "recipes")
+
+DESCRIPTION = """\
+molbridge: train and evaluate language models that understand molecules in 3D.
+
+Every run is assembled from a recipe (YAML), trains through one Lightning Fabric loop and logs to
+MLflow. Components (encoders, projectors, LLMs, tasks) come from plugins; swap one with a flag:
+
+  bench run retrieval --encoder schnet          train and evaluate, write metrics.json
+  bench recipes show retrieval                  the recipe a run starts from
+  bench compare --task retrieval                runs side by side, from MLflow
+  bench plugins                                 what is installed, by kind
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--strict-plugins", action="store_true",
+                        help="fail when a plugin cannot be loaded (default: warn and skip it)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"molbridge.core.cli.{name}").add_parser(sub)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    warnings.showwarning = _show_warning
+    if args.strict_plugins:
+        import os
+
+        from molbridge.core.plugins import ENV_STRICT
+        os.environ[ENV_STRICT] = "1"
+    try:
+        return int(args.func(args) or 0)
+    except MolbridgeError as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

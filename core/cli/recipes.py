@@ -1,0 +1,71 @@
+"""``bench recipes``: list, show, validate and copy the packaged recipes."""
+
+import shutil
+from pathlib import Path
+
+from molbridge.core.recipe import find_recipe, load_recipe, packaged_recipes, to_yaml
+
+
+def add_parser(sub):
+    parser = sub.add_parser(
+        "recipes", help="list, show, validate or copy recipes",
+        description="Recipes are YAML files that assemble a run. Packaged recipes ship with molbridge; "
+                    "copy one to edit it, then pass its path to `bench run TASK --recipe PATH`.\n"
+                    "NAME is a packaged recipe name or a path to a YAML file.")
+    sub_recipes = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub_recipes.add_parser("list", help="packaged recipes with their descriptions").set_defaults(func=list_recipes)
+    show = sub_recipes.add_parser("show", help="print a recipe resolved (extends and overrides applied)")
+    show.add_argument("name")
+    show.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, as for bench run")
+    show.add_argument("--raw", action="store_true", help="print the file as written instead")
+    show.set_defaults(func=show_recipe)
+    validate = sub_recipes.add_parser(
+        "validate", help="check a recipe and overrides; list every problem at once",
+        description="Exit 0 if the recipe is valid, else 2 with every unknown key, bad value or unknown "
+                    "component listed, each with where it was set and the closest valid name.")
+    validate.add_argument("name")
+    validate.add_argument("overrides", nargs="*", metavar="key=value")
+    validate.set_defaults(func=validate_recipe)
+    copy = sub_recipes.add_parser("copy", help="copy a packaged recipe to a file you can edit")
+    copy.add_argument("name")
+    copy.add_argument("dest", type=Path)
+    copy.set_defaults(func=copy_recipe)
+
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def list_recipes(args) -> int:
+    for name, path in sorted(packaged_recipes().items()):
+        print(f"{name:<24} {_first_comment(path)}")
+    return 0
+
+
+def show_recipe(args) -> int:
+    if args.raw:
+        print(find_recipe(args.name).read_text(), end="")
+    else:
+        print(to_yaml(load_recipe(args.name, args.overrides)), end="")
+    return 0
+
+
+def validate_recipe(args) -> int:
+    recipe = load_recipe(args.name, args.overrides)
+    print(f"recipe {args.name} is valid: task {recipe.task.name}, "
+          + ", ".join(f"{k} {recipe[k].name}" for k in ("encoder", "projector", "llm") if recipe.get(k)))
+    return 0
+
+
+def copy_recipe(args) -> int:
+    source = find_recipe(args.name)
+    dest = args.dest / source.name if args.dest.is_dir() else args.dest
+    if dest.exists():
+        print(f"error: {dest} exists; not overwritten")
+        return 2
+    shutil.copyfile(source, dest)
+    print(f"copied {source.name} to {dest}; run it with: bench run TASK --recipe {dest}")
+    return 0

@@ -1,0 +1,145 @@
+"""Typed contracts between the four kinds of component and the training loop.
+
+Plugins subclass these. :mod:`molbridge.core.testing` checks a component against its contract.
+Batch keys and mask conventions are defined in :mod:`molbridge.core.batch`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from lightning_fabric import Fabric
+    from torch.utils.data import Dataset
+
+Batch = dict[str, Any]
+
+
+@dataclass
+class EncoderOutput:
+    """What every encoder returns.
+
+    atom_embeddings: (B, N, D) per-position features (N may include special tokens such as
+        Uni-Mol's [CLS]/[SEP]); rows at padding positions are zero.
+    padding_mask: (B, N) bool, True at padding (see :mod:`molbridge.core.batch`).
+    pooled: (B, D) one vector per molecule.
+    """
+
+    atom_embeddings: Tensor
+    padding_mask: Tensor
+    pooled: Tensor
+
+
+class Encoder(nn.Module, ABC):
+    """A 3D molecular encoder. Factory: ``factory(config) -> Encoder``.
+
+    Featurization runs in data-loader workers on CPU (``featurize`` + ``collate``), the forward pass
+    on the training device. Outputs must be invariant to rotation and translation of the positions,
+    follow a permutation of the atoms, and not depend on how much padding the batch has.
+    """
+
+    output_dim: int
+
+    @abstractmethod
+    def featurize(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> dict[str, Tensor]:
+        """One molecule (atomic numbers (N,), positions (N, 3) in angstrom) -> encoder tensors."""
+
+    @abstractmethod
+    def collate(self, features: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        """Pad featurized molecules into one batch (the value stored under ``batch.ENCODER_INPUT``)."""
+
+    @abstractmethod
+    def forward(self, inputs: Mapping[str, Tensor]) -> EncoderOutput:
+        """Encode a collated batch."""
+
+
+class Projector(nn.Module, ABC):
+    """Maps encoder outputs to ``num_tokens`` soft tokens of width ``output_dim``.
+
+    Factory: ``factory(config, input_dim=encoder.output_dim) -> Projector``.
+    Must mask encoder padding: the tokens of a molecule do not change with the batch's padding.
+    """
+
+    num_tokens: int
+    output_dim: int
+
+    @abstractmethod
+    def forward(self, encoded: EncoderOutput) -> Tensor:
+        """(B, num_tokens, output_dim) soft tokens."""
+
+
+class LanguageModel(nn.Module, ABC):
+    """A causal language model that accepts soft molecule tokens. Factory: ``factory(config)``.
+
+    The prompt contains ``mol_token`` placeholders; their input embeddings are replaced by the
+    projector's soft tokens (``num_mol_tokens`` per molecule). Loss is taken on the response only.
+    """
+
+    mol_token: ClassVar[str] = "<mol>"
+    hidden_size: int
+    tokenizer: Any
+
+    @abstractmethod
+    def format_prompt(self, instruction: str, molecule: str) -> str:
+        """The model's prompt template around one instruction and one molecule (with placeholders)."""
+
+    @abstractmethod
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor,
+                labels: Tensor | None = None) -> Any:
+        """Teacher-forced pass; returns an object with ``.loss`` when ``labels`` is given."""
+
+    @abstractmethod
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor,
+                 **generation: Any) -> list[str]:
+        """Decode answers for a left-padded batch of prompts."""
+
+
+@dataclass
+class StepOutput:
+    """One training step's result: the loss to minimise and scalars to log (named without split)."""
+
+    loss: Tensor
+    logs: dict[str, Tensor | float] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """A task owns its datasets, its model assembly, its training step and its metrics.
+
+    Factory: ``factory(config, recipe=recipe, registry=registry) -> Task`` where ``config`` is the
+    recipe's ``task`` section and ``recipe`` the whole validated recipe (to build the components
+    named in its ``encoder``/``projector``/``llm`` sections through ``registry.build``).
+    """
+
+    #: The metric that picks the best checkpoint, and whether higher is better.
+    monitor: ClassVar[tuple[str, Literal["max", "min"]]] = ("loss", "min")
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """The model to train (frozen parts included; the recipe's ``train.trainable`` selects)."""
+
+    @abstractmethod
+    def datasets(self) -> Mapping[str, Dataset]:
+        """Datasets by split: ``train`` is required; ``valid`` and ``test`` are evaluated if present."""
+
+    @abstractmethod
+    def collate(self, samples: Sequence[Mapping[str, Any]]) -> Batch:
+        """Turn dataset items into a batch keyed as in :mod:`molbridge.core.batch`."""
+
+    @abstractmethod
+    def training_step(self, model: nn.Module, batch: Batch) -> StepOutput:
+        """Loss for one batch."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, fabric: Fabric, split: str) -> dict[str, float]:
+        """Metrics on one split, deterministic (no random cropping or conformer choice)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about how results were obtained (dataset, split, sizes), logged with the run."""
+        return {}
+

@@ -1,0 +1,368 @@
+"""Recipes: OmegaConf YAML files validated against structured (dataclass) schemas.
+
+A recipe has fixed sections (``data``, ``train``, ``tracking``) and component sections
+(``encoder``, ``projector``, ``llm``, ``task``) whose keys are validated against the schema the
+named plugin registered. Validation runs in struct mode and collects every problem before it
+raises one :class:`~molbridge.core.errors.RecipeError`: each problem names the key, where it came
+from (file and line, or the command line) and the closest valid name.
+
+``extends: NAME`` (a packaged recipe or a path relative to the file) merges the recipe over a base.
+Overrides are ``key=value`` (OmegaConf dotlist, keys exactly as in :func:`flatten`) and ``~key``
+(delete, falling back to the schema default).
+"""
+
+import dataclasses
+import importlib.resources
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from molbridge.core.errors import RecipeError, suggest, unknown_name
+from molbridge.core.registry import KINDS, ComponentConfig, Registry
+
+PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
+
+
+@dataclass
+class DataConfig:
+    name: str = "molbridge-mini"
+    """A packaged dataset name or a directory written by ``bench data prepare``."""
+    split: str = field(default="scaffold", metadata={"choices": ("scaffold", "random")})
+    """Which stored split to train and evaluate on."""
+    batch_size: int = 32
+    """Molecules per optimizer micro-step and per process."""
+    eval_batch_size: int = 64
+    """Molecules per evaluation batch (64 is the paper's in-batch retrieval size)."""
+    num_workers: int = 0
+    """Data-loader worker processes."""
+    limit: int | None = None
+    """Use only the first N training molecules (quick experiments); evaluation splits are untouched."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    """Optimizer steps (each of ``grad_accum`` micro-batches)."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW)."""
+    min_lr: float = 5e-6
+    """Learning rate at the end of the cosine schedule."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 to ``lr``."""
+    weight_decay: float = 0.05
+    """AdamW weight decay (not applied to biases and norms)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; gradients are synchronised on the last one only."""
+    grad_clip: float | None = 1.0
+    """Clip the gradient norm to this value; null disables clipping."""
+    trainable: list[str] = field(default_factory=lambda: ["*"])
+    """Glob patterns over parameter names that train; every other parameter is frozen."""
+    frozen: list[str] = field(default_factory=list)
+    """Glob patterns frozen even when ``trainable`` matches them."""
+    eval_every: int = 0
+    """Evaluate on the validation split every N steps (0: at the end only)."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every N steps (0: at the end only)."""
+    keep_checkpoints: int = 2
+    """Periodic checkpoints to keep (the best and the last are always kept)."""
+    log_every: int = 10
+    """Log training scalars every N steps."""
+    resume: str = "auto"
+    """``auto`` (latest checkpoint in the output directory, if any), ``never``, or a checkpoint path."""
+    precision: str = field(default="32-true", metadata={"choices": PRECISIONS})
+    """Lightning Fabric precision."""
+    strategy: str = "auto"
+    """Lightning Fabric strategy: auto, ddp, fsdp, deepspeed, ..."""
+    accelerator: str = "auto"
+    """cpu, cuda, auto."""
+    devices: Any = 1
+    """Devices per node (an int, or "auto")."""
+    num_nodes: int = 1
+    deterministic: bool = True
+    """Use deterministic algorithms (exact resume on CPU); turn off for speed on GPU."""
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    """Log the run to MLflow."""
+    uri: str | None = None
+    """MLflow tracking URI; null is ``sqlite:///mlflow.db`` in the working directory."""
+    experiment: str | None = None
+    """Experiment name; null is ``{task}-{dataset}``."""
+    run_name: str | None = None
+    """Run name; null is ``{encoder}-{projector}-{llm}-s{seed}``."""
+
+
+@dataclass
+class RecipeSchema:
+    recipe: str = "custom"
+    """The recipe's name (logged as a tag)."""
+    description: str = ""
+    seed: int = 0
+    output_dir: str | None = None
+    """Where checkpoints and metrics.json go; null is ``runs/{experiment}/{run_name}``."""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    encoder: Any | None = None
+    projector: Any | None = None
+    llm: Any | None = None
+    task: Any | None = None
+
+
+COMPONENT_SECTIONS = KINDS  # encoder, projector, llm, task: validated against plugin schemas
+REQUIRED_SECTIONS = ("task",)
+
+
+# --- finding and reading recipe files -------------------------------------------------------------
+
+def packaged_recipes() -> dict[str, Path]:
+    root = importlib.resources.files("molbridge.core.recipes")
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def find_recipe(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """A recipe file by path (absolute, relative to cwd or to ``relative_to``) or packaged name."""
+    for candidate in (Path(name_or_path), (relative_to or Path.cwd()) / str(name_or_path)):
+        if candidate.suffix in {".yaml", ".yml"} and candidate.is_file():
+            return candidate
+    packaged = packaged_recipes()
+    if str(name_or_path) in packaged:
+        return packaged[str(name_or_path)]
+    raise unknown_name("recipe", str(name_or_path), packaged)
+
+
+def _key_lines(path: Path) -> dict[str, int]:
+    """Dotted key -> line number in a YAML file, so errors can point at the line."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                dotted = f"{prefix}{key_node.value}"
+                lines[dotted] = key_node.start_mark.line + 1
+                walk(value_node, dotted + ".")
+
+    root = yaml.compose(path.read_text())
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[str, str]]:
+    """The recipe merged over its ``extends`` chain, and where each dotted key was last set."""
+    if path.resolve() in seen:
+        raise RecipeError(str(path), [f"'extends' forms a cycle: {' -> '.join(map(str, seen + (path,)))}"])
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        raise RecipeError(str(path), [f"not valid YAML: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise RecipeError(str(path), ["a recipe must be a mapping of sections"])
+    bases = data.pop("extends", None) or []
+    merged, origin = {}, {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        base_data, base_origin = _read_with_bases(find_recipe(base, path.parent), seen + (path.resolve(),))
+        merged = _merge(merged, base_data)
+        origin.update(base_origin)
+    lines = _key_lines(path)
+    origin.update({k: f"{path}:{line}" for k, line in lines.items()})
+    return _merge(merged, data), origin
+
+
+def _merge(base: dict, top: dict) -> dict:
+    merged = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(top))
+    return OmegaConf.to_container(merged)
+
+
+# --- overrides --------------------------------------------------------------------------------------
+
+def apply_overrides(data: dict, overrides: list[str], origin: dict[str, str]) -> dict:
+    """Apply ``key=value`` and ``~key`` overrides; record them as coming from the command line."""
+    problems = []
+    for item in overrides:
+        if item.startswith("~"):
+            parent, _, leaf = item[1:].rpartition(".")
+            node = _walk(data, parent.split(".")) if parent else data
+            if not isinstance(node, dict) or leaf not in node:
+                problems.append(f"'{item}' (command line): cannot delete '{item[1:]}', it is not set")
+            else:
+                del node[leaf]
+            continue
+        if "=" not in item:
+            problems.append(f"'{item}' (command line): overrides are key=value or ~key")
+            continue
+        key = item.split("=", 1)[0]
+        try:
+            data = _merge(data, OmegaConf.to_container(OmegaConf.from_dotlist([item])))
+        except OmegaConfBaseException as exc:
+            problems.append(f"'{item}' (command line): {exc}")
+            continue
+        parts = key.split(".")
+        for depth in range(1, len(parts)):  # a new section introduced here is located here too
+            origin.setdefault(".".join(parts[:depth]), f"command line '{item}'")
+        origin[key] = f"command line '{item}'"
+    if problems:
+        raise RecipeError("overrides", problems)
+    return data
+
+
+def _walk(data: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def replace_component(data: dict, kind: str, name: str) -> dict:
+    """``--encoder X``: switch a component, dropping options that belonged to the previous one."""
+    current = data.get(kind) or {}
+    if current.get("name") != name:
+        data[kind] = {"name": name}
+    return data
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+def _where(dotted: str, origin: dict[str, str]) -> str:
+    while dotted:
+        if dotted in origin:
+            return origin[dotted]
+        dotted = dotted.rpartition(".")[0]
+    return "defaults"
+
+
+def _check_section(schema: type, data: Any, path: str, origin: dict[str, str], problems: list[str]) -> None:
+    """Append a problem for every unknown key, wrong type or invalid choice under ``path``."""
+    if not isinstance(data, dict):
+        problems.append(f"{path or 'recipe'} ({_where(path, origin)}): expected a mapping, got {data!r}")
+        return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            section = f"'{path}' section" if path else "top level"
+            problems.append(f"{dotted} ({_where(dotted, origin)}): unknown key in the {section}"
+                            f"{suggest(str(key), fields)}; valid keys: {', '.join(fields)}")
+            continue
+        if dataclasses.is_dataclass(hints[key]):
+            _check_section(hints[key], value, dotted, origin, problems)
+            continue
+        try:
+            OmegaConf.merge(OmegaConf.structured(schema), {key: value})
+        except OmegaConfBaseException as exc:
+            problems.append(f"{dotted} ({_where(dotted, origin)}): {str(exc).splitlines()[0]}")
+            continue
+        choices = fields[key].metadata.get("choices")
+        if choices and value not in choices:
+            problems.append(f"{dotted} ({_where(dotted, origin)}): '{value}' is not one of {', '.join(choices)}"
+                            f"{suggest(str(value), choices)}")
+
+
+def _component_schema(kind: str, section: Any, registry: Registry, origin: dict[str, str],
+                      problems: list[str]) -> type:
+    name = section.get("name") if isinstance(section, dict) else None
+    if not name:
+        problems.append(f"{kind}.name ({_where(kind, origin)}): the {kind} section needs a name; "
+                        f"registered: {', '.join(registry.names(kind)) or 'none'}")
+        return ComponentConfig
+    try:
+        return registry.get(kind, name).config_schema
+    except KeyError as exc:
+        problems.append(f"{kind}.name ({_where(kind + '.name', origin)}): {exc}")
+        return ComponentConfig  # still check the other keys against the common part
+
+
+def validate(data: dict, registry: Registry, origin: dict[str, str] | None = None,
+             source: str = "recipe") -> DictConfig:
+    """Validate a merged recipe dict; return it as a struct-mode DictConfig or raise every problem."""
+    origin = origin or {}
+    problems: list[str] = []
+    fixed = {k: v for k, v in data.items() if k not in COMPONENT_SECTIONS}
+    _check_section(RecipeSchema, fixed, "", origin, problems)
+    schemas = {}
+    for kind in COMPONENT_SECTIONS:
+        section = data.get(kind)
+        if section is None:
+            if kind in REQUIRED_SECTIONS:
+                problems.append(f"{kind}: required section missing; registered {kind}s: "
+                                f"{', '.join(registry.names(kind)) or 'none'}")
+            continue
+        schemas[kind] = _component_schema(kind, section, registry, origin, problems)
+        _check_section(schemas[kind], section, kind, origin, problems)
+    if problems:
+        raise RecipeError(source, problems)
+    recipe = OmegaConf.merge(OmegaConf.structured(RecipeSchema), fixed)
+    for kind, schema in schemas.items():
+        recipe[kind] = OmegaConf.merge(OmegaConf.structured(schema), data[kind])
+    missing = sorted(OmegaConf.missing_keys(recipe))
+    if missing:
+        raise RecipeError(source, [f"{key}: required value missing" for key in missing])
+    OmegaConf.set_struct(recipe, True)
+    return recipe
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] = (), registry: Registry | None = None,
+                components: dict[str, str] | None = None) -> DictConfig:
+    """Read, extend, override and validate a recipe. ``components`` maps kind -> name (``--encoder``)."""
+    if registry is None:
+        from molbridge.core.plugins import get_registry
+        registry = get_registry()
+    path = find_recipe(name_or_path)
+    data, origin = _read_with_bases(path)
+    for kind, name in (components or {}).items():
+        if name:
+            data = replace_component(data, kind, name)
+            origin[kind] = f"command line --{kind} {name}"
+    data = apply_overrides(data, list(overrides), origin)
+    return validate(data, registry, origin, source=str(path))
+
+
+def flatten(recipe: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train.lr": 1e-4, ...}``: keys exactly as a command-line override would name them."""
+    container = OmegaConf.to_container(recipe, resolve=True) if isinstance(recipe, DictConfig) else recipe
+    flat: dict[str, Any] = {}
+    for key, value in container.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def to_yaml(recipe: DictConfig) -> str:
+    return OmegaConf.to_yaml(recipe, resolve=True)
+
+
+# --- names shared by tracking and output folders -------------------------------------------------
+
+def _component_name(recipe: DictConfig, kind: str) -> str:
+    section = recipe.get(kind)
+    return section.name if section is not None else "none"
+
+
+def experiment_name(recipe: DictConfig) -> str:
+    """One MLflow experiment per task and dataset, unless the recipe names one."""
+    return recipe.tracking.experiment or f"{recipe.task.name}-{recipe.data.name}"
+
+
+def run_name(recipe: DictConfig) -> str:
+    """Deterministic: ``{encoder}-{projector}-{llm}-s{seed}``, unless the recipe names one."""
+    if recipe.tracking.run_name:
+        return recipe.tracking.run_name
+    parts = [_component_name(recipe, kind) for kind in ("encoder", "projector", "llm")]
+    return "-".join(parts + [f"s{recipe.seed}"])
+
+
+def output_dir(recipe: DictConfig) -> Path:
+    """Checkpoints and metrics.json: ``output_dir`` or ``runs/{experiment}/{run_name}``."""
+    return Path(recipe.output_dir or Path("runs") / experiment_name(recipe) / run_name(recipe))

@@ -1,0 +1,1 @@
+"""Built-in plugins: encoders, projectors, LLMs and tasks, each registered through the hook specs."""

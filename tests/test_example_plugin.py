@@ -1,0 +1,41 @@
+"""The example third-party package, installed for real and found through its entry point."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "molbridge-example-plugin"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """pip-install the example package into a private directory (the test env itself stays clean)."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(EXAMPLE)], check=True, capture_output=True)
+    return target
+
+
+def _bench(args, site, **env):
+    environ = {**os.environ, "PYTHONPATH": str(site), **env}
+    bench = [sys.executable, "-c", "import sys; from molbridge.core.cli import main; sys.exit(main())"]
+    return subprocess.run(bench + args, capture_output=True, text=True, env=environ)
+
+
+def test_bench_plugins_lists_the_installed_example(installed):
+    result = _bench(["plugins", "--json"], installed)
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    (meanpool,) = [c for c in listing["components"]["projector"] if c["name"] == "meanpool"]
+    assert (meanpool["distribution"], meanpool["version"], meanpool["plugin"]) == \
+        ("molbridge-example-plugin", "0.1.0", "example")
+
+
+def test_external_plugins_can_be_switched_off(installed):
+    result = _bench(["plugins", "--json"], installed, MOLBRIDGE_NO_EXTERNAL_PLUGINS="1")
+    assert result.returncode == 0, result.stderr
+    assert "meanpool" not in {c["name"] for c in json.loads(result.stdout)["components"]["projector"]}

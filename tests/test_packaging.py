@@ -1,0 +1,45 @@
+"""Packaging: one import name over core/ and plugins/, and nothing else installed at top level."""
+
+import importlib.util
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _declared_packages() -> set[str]:
+    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+
+
+def _packages_on_disk() -> set[str]:
+    found = set()
+    for top, name in (("core", "molbridge.core"), ("plugins", "molbridge.plugins")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join((name, *relative)))
+    return found
+
+
+def test_declared_packages_match_the_folders():
+    assert _declared_packages() == _packages_on_disk()
+
+
+def test_no_top_level_core_or_plugins_module_is_importable():
+    assert importlib.util.find_spec("molbridge.core") is not None
+    assert importlib.util.find_spec("core") is None
+    assert importlib.util.find_spec("plugins") is None
+
+
+def test_wheel_holds_only_the_molbridge_namespace_and_ships_recipes(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("molbridge-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"molbridge"}
+    packaged = {n for n in names if n.startswith("molbridge/core/recipes/") and n.endswith(".yaml")}
+    expected = {f"molbridge/core/recipes/{p.name}" for p in (ROOT / "core" / "recipes").glob("*.yaml")}
+    assert packaged == expected
