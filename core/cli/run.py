@@ -1,0 +1,123 @@
+"""``bench run``: train and evaluate one task from a recipe, write metrics.json, log to MLflow."""
+
+import argparse
+from pathlib import Path
+
+from molbridge.core.errors import MolbridgeError, unknown_name
+from molbridge.core.plugins import get_registry
+from molbridge.core.recipe import experiment_name, load_recipe, packaged_recipes
+
+DESCRIPTION = """\
+Train and evaluate TASK as a recipe describes, through the one Lightning Fabric loop.
+
+The recipe is the packaged recipe named TASK unless --recipe gives another (a packaged name or a
+YAML path). --encoder/--projector/--llm swap a component (its options fall back to that
+component's defaults); key=value changes any recipe key and ~key resets one to its default
+(`bench recipes show TASK` prints every key). Checkpoints and metrics.json go to --output, else to
+the recipe's output_dir, else runs/{experiment}/{run_name}. A run that finds checkpoints there
+resumes from the latest (train.resume=auto; set train.resume=never to start over). Ctrl-C saves a
+checkpoint at the end of the current step and stops; a second Ctrl-C aborts.
+"""
+
+EPILOG = """\
+examples:
+  bench run retrieval --encoder schnet --seed 1
+  bench run captioning --recipe my_recipe.yaml train.max_steps=200 train.lr=5e-5 tracking.enabled=false
+  bench run retrieval train.strategy=ddp train.devices=2 train.accelerator=cpu
+"""
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Accepts overrides before and after options (`bench run T --seed 1 k=v`).
+
+    Plain argparse takes positionals in one run only; the parent parser calls ``parse_known_args``,
+    which we route once through ``parse_known_intermixed_args`` (that calls back into us).
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def add_parser(sub):
+    parser = sub.add_parser(
+        "run",
+        help="train and evaluate a task; write metrics.json",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.__class__ = _IntermixedParser
+    parser.add_argument("task", metavar="TASK", help="a registered task (see `bench plugins`)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value|~key",
+        help="recipe overrides, keys as in `bench recipes show TASK`",
+    )
+    for kind in ("encoder", "projector", "llm"):
+        parser.add_argument(f"--{kind}", metavar="NAME", help=f"use this {kind} instead of the recipe's")
+    parser.add_argument("--recipe", metavar="R", help="packaged recipe name or YAML path (default: TASK)")
+    parser.add_argument(
+        "--output", type=Path, metavar="DIR", help="output directory (checkpoints, metrics.json)"
+    )
+    parser.add_argument("--seed", type=int, metavar="N", help="random seed (same as seed=N)")
+    parser.set_defaults(func=run_command)
+
+
+def _recipe_for(task: str, recipe: str | None, registry) -> str:
+    if task not in registry.names("task"):
+        raise unknown_name("task", task, registry.names("task"))
+    if recipe:
+        return recipe
+    if task not in packaged_recipes():
+        raise MolbridgeError(
+            f"no packaged recipe is named '{task}'; pass --recipe NAME_OR_PATH "
+            f"(packaged: {', '.join(sorted(packaged_recipes())) or 'none'})"
+        )
+    return task
+
+
+def run_command(args) -> int:
+    from molbridge.core.runner import run  # lazy: torch and Lightning are slow to import
+
+    registry = get_registry()
+    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    components = {"encoder": args.encoder, "projector": args.projector, "llm": args.llm}
+    recipe = load_recipe(_recipe_for(args.task, args.recipe, registry), overrides, registry, components)
+    if recipe.task.name != args.task:
+        raise MolbridgeError(
+            f"the recipe is for task '{recipe.task.name}', not '{args.task}'; "
+            f"run `bench run {recipe.task.name} ...` or pick another --recipe"
+        )
+    result = run(recipe, registry, output=args.output)
+    print(results_table(result))
+    print(f"\nmetrics: {result['path']}")
+    if result.get("tracking_run_id"):
+        from molbridge.core.tracking import tracking_uri
+
+        print(f"MLflow run: {result['tracking_run_id']} in experiment '{experiment_name(recipe)}' at "
+              f"{tracking_uri(recipe.tracking.uri)} (browse: bench compare, mlflow ui)")
+    return 0 if result["status"] == "completed" else 130
+
+
+def results_table(result: dict) -> str:
+    """The final metrics (and the best validation value) as a markdown table."""
+    rows = dict(result["metrics"])
+    if result.get("best"):
+        rows[f"best {result['best']['metric']} (step {result['best']['step']})"] = result["best"]["value"]
+    lines = [
+        f"status: {result['status']}, steps: {result['provenance']['steps']}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {value:.4f} |" for name, value in rows.items()]
+    return "\n".join(lines)

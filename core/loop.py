@@ -1,0 +1,476 @@
+"""The one training loop every task and stage uses (Lightning Fabric).
+
+``fit`` freezes parameters by the recipe's glob patterns, trains with AdamW (warm-up + cosine),
+accumulates gradients without needless synchronisation, clips, evaluates and checkpoints, and can
+be interrupted (SIGINT/SIGTERM) and resumed exactly: the data position, optimizer, scheduler and RNG
+states are all checkpointed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from tqdm.auto import tqdm
+
+from molbridge.core import batch as keys
+from molbridge.core import checkpoint
+from molbridge.core.errors import MolbridgeError, NonFiniteLossError, RecipeError
+
+if TYPE_CHECKING:
+    from lightning_fabric import Fabric
+    from omegaconf import DictConfig
+
+    from molbridge.core.contracts import Task
+
+log = logging.getLogger(__name__)
+
+
+class Callback(Protocol):
+    def on_step_end(self, loop: Loop, step: int, logs: Mapping[str, float]) -> None:
+        """Called on every rank after each optimizer step; may call ``loop.request_stop()``."""
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+class ResumableSampler(Sampler[int]):
+    """A seeded shuffling sampler whose position (epoch, samples consumed) can be checkpointed.
+
+    Written here because torch's samplers cannot start mid-epoch. Each epoch's permutation comes from
+    a generator seeded by (seed, epoch), so it is the same after a restart; under DDP every rank takes
+    an equal-length stride of it. The loop advances ``position`` as it consumes batches.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch = 0
+        self.position = 0  # samples of this rank's share already consumed in this epoch
+
+    def per_rank(self) -> int:
+        return self.size // self.world_size
+
+    def __len__(self) -> int:
+        return self.per_rank() - self.position
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        mine = order[self.rank :: self.world_size][: self.per_rank()]
+        return iter(mine[self.position :].tolist())
+
+    def advance(self, samples: int) -> None:
+        self.position += samples
+
+    def next_epoch(self) -> None:
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def _train_loader(
+    fabric: Fabric, task: Task, dataset: Dataset, recipe: DictConfig
+) -> tuple[DataLoader, ResumableSampler]:
+    batch_size, seed, limit = recipe.data.batch_size, recipe.seed, recipe.data.limit
+    if limit is not None and limit < len(dataset):  # data.limit: a quick experiment on the first N
+        dataset = Subset(dataset, range(limit))
+    sampler = ResumableSampler(len(dataset), seed, fabric.global_rank, fabric.world_size)
+    if sampler.per_rank() < batch_size:
+        raise RecipeError(
+            recipe.recipe,
+            [
+                f"data.batch_size={batch_size} is larger than the {sampler.per_rank()} "
+                f"training samples per process ({len(dataset)} over {fabric.world_size})"
+            ],
+        )
+    # A private generator: otherwise creating a loader iterator draws from the global torch RNG, at a
+    # different moment in a resumed run than in an uninterrupted one, and breaks exact resume.
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=task.collate,
+        num_workers=recipe.data.num_workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return fabric.setup_dataloaders(loader, use_distributed_sampler=False), sampler
+
+
+# --- parameters and optimisation ----------------------------------------------------------------------
+
+
+def apply_freezing(
+    model: nn.Module, trainable: Sequence[str], frozen: Sequence[str], source: str = "recipe"
+) -> tuple[int, int]:
+    """Set ``requires_grad`` from glob patterns over parameter names; return (trainable, total) counts.
+
+    A pattern that matches no parameter is an error (a typo would silently freeze everything).
+    """
+    names = [name for name, _ in model.named_parameters()]
+    for key, patterns in (("train.trainable", trainable), ("train.frozen", frozen)):
+        for pattern in patterns:
+            if not any(fnmatch(name, pattern) for name in names):
+                raise RecipeError(
+                    source,
+                    [
+                        f"{key}: pattern '{pattern}' matches no parameter; parameters "
+                        f"look like: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+                    ],
+                )
+    for name, param in model.named_parameters():
+        param.requires_grad_(
+            any(fnmatch(name, p) for p in trainable) and not any(fnmatch(name, p) for p in frozen)
+        )
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, source: str = "recipe"
+) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; biases and norm weights (the 1-D ones) get no weight decay."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise RecipeError(source, ["train.trainable/train.frozen leave no parameter to train"])
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine down to ``min_ratio`` at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: DictConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    min_ratio = train.min_lr / train.lr if train.lr else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, train.warmup_steps, train.max_steps, min_ratio)
+    )
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """``train.deterministic``: deterministic kernels (needed for bit-exact resume)."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+# --- interruption -------------------------------------------------------------------------------------
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM ask the loop to stop at the next step boundary; a second signal aborts."""
+
+    def __init__(self, loop: Loop):
+        self.loop, self.previous = loop, {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.loop.stop_requested:
+            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: aborting")
+        if self.loop.fabric.is_global_zero:
+            log.warning(
+                "%s received: saving a checkpoint at the end of this step (again to abort)",
+                signal.Signals(signum).name,
+            )
+        self.loop.request_stop()
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# --- the loop -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    status: str  # "completed" | "interrupted"
+    step: int
+    best: dict[str, Any] | None  # {"metric", "value", "step"}
+    last_checkpoint: Path | None
+    history: list[dict[str, float]] = field(default_factory=list)  # validation metrics by evaluation
+
+
+class Loop:
+    """State of one ``fit`` call; callbacks receive it."""
+
+    def __init__(
+        self,
+        fabric: Fabric,
+        task: Task,
+        recipe: DictConfig,
+        output_dir: Path,
+        callbacks: Sequence[Callback],
+        log_metrics: Callable[[Mapping[str, float], int], None] | None,
+    ):
+        self.fabric, self.task, self.recipe, self.train = fabric, task, recipe, recipe.train
+        self.ckpt_root = Path(output_dir) / checkpoint.CHECKPOINTS
+        self.callbacks, self.log_metrics = list(callbacks), log_metrics
+        self.stop_requested = False
+        self.step = 0
+        self.best: dict[str, Any] | None = None
+        self.last_checkpoint: Path | None = None
+        self.history: list[dict[str, float]] = []
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    # -- setup -----------------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, resume_from: Path | None) -> None:
+        fabric, train = self.fabric, self.train
+        n_train, n_total = apply_freezing(model, train.trainable, train.frozen, self.recipe.recipe)
+        if fabric.is_global_zero:
+            log.info(
+                "parameters: %s trainable of %s (%.2f%%)",
+                f"{n_train:,}",
+                f"{n_total:,}",
+                100.0 * n_train / max(1, n_total),
+            )
+        self.model = fabric.setup_module(model)
+        optimizer = build_optimizer(self.model, train.lr, train.weight_decay, self.recipe.recipe)
+        self.optimizer = fabric.setup_optimizers(optimizer)
+        self.scheduler = build_scheduler(self.optimizer, train)
+        splits = self.task.datasets()
+        if "train" not in splits:
+            raise MolbridgeError(
+                f"task '{self.recipe.task.name}' has no 'train' split (it has: {', '.join(splits)})"
+            )
+        self.has_valid = "valid" in splits
+        self.train_dataset = splits["train"]
+        self.loader, self.sampler = _train_loader(fabric, self.task, self.train_dataset, self.recipe)
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "sampler": self.sampler,
+            "step": self.step,
+            "best": self.best,
+        }
+
+    def _restore(self, folder: Path) -> None:
+        state = self._state()
+        checkpoint.load(self.fabric, folder, state)
+        self.step, self.best, self.last_checkpoint = state["step"], state["best"], folder
+        if self.fabric.is_global_zero:
+            log.info("resumed from %s (step %d)", folder, self.step)
+
+    def save(self) -> Path:
+        """Checkpoint the current step (all ranks) and prune old periodic checkpoints."""
+        self.last_checkpoint = checkpoint.save(
+            self.fabric, self.ckpt_root, self.step, self._state(), self.recipe
+        )
+        if self.fabric.is_global_zero:
+            checkpoint.prune(self.ckpt_root, self.train.keep_checkpoints)
+        self.fabric.barrier()
+        return self.last_checkpoint
+
+    # -- batches ---------------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[Any]:
+        """Training batches forever: epochs roll over, the sampler's position follows consumption."""
+        while True:
+            self._set_epoch(self.sampler.epoch)
+            for batch in self.loader:
+                self.sampler.advance(self.recipe.data.batch_size)
+                yield batch
+            self.sampler.next_epoch()
+
+    def _set_epoch(self, epoch: int) -> None:
+        """Datasets with per-epoch randomness (e.g. a conformer draw) expose ``set_epoch``."""
+        dataset = self.train_dataset
+        while isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+
+    # -- one optimizer step ----------------------------------------------------------------------------
+    def _micro_step(self, batch: Any, last: bool) -> dict[str, torch.Tensor]:
+        with self.fabric.no_backward_sync(self.model, enabled=not last):
+            with self.fabric.autocast():  # also covers tasks that call submodules, not only forward()
+                out = self.task.training_step(self.model, batch)
+            self.fabric.backward(out.loss / self.train.grad_accum)
+        return {"loss": out.loss.detach()} | {k: torch.as_tensor(v).detach() for k, v in out.logs.items()}
+
+    def _agree(self, flag: bool) -> bool:
+        """True if ``flag`` is set on any rank (all ranks take the same branch)."""
+        if self.fabric.world_size == 1:
+            return flag
+        flags = torch.tensor(float(flag), device=self.fabric.device)
+        return bool(self.fabric.all_reduce(flags, reduce_op="sum") > 0)
+
+    def _non_finite(self, step_logs: list[dict[str, torch.Tensor]], batches: list[Any]) -> NonFiniteLossError:
+        bad = sorted({k for logs in step_logs for k, v in logs.items() if not torch.isfinite(v).all()})
+        mol_ids = [m for b in batches if isinstance(b, Mapping) for m in (b.get(keys.MOL_ID) or [])]
+        where = str(self.last_checkpoint) if self.last_checkpoint else "none (no checkpoint was saved yet)"
+        return NonFiniteLossError(
+            f"non-finite loss at step {self.step + 1} (rank {self.fabric.global_rank}); non-finite terms: "
+            f"{', '.join(bad) or 'on another rank'}; "
+            f"molecules in the batch: {', '.join(map(str, mol_ids)) or 'n/a'}; "
+            f"last good checkpoint (kept): {where}"
+        )
+
+    def train_step(self, batches: Iterator[Any]) -> dict[str, float]:
+        self.model.train()
+        step_logs, seen = [], []
+        for i in range(self.train.grad_accum):
+            batch = next(batches)
+            seen.append(batch)
+            step_logs.append(self._micro_step(batch, last=i == self.train.grad_accum - 1))
+        local_bad = any(not torch.isfinite(logs["loss"]).all() for logs in step_logs)
+        if self._agree(local_bad):  # before the optimizer touches the weights: the model stays good
+            raise self._non_finite(step_logs, seen)
+        scalars = {
+            k: float(torch.stack([torch.as_tensor(lg[k], dtype=torch.float32) for lg in step_logs]).mean())
+            for k in step_logs[0]
+        }
+        if self.train.grad_clip:
+            norm = self.fabric.clip_gradients(self.model, self.optimizer, max_norm=self.train.grad_clip)
+            scalars["grad_norm"] = float(norm)
+        scalars["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return scalars
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics (``valid/NAME``); updates the best and saves a checkpoint when it improves."""
+        with self.fabric.autocast():
+            metrics = self.task.evaluate(self.model, self.fabric, "valid")
+        # rank 0's numbers decide, so every rank takes the same best/save branch
+        metrics = self.fabric.broadcast(dict(metrics), src=0)
+        self.model.train()
+        name, mode = self.task.monitor
+        if name not in metrics:
+            raise MolbridgeError(
+                f"task '{self.recipe.task.name}' monitors '{name}' but evaluate() returned only: "
+                f"{', '.join(metrics) or 'nothing'}"
+            )
+        value = float(metrics[name])
+        named = {f"valid/{k}": float(v) for k, v in metrics.items()}
+        self.history.append({"step": self.step, **named})
+        better = self.best is None or (
+            value > self.best["value"] if mode == "max" else value < self.best["value"]
+        )
+        if better and math.isfinite(value):
+            self.best = {"metric": f"valid/{name}", "value": value, "step": self.step}
+            self.save()
+            if self.fabric.is_global_zero:
+                checkpoint.write_best(self.ckpt_root, self.step, self.best["metric"], value)
+        return named
+
+    def _log(self, scalars: Mapping[str, float]) -> None:
+        if self.fabric.world_size > 1:  # mean over ranks, only at logging steps
+            names = sorted(scalars)
+            values = torch.tensor([scalars[n] for n in names], device=self.fabric.device)
+            values = self.fabric.all_reduce(values, reduce_op="mean")
+            scalars = dict(zip(names, values.tolist(), strict=True))
+        if self.fabric.is_global_zero and self.log_metrics is not None:
+            self.log_metrics({f"train/{k}": v for k, v in scalars.items()}, self.step)
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def run(self) -> FitResult:
+        train = self.train
+        batches = self._batches()
+        bar = tqdm(
+            total=train.max_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not self.fabric.is_global_zero,
+        )
+        status = "completed"
+        with _StopSignals(self), bar:
+            while self.step < train.max_steps:
+                scalars = self.train_step(batches)
+                bar.update(1)
+                bar.set_postfix(loss=f"{scalars['loss']:.4g}")
+                if train.log_every and self.step % train.log_every == 0:
+                    self._log(scalars)
+                if self.has_valid and train.eval_every and self.step % train.eval_every == 0:
+                    self._log_eval(self.evaluate())
+                for callback in self.callbacks:
+                    callback.on_step_end(self, self.step, scalars)
+                if self._agree(self.stop_requested):
+                    status = "interrupted"
+                    break
+                if train.checkpoint_every and self.step % train.checkpoint_every == 0:
+                    self._save_once()
+        if (
+            status == "completed"
+            and self.has_valid
+            and not (train.eval_every and self.step % train.eval_every == 0)
+        ):
+            self._log_eval(self.evaluate())
+        self._save_once()
+        return FitResult(status, self.step, self.best, self.last_checkpoint, self.history)
+
+    def _save_once(self) -> None:
+        if self.last_checkpoint is None or self.last_checkpoint != checkpoint.step_dir(
+            self.ckpt_root, self.step
+        ):
+            self.save()
+
+    def _log_eval(self, metrics: Mapping[str, float]) -> None:
+        if self.fabric.is_global_zero:
+            log.info("step %d: %s", self.step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            if self.log_metrics is not None:
+                self.log_metrics(metrics, self.step)
+
+
+def fit(
+    fabric: Fabric,
+    task: Task,
+    model: nn.Module,
+    recipe: DictConfig,
+    output_dir: Path,
+    *,
+    resume_from: Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    log_metrics: Callable[[Mapping[str, float], int], None] | None = None,
+) -> tuple[FitResult, Loop]:
+    """Train ``model`` for ``task`` as ``recipe.train`` says; returns the result and the loop (its model).
+
+    Checkpoints go to ``output_dir/checkpoints``; ``resume_from`` is a checkpoint folder to continue
+    from. ``log_metrics(metrics, step)`` receives ``train/...`` and ``valid/...`` scalars on rank 0.
+    ``task.training_step`` must run the model through ``model(...)`` (the Fabric-wrapped forward):
+    DDP synchronises gradients only for computations that went through it.
+    """
+    loop = Loop(fabric, task, recipe, output_dir, callbacks, log_metrics)
+    loop.setup(model, resume_from)
+    return loop.run(), loop
