@@ -42,6 +42,8 @@ class DataConfig:
     """Data-loader worker processes."""
     limit: int | None = None
     """Use only the first N training molecules (quick experiments); evaluation splits are untouched."""
+    augment: bool = True
+    """Training draws a seeded random conformer per molecule and epoch; evaluation always uses conformer 0."""
 
 
 @dataclass

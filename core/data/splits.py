@@ -1,0 +1,56 @@
+"""Seeded random and Bemis-Murcko scaffold splits (train/valid/test), stored with the dataset."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from rdkit import Chem
+from rdkit.Chem.Scaffolds import MurckoScaffold
+
+SPLIT_NAMES = ("train", "valid", "test")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+def _labels_from_order(order: np.ndarray, n: int, fractions: tuple[float, float, float]) -> np.ndarray:
+    labels = np.empty(n, dtype=object)
+    n_train, n_valid = round(fractions[0] * n), round(fractions[1] * n)
+    for position, index in enumerate(order):
+        labels[index] = "train" if position < n_train else "valid" if position < n_train + n_valid else "test"
+    return labels
+
+
+def random_split(n: int, seed: int, fractions=DEFAULT_FRACTIONS) -> np.ndarray:
+    """Split label per molecule from a seeded permutation."""
+    return _labels_from_order(np.random.default_rng(seed).permutation(n), n, fractions)
+
+
+def scaffold(smiles: str) -> str:
+    """Bemis-Murcko scaffold SMILES ('' for acyclic or unparsable molecules)."""
+    mol = Chem.MolFromSmiles(smiles)
+    return MurckoScaffold.MurckoScaffoldSmiles(mol=mol) if mol is not None else ""
+
+
+def scaffold_split(smiles: list[str], seed: int, fractions=DEFAULT_FRACTIONS) -> np.ndarray:
+    """Molecules sharing a scaffold land in the same split.
+
+    Scaffold groups larger than half the test set go to train first (as in chemprop's balanced
+    split), the rest are shuffled with ``seed``; groups then fill train, valid, test in turn.
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(smiles):
+        groups[scaffold(s)].append(i)
+    keys = sorted(groups)  # fixed order before shuffling: independent of dict insertion
+    big_limit = fractions[2] * len(smiles) / 2
+    big = sorted((k for k in keys if len(groups[k]) > big_limit), key=lambda k: (-len(groups[k]), k))
+    small = [k for k in keys if len(groups[k]) <= big_limit]
+    small = [small[i] for i in np.random.default_rng(seed).permutation(len(small))]
+    n = len(smiles)
+    labels = np.empty(n, dtype=object)
+    bounds = (fractions[0] * n, (fractions[0] + fractions[1]) * n)
+    filled = 0
+    for key in big + small:
+        members = groups[key]
+        filled += len(members)
+        labels[members] = "train" if filled <= bounds[0] else "valid" if filled <= bounds[1] else "test"
+    return labels

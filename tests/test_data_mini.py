@@ -1,0 +1,95 @@
+"""molbridge-mini: the deterministic build (on a subset), its texts and instructions, and the shipped copy."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from rdkit import Chem
+from rdkit.Chem import Descriptors
+
+from molbridge.core.data import describe, open_dataset
+from molbridge.core.data.conformers import MoleculeInput, make_record
+from molbridge.core.data.info import dataset_info
+from molbridge.core.data.mini import build_mini
+from molbridge.core.data.properties import xtb_properties
+
+PROPERTY_FIELDS = {"molecular_weight", "logp", "tpsa", "bertz_ct",
+                   "xtb_homo", "xtb_lumo", "xtb_gap", "xtb_energy"}
+
+
+def digest(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mini")
+    build_mini(out, limit=20, workers=1, progress=False)
+    return out
+
+
+def test_subset_build_is_byte_identical(subset, tmp_path):
+    build_mini(tmp_path, limit=20, workers=1, progress=False)
+    assert digest(tmp_path) == digest(subset)
+
+
+def test_subset_records_have_properties_texts_and_instructions(subset):
+    store = open_dataset(subset)
+    assert len(store) + store.meta["failed"] == 20
+    for mol in store:
+        assert PROPERTY_FIELDS <= set(mol.properties)
+        assert mol.properties["xtb_lumo"] > mol.properties["xtb_homo"]
+        props = mol.properties
+        assert props["xtb_gap"] == pytest.approx(props["xtb_lumo"] - props["xtb_homo"], abs=1e-5)
+        assert mol.description.startswith(("The molecule", "It is a molecule", "This compound"))
+        assert {r["task"] for r in mol.instructions} >= {"Molecular Weight", "HOMO (GFN2-xTB)", "Description"}
+        assert all(set(r) == {"instruction", "input", "output", "task"} for r in mol.instructions)
+        weight = mol.properties["molecular_weight"]
+        assert weight == pytest.approx(Descriptors.MolWt(Chem.MolFromSmiles(mol.smiles)), abs=1e-5)
+        mw = next(r for r in mol.instructions if r["task"] == "Molecular Weight")
+        assert mw["output"] == f"The molecular weight for the input molecule is {weight:.2f} g/mol."
+    texts = [m.description.split(".")[0] for m in store]
+    assert len(set(t.split()[0] for t in texts)) > 1  # several templates in use
+
+
+def test_descriptions_state_computed_facts():
+    record = make_record(MoleculeInput(0, "x", smiles="C[C@H](N)c1ccc(O)cc1C(=O)OC"))
+    facts = describe.structure_facts(record.mol, dipole=2.0)
+    assert (facts.rings, facts.aromatic_rings, facts.stereocentres, facts.charge) == (1, 1, 1, 0)
+    assert {"phenol", "ester", "primary amine"} <= set(facts.groups)
+    assert facts.scaffold == "c1ccccc1" and facts.formula == "C10H13NO3"
+    texts = {describe.describe(facts, seed) for seed in range(20)}
+    assert len(texts) > 5
+    assert all("C10H13NO3" in t and "1 stereocentre" in t and "phenol" in t for t in texts)
+
+
+def test_shape_classes():
+    shapes = {}
+    examples = {"rod": "CC#CC#CC#CC", "disc": "c1cc2ccc3ccc4ccc5ccc6ccc1c1c2c3c4c5c61",  # coronene
+                "sphere": "C1C2CC3CC1CC(C2)C3"}  # adamantane
+    for name, smiles in examples.items():
+        shapes[name] = describe.structure_facts(make_record(MoleculeInput(0, name, smiles=smiles)).mol).shape
+    assert shapes == {"rod": "rod-like", "disc": "disc-like", "sphere": "sphere-like"}
+
+
+def test_xtb_values_are_physical():
+    water = make_record(MoleculeInput(0, "w", smiles="O"))
+    values = xtb_properties(water.atomic_numbers, water.conformers[0], charge=0)
+    assert values["xtb_homo"] < 0 < values["xtb_gap"]
+    assert values["xtb_energy"] == pytest.approx(-5.07 * 27.2114, rel=0.01)  # GFN2-xTB water, about -5.07 Eh
+    assert 1.0 < values["xtb_dipole"] < 3.0  # debye
+
+
+def test_shipped_dataset_meets_acceptance():
+    store = open_dataset("molbridge-mini")
+    info = dataset_info(store)
+    assert info["molecules"] >= 4000 and info["unexplained_drops"] == 0
+    assert info["molecules"] + info["failed"] == info["inputs"]
+    assert set(info["splits"]) == {"random", "scaffold"}
+    assert PROPERTY_FIELDS <= set(info["properties"])
+    assert info["conformers"]["converged_fraction"] > 0.99
+    mol = store[int(store.split("test", "scaffold")[0])]
+    assert mol.conformers.ndim == 3 and np.isfinite(mol.conformers).all()
+    size = sum(p.stat().st_size for p in store.root.rglob("*") if p.is_file())
+    assert size <= 15 * 2**20
