@@ -39,3 +39,24 @@ def test_external_plugins_can_be_switched_off(installed):
     result = _bench(["plugins", "--json"], installed, MOLBRIDGE_NO_EXTERNAL_PLUGINS="1")
     assert result.returncode == 0, result.stderr
     assert "meanpool" not in {c["name"] for c in json.loads(result.stdout)["components"]["projector"]}
+
+
+def test_a_run_uses_the_example_task_and_projector(installed, tmp_path):
+    recipe = EXAMPLE / "recipes" / "property.yaml"
+    result = _bench(["run", "property", "--recipe", str(recipe), "--output", str(tmp_path / "out"),
+                     "train.max_steps=3", "train.eval_every=0", "data.batch_size=8", "data.eval_batch_size=128",
+                     "tracking.enabled=false"], installed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["provenance"]["steps"] == 3
+    assert metrics["metrics"]["test/mae"] > 0 and metrics["metrics"]["test/baseline_mae"] > 0
+    assert metrics["provenance"]["task_description"]["target"] == "xtb_gap"
+
+
+def test_example_projector_meets_the_contract(installed, monkeypatch):
+    monkeypatch.syspath_prepend(str(installed))
+    from molbridge_example import MeanPoolConfig, MeanPoolProjector
+
+    from molbridge.core.testing import check_projector
+
+    check_projector(MeanPoolProjector(MeanPoolConfig(num_tokens=3, output_dim=16), input_dim=8), input_dim=8)

@@ -1,4 +1,4 @@
-"""An example molbridge plugin: the ``meanpool`` projector."""
+"""An example molbridge plugin: the ``meanpool`` projector and the ``property`` task."""
 
 from dataclasses import dataclass
 
@@ -37,3 +37,11 @@ class MeanPoolProjector(Projector):
 def molbridge_register_projectors(register):
     register("meanpool", MeanPoolProjector, MeanPoolConfig,
              description="masked mean of atom embeddings -> MLP -> soft tokens (example plugin)")
+
+
+@hookimpl
+def molbridge_register_tasks(register):
+    from molbridge_example.property_task import PropertyTask, PropertyTaskConfig
+
+    register("property", lambda config, recipe, registry: PropertyTask(config, recipe, registry), PropertyTaskConfig,
+             description="regress a molecular property from 3D structure (example plugin)")
