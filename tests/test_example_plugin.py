@@ -60,3 +60,12 @@ def test_example_projector_meets_the_contract(installed, monkeypatch):
     from molbridge.core.testing import check_projector
 
     check_projector(MeanPoolProjector(MeanPoolConfig(num_tokens=3, output_dim=16), input_dim=8), input_dim=8)
+
+
+def test_recipe_typos_are_all_named_with_suggestions(installed):
+    recipe = EXAMPLE / "recipes" / "property.yaml"
+    result = _bench(["recipes", "validate", str(recipe), "trian.max_steps=3", "encoder.nmae=x"], installed)
+    assert result.returncode == 2
+    assert "trian (command line 'trian.max_steps=3')" in result.stderr and "did you mean 'train'" in result.stderr
+    assert "encoder.nmae (command line 'encoder.nmae=x')" in result.stderr and "did you mean 'name'" in result.stderr
+    assert _bench(["recipes", "validate", str(recipe)], installed).returncode == 0
