@@ -1,6 +1,7 @@
 """Packaging: one import name over core/ and plugins/, and nothing else installed at top level."""
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -33,9 +34,13 @@ def test_no_top_level_core_or_plugins_module_is_importable():
     assert importlib.util.find_spec("plugins") is None
 
 
-def test_wheel_holds_only_the_molbridge_namespace_and_ships_recipes(tmp_path):
+def test_wheel_holds_only_the_molbridge_namespace_and_ships_recipes_and_data(tmp_path):
+    # build from a clean copy: an in-tree build/ left by an earlier build would hide missing package data
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "mlruns",
+                                                                "runs", "mlflow.db", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    "-w", str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("molbridge-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
@@ -43,3 +48,7 @@ def test_wheel_holds_only_the_molbridge_namespace_and_ships_recipes(tmp_path):
     packaged = {n for n in names if n.startswith("molbridge/core/recipes/") and n.endswith(".yaml")}
     expected = {f"molbridge/core/recipes/{p.name}" for p in (ROOT / "core" / "recipes").glob("*.yaml")}
     assert packaged == expected
+    data = ROOT / "core" / "data" / "molbridge_mini"
+    shipped = {f"molbridge/core/data/molbridge_mini/{p.relative_to(data).as_posix()}"
+               for p in data.rglob("*") if p.is_file()}
+    assert shipped <= set(names), f"dataset files missing from the wheel: {sorted(shipped - set(names))}"
