@@ -1,0 +1,199 @@
+"""Uni-Mol molecular encoder (Zhou et al., ICLR 2023) with parameter names of the released checkpoints.
+
+``mol_pre_no_h_220816.pt`` / ``mol_pre_all_h_220816.pt`` load strictly into the ``base`` preset; their
+pretraining heads (``lm_head``, ``pair2coord_proj``, ``dist_head``) are dropped. See
+shared/reference/unimol.md for the input pipeline and forward pass this follows.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from molbridge.core import hookimpl
+from molbridge.core.contracts import Encoder, EncoderOutput
+from molbridge.core.errors import MolbridgeError
+from molbridge.plugins.encoders.weights import load_strict, read_state_dict
+
+#: The Uni-Mol dictionary (mol.dict.txt) plus the appended [MASK]; index = token id.
+DICTIONARY = ("[PAD] [CLS] [SEP] [UNK] C N O S H Cl F Br I Si P B Na K Al Ca Sn As Hg Fe Zn Cr Se Gd Au Li "
+              "[MASK]").split()
+PAD, CLS, SEP, UNK = 0, 1, 2, 3
+MAX_ATOMS = 256
+PRETRAINING_HEADS = ("lm_head.", "pair2coord_proj.", "dist_head.")
+_ELEMENTS = ("H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br "
+             "Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er "
+             "Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg").split()
+#: atomic number -> token id ([UNK] for elements outside the dictionary)
+TOKEN_OF_Z = np.array([PAD] + [DICTIONARY.index(s) if s in DICTIONARY else UNK for s in _ELEMENTS]
+                      + [UNK] * 40, dtype=np.int64)
+
+#: name -> (layers, embed dim, ffn dim, heads, gaussian kernels)
+PRESETS = {
+    "base": (15, 512, 2048, 64, 128),  # the released checkpoints / 3D-MoLM
+    "small": (4, 128, 256, 8, 32),  # trains on a CPU in minutes
+}
+
+
+@dataclass
+class UniMolConfig:
+    name: str = "unimol"
+    preset: str = "small"
+    """``base`` (the released checkpoints' shape) or ``small`` (CPU-friendly)."""
+    hydrogens: str = "no_h"
+    """``no_h`` (removes hydrogens, like mol_pre_no_h) or ``all_h`` (keeps them, like mol_pre_all_h)."""
+    checkpoint: str | None = None
+    """Released Uni-Mol weights ({"model": state dict}); null keeps the random initialisation."""
+    trust_checkpoint: bool = False
+    """Allow full unpickling of the checkpoint (only for files you trust)."""
+
+
+class GaussianLayer(nn.Module):
+    """Gaussian basis of pair distances, with an affine map per edge type (token_i, token_j)."""
+
+    def __init__(self, kernels: int, edge_types: int):
+        super().__init__()
+        self.means, self.stds = nn.Embedding(1, kernels), nn.Embedding(1, kernels)
+        self.mul, self.bias = nn.Embedding(edge_types, 1), nn.Embedding(edge_types, 1)
+        nn.init.uniform_(self.means.weight, 0, 3)
+        nn.init.uniform_(self.stds.weight, 0, 3)
+        nn.init.constant_(self.bias.weight, 0)
+        nn.init.constant_(self.mul.weight, 1)
+
+    def forward(self, dist: Tensor, edge_type: Tensor) -> Tensor:
+        x = self.mul(edge_type).float() * dist.unsqueeze(-1) + self.bias(edge_type).float()
+        mean, std = self.means.weight.float().view(-1), self.stds.weight.float().view(-1).abs() + 1e-5
+        pi = 3.14159  # the reference's constant, kept for bit-level parity
+        return torch.exp(-0.5 * ((x - mean) / std) ** 2) / ((2 * pi) ** 0.5 * std)
+
+
+class PairHead(nn.Module):
+    """Linear -> GELU -> Linear (Uni-Mol's NonLinearHead; names linear1/linear2 match the checkpoint)."""
+
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.linear1, self.linear2 = nn.Linear(dim, dim), nn.Linear(dim, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear2(nn.functional.gelu(self.linear1(x)))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.in_proj, self.out_proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns the output and the pre-softmax logits, which become the next layer's pair bias.
+
+        The logits are computed explicitly rather than through SDPA: Uni-Mol feeds them to the next
+        layer, and SDPA does not return them (recomputing them would double the work).
+        """
+        b, n, d = x.shape
+        q, k, v = self.in_proj(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        logits = (q * self.scale) @ k.transpose(-1, -2) + bias
+        probs = torch.softmax(logits.float(), dim=-1).to(v.dtype)  # fp32 softmax: bf16-safe
+        out = (probs @ v).transpose(1, 2).reshape(b, n, d)
+        return self.out_proj(out), logits
+
+
+class Layer(nn.Module):
+    """Pre-LayerNorm transformer layer with pair-biased attention."""
+
+    def __init__(self, dim: int, ffn: int, heads: int):
+        super().__init__()
+        self.self_attn = SelfAttention(dim, heads)
+        self.self_attn_layer_norm, self.final_layer_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, ffn), nn.Linear(ffn, dim)
+
+    def forward(self, x: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        attended, logits = self.self_attn(self.self_attn_layer_norm(x), bias)
+        x = x + attended
+        return x + self.fc2(nn.functional.gelu(self.fc1(self.final_layer_norm(x)))), logits
+
+
+class PairEncoder(nn.Module):
+    def __init__(self, layers: int, dim: int, ffn: int, heads: int):
+        super().__init__()
+        self.emb_layer_norm, self.final_layer_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.final_head_layer_norm = nn.LayerNorm(heads)  # used by pretraining heads only; in the checkpoint
+        self.layers = nn.ModuleList(Layer(dim, ffn, heads) for _ in range(layers))
+
+    def forward(self, x: Tensor, bias: Tensor, padding: Tensor) -> Tensor:
+        x = self.emb_layer_norm(x) * ~padding.unsqueeze(-1)
+        bias = bias.masked_fill(padding[:, None, None, :], float("-inf"))
+        for layer in self.layers:
+            x, bias = layer(x, bias)
+        return self.final_layer_norm(x)
+
+
+class UniMolEncoder(Encoder):
+    def __init__(self, config: UniMolConfig):
+        super().__init__()
+        if config.preset not in PRESETS:
+            raise MolbridgeError(f"encoder.preset: unknown Uni-Mol preset '{config.preset}'; "
+                                 f"valid presets: {', '.join(PRESETS)}")
+        if config.hydrogens not in ("no_h", "all_h"):
+            raise MolbridgeError(f"encoder.hydrogens: '{config.hydrogens}' is not one of no_h, all_h")
+        layers, dim, ffn, heads, kernels = PRESETS[config.preset]
+        self.keep_hydrogens, self.output_dim, self.heads = config.hydrogens == "all_h", dim, heads
+        vocab = len(DICTIONARY)
+        self.embed_tokens = nn.Embedding(vocab, dim, padding_idx=PAD)
+        self.gbf = GaussianLayer(kernels, vocab * vocab)
+        self.gbf_proj = PairHead(kernels, heads)
+        self.encoder = PairEncoder(layers, dim, ffn, heads)
+        if config.checkpoint:
+            state = read_state_dict(config.checkpoint, trust=config.trust_checkpoint)
+            load_strict(self, state, config.checkpoint, ignore_prefixes=PRETRAINING_HEADS)
+
+    def featurize(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> dict[str, Tensor]:
+        """Tokens [CLS] atoms [SEP], pair distances and edge types, after the hydrogen policy and cropping.
+
+        Above 256 atoms, the atoms closest to the centroid are kept (deterministic, unlike the
+        reference's random crop); order among the kept atoms is preserved.
+        """
+        z = np.asarray(atomic_numbers, dtype=np.int64)
+        pos = np.asarray(positions, dtype=np.float64)
+        if z.min(initial=1) < 1 or z.max(initial=1) >= len(TOKEN_OF_Z):
+            raise MolbridgeError(f"Uni-Mol featurize: atomic numbers must be 1..{len(TOKEN_OF_Z) - 1}; "
+                                 f"got {sorted(set(z.tolist()))}")
+        if not self.keep_hydrogens:
+            z, pos = z[z != 1], pos[z != 1]
+        if len(z) > MAX_ATOMS:
+            nearest = np.argsort(np.linalg.norm(pos - pos.mean(0), axis=1), kind="stable")[:MAX_ATOMS]
+            keep = np.sort(nearest)
+            z, pos = z[keep], pos[keep]
+        pos = np.concatenate([np.zeros((1, 3)), pos - pos.mean(0) if len(pos) else pos, np.zeros((1, 3))])
+        tokens = torch.from_numpy(np.concatenate([[CLS], TOKEN_OF_Z[z], [SEP]]))
+        # exact pairwise differences (torch.cdist's matmul shortcut loses precision above 25 atoms)
+        dist = torch.as_tensor(np.linalg.norm(pos[:, None] - pos[None, :], axis=-1), dtype=torch.float32)
+        return {"src_tokens": tokens, "src_distance": dist,
+                "src_edge_type": tokens[:, None] * len(DICTIONARY) + tokens[None, :]}
+
+    def collate(self, features: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        n = max(len(f["src_tokens"]) for f in features)
+
+        def pad2(t: Tensor) -> Tensor:
+            return nn.functional.pad(t, (0, n - t.shape[1], 0, n - t.shape[0]))
+
+        return {"src_tokens": nn.utils.rnn.pad_sequence([f["src_tokens"] for f in features], batch_first=True),
+                "src_distance": torch.stack([pad2(f["src_distance"]) for f in features]),
+                "src_edge_type": torch.stack([pad2(f["src_edge_type"]) for f in features])}
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> EncoderOutput:
+        tokens = inputs["src_tokens"]
+        padding = tokens == PAD
+        gaussians = self.gbf(inputs["src_distance"], inputs["src_edge_type"]).to(self.gbf.means.weight.dtype)
+        bias = self.gbf_proj(gaussians).permute(0, 3, 1, 2)  # (B, heads, N, N)
+        x = self.encoder(self.embed_tokens(tokens), bias, padding)
+        x = x * ~padding.unsqueeze(-1)
+        return EncoderOutput(atom_embeddings=x, padding_mask=padding, pooled=x[:, 0])
+
+
+@hookimpl
+def molbridge_register_encoders(register):
+    register("unimol", UniMolEncoder, UniMolConfig,
+             description="Uni-Mol 3D transformer with pair bias (Zhou et al. 2023); loads the released weights")
