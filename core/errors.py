@@ -46,3 +46,10 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UnknownComponent
     valid = sorted(valid)
     listed = ", ".join(valid) if valid else "none registered"
     return UnknownComponentError(f"unknown {kind} '{name}'{suggest(name, valid)}; valid {kind}s: {listed}")
+
+
+def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
+    """Raise a MolbridgeError naming ``key`` when ``value`` is not one of ``choices``."""
+    choices = list(choices)
+    if value not in choices:
+        raise MolbridgeError(f"{key}: '{value}' is not one of {', '.join(choices)}{suggest(value, choices)}")

@@ -4,8 +4,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from molbridge.core.errors import CheckpointError, MolbridgeError
+from molbridge.core.errors import CheckpointError, MolbridgeError, RecipeError
 from molbridge.core.plugins import load_plugins
+from molbridge.core.recipe import validate
 from molbridge.core.testing import check_encoder, example_molecules
 from molbridge.plugins.encoders.schnet import SchNetConfig, SchNetEncoder
 
@@ -48,8 +49,18 @@ def test_atoms_beyond_the_cutoff_do_not_interact():
 
 
 def test_unknown_preset_lists_the_valid_ones():
-    with pytest.raises(MolbridgeError, match="unknown SchNet preset 'tiny'; valid presets: base, small"):
+    with pytest.raises(MolbridgeError, match="encoder.preset: 'tiny' is not one of base, small"):
         make(preset="tiny")
+
+
+def test_recipe_validation_reports_bad_presets_and_hydrogen_policies_together():
+    registry = load_plugins(external=False, strict=True).registry
+    data = {"task": None, "encoder": {"name": "schnet", "preset": "bas", "hydrogens": "all"}}
+    with pytest.raises(RecipeError) as info:
+        validate(data, registry)
+    text = str(info.value)
+    assert "encoder.preset" in text and "did you mean 'base'" in text
+    assert "encoder.hydrogens" in text and "did you mean 'all_h'" in text
 
 
 def test_checkpoint_round_trip_is_strict_and_safe(tmp_path, molecules):

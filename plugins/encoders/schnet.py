@@ -9,7 +9,7 @@ any permutation of the atoms.
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from molbridge.core import hookimpl
 from molbridge.core.contracts import Encoder, EncoderOutput
-from molbridge.core.errors import MolbridgeError
+from molbridge.core.errors import MolbridgeError, check_choice
 from molbridge.plugins.encoders.weights import load_strict, read_state_dict
 
 #: name -> (hidden, filters, interactions, gaussians, cutoff in angstrom)
@@ -26,12 +26,13 @@ PRESETS = {
     "small": (64, 64, 3, 32, 5.0),  # trains on a CPU in minutes
 }
 MAX_ATOMIC_NUMBER = 100
+HYDROGEN_POLICIES = ("all_h", "no_h")
 
 
 @dataclass
 class SchNetConfig:
     name: str = "schnet"
-    preset: str = "small"
+    preset: str = field(default="small", metadata={"choices": tuple(PRESETS)})
     """``base`` (the paper's shape) or ``small`` (CPU-friendly); explicit fields below override it."""
     hidden: int | None = None
     filters: int | None = None
@@ -39,8 +40,8 @@ class SchNetConfig:
     gaussians: int | None = None
     cutoff: float | None = None
     """Interaction cutoff in angstrom."""
-    hydrogens: str = "all"
-    """``all`` keeps hydrogens, ``no_h`` removes them before encoding."""
+    hydrogens: str = field(default="all_h", metadata={"choices": HYDROGEN_POLICIES})
+    """``all_h`` keeps hydrogens, ``no_h`` removes them before encoding."""
     checkpoint: str | None = None
     """Weights to load (a state dict, or {"model": state dict}); null keeps the random initialisation."""
     trust_checkpoint: bool = False
@@ -69,14 +70,11 @@ class Interaction(nn.Module):
 class SchNetEncoder(Encoder):
     def __init__(self, config: SchNetConfig):
         super().__init__()
-        if config.preset not in PRESETS:
-            raise MolbridgeError(f"encoder.preset: unknown SchNet preset '{config.preset}'; "
-                                 f"valid presets: {', '.join(PRESETS)}")
-        if config.hydrogens not in ("all", "no_h"):
-            raise MolbridgeError(f"encoder.hydrogens: '{config.hydrogens}' is not one of all, no_h")
+        check_choice("encoder.preset", config.preset, PRESETS)
+        check_choice("encoder.hydrogens", config.hydrogens, HYDROGEN_POLICIES)
         preset = dict(zip(("hidden", "filters", "interactions", "gaussians", "cutoff"), PRESETS[config.preset]))
         shape = {k: getattr(config, k) if getattr(config, k) is not None else v for k, v in preset.items()}
-        self.keep_hydrogens, self.cutoff = config.hydrogens == "all", float(shape["cutoff"])
+        self.keep_hydrogens, self.cutoff = config.hydrogens == "all_h", float(shape["cutoff"])
         self.output_dim = shape["hidden"]
         self.embedding = nn.Embedding(MAX_ATOMIC_NUMBER + 1, shape["hidden"], padding_idx=0)
         self.register_buffer("centres", torch.linspace(0.0, self.cutoff, shape["gaussians"]), persistent=False)

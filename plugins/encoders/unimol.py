@@ -6,7 +6,7 @@ shared/reference/unimol.md for the input pipeline and forward pass this follows.
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from molbridge.core import hookimpl
 from molbridge.core.contracts import Encoder, EncoderOutput
-from molbridge.core.errors import MolbridgeError
+from molbridge.core.errors import MolbridgeError, check_choice
 from molbridge.plugins.encoders.weights import load_strict, read_state_dict
 
 #: The Uni-Mol dictionary (mol.dict.txt) plus the appended [MASK]; index = token id.
@@ -23,6 +23,7 @@ DICTIONARY = ("[PAD] [CLS] [SEP] [UNK] C N O S H Cl F Br I Si P B Na K Al Ca Sn 
 PAD, CLS, SEP, UNK = 0, 1, 2, 3
 MAX_ATOMS = 256
 PRETRAINING_HEADS = ("lm_head.", "pair2coord_proj.", "dist_head.")
+HYDROGEN_POLICIES = ("no_h", "all_h")
 _ELEMENTS = ("H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br "
              "Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er "
              "Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg").split()
@@ -40,9 +41,9 @@ PRESETS = {
 @dataclass
 class UniMolConfig:
     name: str = "unimol"
-    preset: str = "small"
+    preset: str = field(default="small", metadata={"choices": tuple(PRESETS)})
     """``base`` (the released checkpoints' shape) or ``small`` (CPU-friendly)."""
-    hydrogens: str = "no_h"
+    hydrogens: str = field(default="no_h", metadata={"choices": HYDROGEN_POLICIES})
     """``no_h`` (removes hydrogens, like mol_pre_no_h) or ``all_h`` (keeps them, like mol_pre_all_h)."""
     checkpoint: str | None = None
     """Released Uni-Mol weights ({"model": state dict}); null keeps the random initialisation."""
@@ -133,11 +134,8 @@ class PairEncoder(nn.Module):
 class UniMolEncoder(Encoder):
     def __init__(self, config: UniMolConfig):
         super().__init__()
-        if config.preset not in PRESETS:
-            raise MolbridgeError(f"encoder.preset: unknown Uni-Mol preset '{config.preset}'; "
-                                 f"valid presets: {', '.join(PRESETS)}")
-        if config.hydrogens not in ("no_h", "all_h"):
-            raise MolbridgeError(f"encoder.hydrogens: '{config.hydrogens}' is not one of no_h, all_h")
+        check_choice("encoder.preset", config.preset, PRESETS)
+        check_choice("encoder.hydrogens", config.hydrogens, HYDROGEN_POLICIES)
         layers, dim, ffn, heads, kernels = PRESETS[config.preset]
         self.keep_hydrogens, self.output_dim, self.heads = config.hydrogens == "all_h", dim, heads
         vocab = len(DICTIONARY)
