@@ -28,8 +28,8 @@ def add_parser(sub):
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), metavar="GLOB",
                         help="metric name patterns (default: %(default)s)")
     parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
-    parser.add_argument("--all", dest="latest", action="store_false",
-                        help="keep every run, not only the newest of each run name")
+    parser.add_argument("--latest", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep only the newest run of each run name (default); --no-latest keeps all")
     parser.add_argument("--uri", help="MLflow tracking URI")
     parser.set_defaults(func=compare)
 
