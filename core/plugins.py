@@ -68,7 +68,8 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _molbridge_version() -> str | None:
+def molbridge_version() -> str | None:
+    """The installed molbridge distribution's version (None when running from an uninstalled tree)."""
     try:
         return metadata.version("molbridge")
     except metadata.PackageNotFoundError:
@@ -77,7 +78,7 @@ def _molbridge_version() -> str | None:
 
 def _candidates(external: bool, extra: Iterable[Any]) -> list[tuple[PluginInfo, Callable[[], Any]]]:
     """(info, loader) pairs; nothing is imported yet, so one plugin's import error stays its own."""
-    version = _molbridge_version()
+    version = molbridge_version()
     found = [(PluginInfo(m.rsplit(".", 1)[-1], m, "molbridge", version, True),
               functools.partial(importlib.import_module, m)) for m in BUILTIN_PLUGINS]
     if external:

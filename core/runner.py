@@ -12,7 +12,6 @@ import platform
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from omegaconf import DictConfig
 from molbridge.core import loop as training
 from molbridge.core.checkpoint import resolve_resume
 from molbridge.core.errors import MolbridgeError
+from molbridge.core.plugins import molbridge_version
 from molbridge.core.recipe import output_dir as default_output_dir
 from molbridge.core.registry import Registry
 
@@ -64,13 +64,6 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
-def _version() -> str | None:
-    try:
-        return metadata.version("molbridge")
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _device(fabric: Fabric) -> str:
@@ -182,7 +175,7 @@ def _provenance(
         "task": recipe.task.name,
         "seed": recipe.seed,
         "git_commit": _git_commit(),
-        "molbridge_version": _version(),
+        "molbridge_version": molbridge_version(),
         "torch_version": torch.__version__,
         "device": _device(fabric),
         "precision": recipe.train.precision,

@@ -23,12 +23,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from molbridge.core.plugins import molbridge_version
 from molbridge.core.recipe import experiment_name, flatten, run_name, to_yaml
 from molbridge.core.registry import Registry
 
@@ -117,10 +117,9 @@ def run_tags(recipe: DictConfig, registry: Registry) -> dict[str, str]:
         if section is not None:
             component = registry.get(kind, section.name)
             tags[f"plugin.{kind}"] = f"{component.distribution or component.plugin} {component.version or ''}".strip()
-    try:
-        tags["molbridge_version"] = metadata.version("molbridge")
-    except metadata.PackageNotFoundError:
-        pass
+    version = molbridge_version()
+    if version:
+        tags["molbridge_version"] = version
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = commit
