@@ -1,0 +1,246 @@
+"""A BERT that reads a prefix of soft tokens: the Q-Former's body and the stage-1 text tower.
+
+Why our own and not ``transformers.BertModel`` / ``Blip2QFormerModel``: stage 1 needs one network that
+runs four ways over ``[prefix ; text]``: prefix only (with cross-attention to the molecule), text only,
+both bidirectionally (matching) and text causally after the prefix (Q-Former captioning), with a
+separate feed-forward block for prefix positions. transformers 5 has no class with the causal path
+(see ``qformer.md``), so this is a compact re-implementation on ``scaled_dot_product_attention``.
+
+Parameter names follow the BERT layout (``embeddings.*``, ``encoder.layer.N.attention.self.query`` ...)
+plus the BLIP-2 additions (``crossattention.*``, ``intermediate_query``, ``output_query``), so a
+HuggingFace BERT checkpoint and a LAVIS/3D-MoLM Q-Former load by name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from molbridge.core.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class BertShape:
+    """The fields of a HuggingFace ``config.json`` that fix the network's shape."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int = 512
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> BertShape:
+        path = Path(folder) / "config.json"
+        if not path.is_file():
+            raise CheckpointError(f"{folder} is not a HuggingFace BERT folder: {path} is missing")
+        config = json.loads(path.read_text())
+        positions = config.get("position_embedding_type", "absolute")
+        if config.get("hidden_act", "gelu") != "gelu" or positions != "absolute":
+            raise CheckpointError(f"{path}: only BERT with GELU and absolute positions is supported")
+        names = [f for f in cls.__dataclass_fields__ if f in config]
+        return cls(**{f: config[f] for f in names})
+
+
+class Attention(nn.Module):
+    """Multi-head attention + BERT's post-LayerNorm residual output (``self`` / ``output`` submodules)."""
+
+    def __init__(self, shape: BertShape, key_dim: int | None = None):
+        super().__init__()
+        self.self = nn.Module()
+        self.self.query = nn.Linear(shape.hidden_size, shape.hidden_size)
+        self.self.key = nn.Linear(key_dim or shape.hidden_size, shape.hidden_size)
+        self.self.value = nn.Linear(key_dim or shape.hidden_size, shape.hidden_size)
+        self.output = nn.Module()
+        self.output.dense = nn.Linear(shape.hidden_size, shape.hidden_size)
+        self.output.LayerNorm = nn.LayerNorm(shape.hidden_size, eps=shape.layer_norm_eps)
+        self.heads, self.dropout_p = shape.num_attention_heads, shape.attention_probs_dropout_prob
+        self.dropout = nn.Dropout(shape.hidden_dropout_prob)
+
+    def _split(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, -1).transpose(1, 2)
+
+    def forward(self, x: Tensor, memory: Tensor, mask: Tensor | None) -> Tensor:
+        """``mask``: bool (B, 1, Lq|1, Lk), True = may attend; or a float bias of that shape."""
+        q, k, v = (self._split(f(t)) for f, t in ((self.self.query, x), (self.self.key, memory),
+                                                   (self.self.value, memory)))
+        dropout = self.dropout_p if self.training else 0.0
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        attended = attended.transpose(1, 2).flatten(2)
+        return self.output.LayerNorm(x + self.dropout(self.output.dense(attended)))
+
+
+def _ffn_parts(shape: BertShape) -> tuple[nn.Module, nn.Module]:
+    """BERT's FFN as its two named parts (``intermediate.dense``; ``output.dense`` + ``output.LayerNorm``)."""
+    intermediate, output = nn.Module(), nn.Module()
+    intermediate.dense = nn.Linear(shape.hidden_size, shape.intermediate_size)
+    output.dense = nn.Linear(shape.intermediate_size, shape.hidden_size)
+    output.LayerNorm = nn.LayerNorm(shape.hidden_size, eps=shape.layer_norm_eps)
+    return intermediate, output
+
+
+class Layer(nn.Module):
+    """Self-attention over [prefix ; text], cross-attention for the prefix, separate prefix/text FFNs."""
+
+    def __init__(self, shape: BertShape, cross_dim: int | None):
+        super().__init__()
+        self.attention = Attention(shape)
+        self.crossattention = Attention(shape, key_dim=cross_dim) if cross_dim else None
+        self.intermediate, self.output = _ffn_parts(shape)
+        self.intermediate_query, self.output_query = _ffn_parts(shape)
+        self.dropout = nn.Dropout(shape.hidden_dropout_prob)
+
+    def _ffn(self, x: Tensor, intermediate: nn.Module, output: nn.Module) -> Tensor:
+        hidden = F.gelu(intermediate.dense(x))
+        return output.LayerNorm(x + self.dropout(output.dense(hidden)))
+
+    def forward(self, x: Tensor, mask: Tensor | None, prefix_len: int,
+                memory: Tensor | None, memory_mask: Tensor | None) -> Tensor:
+        x = self.attention(x, x, mask)
+        prefix, text = x[:, :prefix_len], x[:, prefix_len:]
+        if prefix_len and self.crossattention is not None and memory is not None:
+            prefix = self.crossattention(prefix, memory, memory_mask)
+        parts = [self._ffn(prefix, self.intermediate_query, self.output_query)] if prefix_len else []
+        if text.shape[1]:
+            parts.append(self._ffn(text, self.intermediate, self.output))
+        return torch.cat(parts, dim=1)
+
+
+class PrefixBert(nn.Module):
+    """BERT over ``[prefix ; text]``; the prefix gets no position embeddings (text positions start at 0).
+
+    ``cross_dim`` (the molecule encoder's width) adds cross-attention to every ``cross_every``-th layer
+    (0, k, 2k, ...), applied to prefix positions only, as in BLIP-2.
+    """
+
+    def __init__(self, shape: BertShape, cross_dim: int | None = None, cross_every: int = 2):
+        super().__init__()
+        self.shape = shape
+        self.embeddings = nn.Module()
+        self.embeddings.word_embeddings = nn.Embedding(shape.vocab_size, shape.hidden_size)
+        self.embeddings.position_embeddings = nn.Embedding(shape.max_position_embeddings, shape.hidden_size)
+        self.embeddings.LayerNorm = nn.LayerNorm(shape.hidden_size, eps=shape.layer_norm_eps)
+        self.embed_dropout = nn.Dropout(shape.hidden_dropout_prob)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(
+            Layer(shape, cross_dim if cross_dim and cross_every and i % cross_every == 0 else None)
+            for i in range(shape.num_hidden_layers))
+        self.apply(_init_bert)
+
+    def embed(self, prefix: Tensor | None, input_ids: Tensor | None) -> Tensor:
+        parts = [] if prefix is None else [prefix]
+        if input_ids is not None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            parts.append(self.embeddings.word_embeddings(input_ids) + self.embeddings.position_embeddings(positions))
+        return self.embed_dropout(self.embeddings.LayerNorm(torch.cat(parts, dim=1)))
+
+    def forward(self, prefix: Tensor | None = None, input_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None, *, causal: bool = False,
+                memory: Tensor | None = None, memory_mask: Tensor | None = None) -> Tensor:
+        """Hidden states (B, P + L, H).
+
+        attention_mask: (B, L) 1 at real text tokens. ``causal``: text token t sees the prefix and text
+        tokens <= t, the prefix sees only itself (Q-Former captioning). Otherwise attention is
+        bidirectional over all real positions. memory_mask: bool or float, broadcastable to (B, 1, P, N).
+        """
+        x = self.embed(prefix, input_ids)
+        prefix_len = 0 if prefix is None else prefix.shape[1]
+        mask = attention_masks(x.shape[0], prefix_len, attention_mask, input_ids, causal, x.device)
+        for layer in self.encoder.layer:
+            x = layer(x, mask, prefix_len, memory, memory_mask)
+        return x
+
+
+def attention_masks(batch: int, prefix_len: int, text_mask: Tensor | None, input_ids: Tensor | None,
+                    causal: bool, device: torch.device) -> Tensor | None:
+    """Boolean (B, 1, P+L, P+L) self-attention mask, True = may attend; None when nothing is masked."""
+    text_len = 0 if input_ids is None else input_ids.shape[1]
+    keys = torch.ones(batch, prefix_len + text_len, dtype=torch.bool, device=device)
+    if text_mask is not None:
+        keys[:, prefix_len:] = text_mask.bool()
+    mask = keys[:, None, None, :].expand(batch, 1, prefix_len + text_len, prefix_len + text_len)
+    if causal:
+        allowed = torch.ones(prefix_len + text_len, prefix_len + text_len, dtype=torch.bool, device=device)
+        allowed[:prefix_len, prefix_len:] = False  # the prefix never sees text
+        allowed[prefix_len:, prefix_len:] = torch.tril(allowed[prefix_len:, prefix_len:])
+        mask = mask & allowed
+    elif text_mask is None:
+        return None
+    return mask
+
+
+def _init_bert(module: nn.Module) -> None:
+    """BERT's initialisation (N(0, 0.02) weights, zero bias, unit LayerNorm) for fresh parameters."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def read_bert_weights(folder: str | Path) -> dict[str, Tensor]:
+    """A HuggingFace BERT folder's weights (safetensors or pytorch_model.bin), ``bert.`` prefix removed."""
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+        state = load_file(folder / "model.safetensors")
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise CheckpointError(f"{folder} holds no model.safetensors or pytorch_model.bin")
+    return {k.removeprefix("bert."): v for k, v in state.items()}
+
+
+def load_pretrained_bert(model: PrefixBert, folder: str | Path) -> None:
+    """Copy a pretrained BERT into ``model``; the BLIP-2 additions start as described below.
+
+    - The token-type-0 embedding is folded into the word embeddings (single-segment input), so a
+      text-only pass equals ``BertModel`` exactly.
+    - Each layer's prefix FFN (``intermediate_query`` / ``output_query``) starts as a copy of its text FFN.
+    - Cross-attention keeps its fresh initialisation. Extra BERT layers beyond the model's depth are
+      dropped (``num_layers`` in the recipe), as is the pooler and any pre-training head.
+    """
+    state = read_bert_weights(folder)
+    words = state.get("embeddings.word_embeddings.weight")
+    if words is None:
+        raise CheckpointError(f"{folder}: no embeddings.word_embeddings.weight; is it a BERT checkpoint?")
+    token_type = state.get("embeddings.token_type_embeddings.weight")
+    if token_type is not None:
+        words = words + token_type[0]
+    own = model.state_dict()
+    loaded = {"embeddings.word_embeddings.weight": words}
+    for name in own:
+        source = name.replace("intermediate_query.", "intermediate.").replace("output_query.", "output.")
+        if name not in loaded and "crossattention." not in name and source in state:
+            loaded[name] = state[source]
+    missing = sorted(k for k in own if k not in loaded and "crossattention." not in k)
+    if missing:
+        raise CheckpointError(f"{folder} lacks BERT weights for: {', '.join(missing[:8])}"
+                              + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+    mismatched = [k for k, v in loaded.items() if v.shape != own[k].shape]
+    if mismatched:
+        k = mismatched[0]
+        raise CheckpointError(f"{folder}: {k} has shape {tuple(loaded[k].shape)}, "
+                              f"the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(loaded, strict=False)
+
+
+def resize_vocabulary(model: PrefixBert, size: int) -> None:
+    """Grow the word embeddings to ``size`` rows (new rows: mean of the old ones, a neutral start)."""
+    old = model.embeddings.word_embeddings.weight.data
+    if size <= old.shape[0]:
+        return
+    grown = torch.cat([old, old.mean(0, keepdim=True).expand(size - old.shape[0], -1)])
+    model.embeddings.word_embeddings = nn.Embedding.from_pretrained(grown.clone(), freeze=False)
