@@ -121,6 +121,8 @@ def apply_freezing(
     """Set ``requires_grad`` from glob patterns over parameter names; return (trainable, total) counts.
 
     A pattern that matches no parameter is an error (a typo would silently freeze everything).
+    Parameters a component froze itself (e.g. a locked text tower) stay frozen: patterns only choose
+    among the others.
     """
     names = [name for name, _ in model.named_parameters()]
     for key, patterns in (("train.trainable", trainable), ("train.frozen", frozen)):
@@ -135,7 +137,9 @@ def apply_freezing(
                 )
     for name, param in model.named_parameters():
         param.requires_grad_(
-            any(fnmatch(name, p) for p in trainable) and not any(fnmatch(name, p) for p in frozen)
+            param.requires_grad
+            and any(fnmatch(name, p) for p in trainable)
+            and not any(fnmatch(name, p) for p in frozen)
         )
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

@@ -31,7 +31,13 @@ from molbridge.core.registry import HOOK_BY_KIND, Registry, make_register
 ENTRY_POINT_GROUP = "molbridge"
 
 #: Built-in plugins, loaded in this order before any third-party plugin.
-BUILTIN_PLUGINS: tuple[str, ...] = ("molbridge.plugins.encoders.schnet", "molbridge.plugins.encoders.unimol")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "molbridge.plugins.encoders.schnet",
+    "molbridge.plugins.encoders.unimol",
+    "molbridge.plugins.projectors.qformer",
+    "molbridge.plugins.projectors.linear",
+    "molbridge.plugins.tasks.retrieval",
+)
 
 ENV_NO_EXTERNAL = "MOLBRIDGE_NO_EXTERNAL_PLUGINS"
 ENV_BLOCKED = "MOLBRIDGE_BLOCKED_PLUGINS"

@@ -42,6 +42,8 @@ class DataConfig:
     """Data-loader worker processes."""
     limit: int | None = None
     """Use only the first N training molecules (quick experiments); evaluation splits are untouched."""
+    eval_limit: int | None = None
+    """Evaluate on only the first N molecules of each evaluation split (smoke tests; not for results)."""
     augment: bool = True
     """Training draws a seeded random conformer per molecule and epoch; evaluation always uses conformer 0."""
 
@@ -223,11 +225,16 @@ def _walk(data: Any, parts: list[str]) -> Any:
     return data
 
 
-def replace_component(data: dict, kind: str, name: str) -> dict:
-    """``--encoder X``: switch a component, dropping options that belonged to the previous one."""
+def replace_component(data: dict, kind: str, name: str, registry: Registry | None = None) -> dict:
+    """``--encoder X``: switch a component. Options the new one also declares (e.g. ``preset``) carry
+    over, so a recipe's sizing survives the swap; the others fall back to the new component's defaults."""
     current = data.get(kind) or {}
-    if current.get("name") != name:
-        data[kind] = {"name": name}
+    if current.get("name") == name:
+        return data
+    shared: set[str] = set()
+    if registry is not None and name in registry.names(kind):
+        shared = {f.name for f in dataclasses.fields(registry.get(kind, name).config_schema)} - {"name"}
+    data[kind] = {"name": name} | {key: value for key, value in current.items() if key in shared}
     return data
 
 
@@ -322,7 +329,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] = (), registry: R
     data, origin = _read_with_bases(path)
     for kind, name in (components or {}).items():
         if name:
-            data = replace_component(data, kind, name)
+            data = replace_component(data, kind, name, registry)
             origin[kind] = f"command line --{kind} {name}"
     data = apply_overrides(data, list(overrides), origin)
     return validate(data, registry, origin, source=str(path))

@@ -11,8 +11,9 @@ DESCRIPTION = """\
 Train and evaluate TASK as a recipe describes, through the one Lightning Fabric loop.
 
 The recipe is the packaged recipe named TASK unless --recipe gives another (a packaged name or a
-YAML path). --encoder/--projector/--llm swap a component (its options fall back to that
-component's defaults); key=value changes any recipe key and ~key resets one to its default
+YAML path). --encoder/--projector/--llm swap a component: options it shares with the old one
+(e.g. preset) carry over, the rest take its defaults. key=value changes any recipe key and ~key
+resets one to its default
 (`bench recipes show TASK` prints every key). Checkpoints and metrics.json go to --output, else to
 the recipe's output_dir, else runs/{experiment}/{run_name}. A run that finds checkpoints there
 resumes from the latest (train.resume=auto; set train.resume=never to start over). Ctrl-C saves a
@@ -109,15 +110,22 @@ def run_command(args) -> int:
 
 
 def results_table(result: dict) -> str:
-    """The final metrics (and the best validation value) as a markdown table."""
-    rows = dict(result["metrics"])
+    """The final metrics as a markdown table; a task's ``baseline_NAME`` metrics get their own column."""
+    metrics = result["metrics"]
+    baseline = {name.replace("baseline_", "", 1): value for name, value in metrics.items() if "/baseline_" in name}
+    lines = [f"status: {result['status']}, steps: {result['provenance']['steps']}", ""]
+    if baseline:
+        lines += ["| metric | model | baseline |", "|---|---|---|"]
+        lines += [f"| {name} | {value:.4f} | {_cell(baseline.get(name))} |"
+                  for name, value in metrics.items() if "/baseline_" not in name]
+    else:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items()]
     if result.get("best"):
-        rows[f"best {result['best']['metric']} (step {result['best']['step']})"] = result["best"]["value"]
-    lines = [
-        f"status: {result['status']}, steps: {result['provenance']['steps']}",
-        "",
-        "| metric | value |",
-        "|---|---|",
-    ]
-    lines += [f"| {name} | {value:.4f} |" for name, value in rows.items()]
+        best = result["best"]
+        lines += ["", f"best {best['metric']}: {best['value']:.4f} at step {best['step']}"]
     return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"

@@ -1,0 +1,192 @@
+"""The ``retrieval`` task: stage-1 training and molecule-text retrieval evaluation (3D-MoLM protocol).
+
+Training: contrastive + matching + Q-Former captioning losses (:mod:`.stage1`). Evaluation, on conformer
+0 and the dataset order (deterministic): molecule->text and text->molecule accuracy and Recall@20 in
+batches of 64 and against the whole split, optionally re-ranked by the matching head over the top-k.
+The same protocol scores a baseline that has seen no 3D and trained no text model: a ridge map from
+Morgan fingerprints to the frozen (initial) text tower's embeddings, fitted on the training split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from molbridge.core import batch as keys
+from molbridge.core import hookimpl
+from molbridge.core.contracts import StepOutput, Task
+from molbridge.core.data import MoleculeDataset
+from molbridge.core.errors import MolbridgeError
+from molbridge.plugins.tasks.fingerprint_baseline import FingerprintRidge
+from molbridge.plugins.tasks.retrieval_metrics import retrieval_report
+from molbridge.plugins.tasks.stage1 import CACHED_TEXT, Stage1Model, Stage1Options, check_options
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class RetrievalConfig(Stage1Options):
+    name: str = "retrieval"
+    text_field: str = "description"
+    """Which stored text of a molecule is its caption."""
+    inbatch_size: int = 64
+    """Candidates per batch for the in-batch protocol (3D-MoLM: 64)."""
+    rerank_top_k: int = 0
+    """Re-rank the top k candidates by similarity + matching logit (3D-MoLM: 64; 0 = off, it is slow on CPU)."""
+    baseline: bool = True
+    """Score the Morgan-fingerprint ridge baseline in the same run."""
+
+
+class RetrievalTask(Task):
+    monitor = ("full_acc", "max")
+
+    def __init__(self, config: RetrievalConfig, recipe, registry):
+        self.config, self.recipe, self.registry = config, recipe, registry
+        check_options(config, recipe.data.batch_size, "task section")
+        data = recipe.data
+        self.splits = {split: MoleculeDataset.from_split(data.name, split, data.split, seed=recipe.seed,
+                                                         augment=data.augment and split == "train",
+                                                         limit=data.limit if split == "train" else data.eval_limit,
+                                                         text_field=config.text_field)
+                       for split in SPLITS}
+        self.encoder = self.projector = None
+        self._baseline: dict[str, dict[str, float]] = {}
+
+    # -- model ----------------------------------------------------------------------------------------
+    def build_model(self) -> Stage1Model:
+        self.encoder = self.registry.build("encoder", self.recipe.encoder)
+        self.projector = self.registry.build("projector", self.recipe.projector, input_dim=self.encoder.output_dim)
+        missing = [m for m in ("text_features", "molecule_features", "match_logits", "caption_loss")
+                   if not hasattr(self.projector, m)]
+        if missing:
+            raise MolbridgeError(f"projector '{self.recipe.projector.name}' has no stage-1 text side "
+                                 f"({', '.join(missing)}); retrieval needs one, e.g. qformer or linear")
+        if self.config.baseline or self.config.lock_text_tower:
+            self._encode_texts()  # before training: the text tower is still the pretrained one
+        if self.config.baseline:
+            self._fit_baseline()
+        return Stage1Model(self.encoder, self.projector, self.config)
+
+    def datasets(self):
+        return self.splits
+
+    def collate(self, samples):
+        features = [self.encoder.featurize(s[keys.ATOMIC_NUMBERS], s[keys.POSITIONS]) for s in samples]
+        ids, mask = self.projector.tokenize([s[keys.TEXT] for s in samples])
+        batch = {keys.ENCODER_INPUT: self.encoder.collate(features), keys.TEXT_INPUT_IDS: ids,
+                 keys.TEXT_ATTENTION_MASK: mask, keys.MOL_ID: [s[keys.MOL_ID] for s in samples]}
+        if self.config.lock_text_tower:
+            batch[CACHED_TEXT] = torch.stack([self._pooled_text[s[keys.MOL_ID]] for s in samples])
+        return batch
+
+    def training_step(self, model, batch) -> StepOutput:
+        terms = model(batch)
+        return StepOutput(terms.pop("loss"), {name: value.detach() for name, value in terms.items()})
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, fabric, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Molecule (N, P, E) and text (N, E) features of a split, in dataset order, float32 on CPU."""
+        loader = DataLoader(self.splits[split], batch_size=self.recipe.data.eval_batch_size, collate_fn=self.collate)
+        mols, texts = [], []
+        for batch in tqdm(loader, desc=f"encode {split}", leave=False, disable=not fabric.is_global_zero):
+            batch = fabric.to_device(batch)
+            encoded = self.encoder(batch[keys.ENCODER_INPUT])
+            mols.append(self.projector.molecule_features(encoded).float().cpu())
+            text = (self.projector.project_text(batch[CACHED_TEXT]) if CACHED_TEXT in batch else
+                    self.projector.text_features(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]))
+            texts.append(text.float().cpu())
+        return torch.cat(mols), torch.cat(texts)
+
+    @torch.no_grad()
+    def evaluate(self, model, fabric, split: str) -> dict[str, float]:
+        model.eval()
+        mol, text = self.features(fabric, split)
+        pair_scores = self._pair_scorer(fabric, split) if self.config.rerank_top_k else None
+        metrics = retrieval_report(mol, text, batch_size=self.config.inbatch_size, pair_scores=pair_scores,
+                                   rerank_k=self.config.rerank_top_k)
+        metrics["full_acc"] = (metrics["full_m2t_acc"] + metrics["full_t2m_acc"]) / 2
+        if self.config.baseline:
+            metrics |= {f"baseline_{k}": v for k, v in self._baseline_metrics(split).items()}
+        model.train()
+        return metrics
+
+    def _pair_scorer(self, fabric, split: str):
+        """Matching logit (match minus no-match) of (molecule i, text j) pairs, in batches."""
+        dataset, batch_size = self.splits[split], self.recipe.data.eval_batch_size
+
+        def score(mol_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+            out = []
+            for start in range(0, len(mol_index), batch_size):
+                mols = [dataset[int(i)] for i in mol_index[start:start + batch_size]]
+                texts = [dataset[int(j)] for j in text_index[start:start + batch_size]]
+                batch = self.collate(mols)
+                ids, mask = self.projector.tokenize([t[keys.TEXT] for t in texts])
+                batch = fabric.to_device(batch | {keys.TEXT_INPUT_IDS: ids, keys.TEXT_ATTENTION_MASK: mask})
+                encoded = self.encoder(batch[keys.ENCODER_INPUT])
+                logits = self.projector.match_logits(encoded, batch[keys.TEXT_INPUT_IDS],
+                                                     batch[keys.TEXT_ATTENTION_MASK]).float()
+                out.append((logits[:, 1] - logits[:, 0]).cpu())
+            return torch.cat(out)
+
+        return score
+
+    # -- the frozen text tower: baseline targets and the locked tower's cache --------------------------
+    @torch.no_grad()
+    def _encode_texts(self) -> None:
+        """Pooled states of every text under the text tower as loaded, by molecule id (CPU, float32)."""
+        device = next(self.projector.parameters()).device  # built under fabric.init_module: maybe a GPU
+        self.projector.eval()
+        self._pooled_text = {}
+        for split in SPLITS:
+            dataset = self.splits[split]
+            mols = [dataset.store[int(row)] for row in dataset.indices]
+            for start in tqdm(range(0, len(mols), 128), desc=f"text tower: encode {split} texts", leave=False):
+                chunk = mols[start:start + 128]
+                ids, mask = self.projector.tokenize([m.texts.get(self.config.text_field, "") for m in chunk])
+                pooled = self.projector.pooled_text(ids.to(device), mask.to(device)).float().cpu()
+                self._pooled_text.update(zip((m.id for m in chunk), pooled, strict=True))
+        self.projector.train()
+
+    def _frozen_targets(self, split: str) -> torch.Tensor:
+        dataset = self.splits[split]
+        return F.normalize(torch.stack([self._pooled_text[dataset.store[int(r)].id] for r in dataset.indices]), dim=-1)
+
+    def _smiles(self, split: str) -> list[str]:
+        dataset = self.splits[split]
+        return [dataset.store[int(row)].smiles for row in dataset.indices]
+
+    def _fit_baseline(self) -> None:
+        self.baseline = FingerprintRidge()
+        self.baseline.fit(self._smiles("train"), self._frozen_targets("train"),
+                          self._smiles("valid"), self._frozen_targets("valid"))
+
+    def _baseline_metrics(self, split: str) -> dict[str, float]:
+        if split not in self._baseline:
+            predicted = self.baseline.molecule_features(self._smiles(split))
+            report = retrieval_report(predicted, self._frozen_targets(split), batch_size=self.config.inbatch_size)
+            report["full_acc"] = (report["full_m2t_acc"] + report["full_t2m_acc"]) / 2
+            self._baseline[split] = report
+        return self._baseline[split]
+
+    def describe(self) -> dict[str, Any]:
+        facts = {"dataset": self.recipe.data.name, "split": self.recipe.data.split,
+                 "sizes": {k: len(v) for k, v in self.splits.items()}, "text_field": self.config.text_field,
+                 "protocol": f"M2T/T2M accuracy and R@20, in batches of {self.config.inbatch_size} and against "
+                             "the full split; conformer 0; dataset order"}
+        if self.config.baseline:
+            facts["baseline"] = self.baseline.describe() | {
+                "text_embeddings": f"{self.projector.text_pooling}-pooled states of the text tower as loaded, "
+                                   "before training"}
+        return facts
+
+
+@hookimpl
+def molbridge_register_tasks(register):
+    register("retrieval", RetrievalTask, RetrievalConfig,
+             description="stage 1: molecule-text contrastive/matching/captioning; retrieval accuracy and R@20")
