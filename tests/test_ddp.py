@@ -61,3 +61,28 @@ def test_nan_on_one_rank_stops_both(tmp_path):
     )
     assert "step-000003" in done.stdout
     assert [p.name for p in (tmp_path / "out" / "checkpoints").glob("step-*")] == ["step-000003"]
+
+
+RETRIEVAL = """\
+recipe: retrieval-ddp
+encoder: {name: unimol, preset: small}
+projector: {name: qformer, num_layers: 1, max_text_length: 32}
+task: {name: retrieval, lock_text_tower: false, matching_weight: 1, captioning_weight: 1, baseline: false}
+data: {batch_size: 4, limit: 32, eval_limit: 12, eval_batch_size: 8}
+train: {max_steps: 3, strategy: ddp, devices: 2, accelerator: cpu, eval_every: 3}
+tracking: {enabled: false}
+"""
+
+
+def test_retrieval_stage1_under_two_process_ddp(tmp_path):
+    """Contrastive features gathered across ranks (autograd all_gather), every loss on, every parameter used."""
+    recipe = tmp_path / "retrieval.yaml"
+    recipe.write_text(RETRIEVAL)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    done = subprocess.run([sys.executable, str(HELPER), str(recipe), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 1 finished: completed" in done.stdout and "rank 0 finished: completed" in done.stdout
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["provenance"]["world_size"] == 2
+    assert 0.0 <= metrics["metrics"]["test/full_m2t_acc"] <= 1.0

@@ -121,6 +121,7 @@ class PairEncoder(nn.Module):
         super().__init__()
         self.emb_layer_norm, self.final_layer_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.final_head_layer_norm = nn.LayerNorm(heads)  # used by pretraining heads only; in the checkpoint
+        self.final_head_layer_norm.requires_grad_(False)  # so it gets no gradient, which DDP would reject
         self.layers = nn.ModuleList(Layer(dim, ffn, heads) for _ in range(layers))
 
     def forward(self, x: Tensor, bias: Tensor, padding: Tensor) -> Tensor:
