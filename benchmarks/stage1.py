@@ -1,0 +1,272 @@
+"""Stage-1 training throughput, time per part and peak memory, at the default and the paper's shapes.
+
+    .venv/bin/python benchmarks/stage1.py [--shape default|default-all-losses|paper|all] [--steps 3] [--json F]
+
+Shapes, as overrides of the packaged ``retrieval`` recipe:
+- ``default``: the recipe as shipped (Uni-Mol small, Q-Former on 2 MiniLM layers, locked text tower with
+  the texts' states cached, contrastive loss, batch 32).
+- ``default-all-losses``: the same sizes with the text tower trained and all three losses on.
+- ``paper``: 3D-MoLM stage 1 (Uni-Mol base, frozen; BERT-base-shaped Q-Former: 12 layers, 768 wide,
+  8 queries, cross-attention every 2nd layer, [CLS] text features; batch 64; all three losses). Random
+  weights. Batch 64 does not fit a 24 GiB CPU machine (the run reports it and goes on); ``--batch``
+  sets a smaller one.
+
+One optimizer step is timed part by part (forward parts in order, then backward and the optimizer step;
+CUDA is synchronised at each boundary). The baseline, measured in the same process on the same inputs,
+is transformers' own code for the parts it has: ``Blip2QFormerModel`` for the query pass and
+``BertModel`` for the text pass, forward + backward each. On a GPU everything runs in bf16 autocast.
+Each shape runs in its own subprocess so peak memory is its own (CPU: growth of peak RSS; GPU:
+``torch.cuda.max_memory_allocated``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+ALL_LOSSES = ["task.lock_text_tower=false", "task.matching_weight=1", "task.captioning_weight=1"]
+PAPER_BERT = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+SHAPES = {
+    "default": [],
+    "default-all-losses": ALL_LOSSES,
+    "paper": ALL_LOSSES + ["encoder.preset=base", "projector.pretrained=false", "~projector.num_layers",
+                           "projector.text_pooling=cls", "~projector.dropout", "data.batch_size=64"],
+}
+
+
+def _bert_folder(shape: dict) -> Path:
+    """A BERT folder of the given shape (config + MiniLM's tokenizer), for shape-only models."""
+    from molbridge.plugins.projectors.stage1 import default_bert
+
+    folder = Path(tempfile.mkdtemp())
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(default_bert() / name, folder / name)
+    config = json.loads((default_bert() / "config.json").read_text()) | shape
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _build(shape: str, batch_size: int | None):
+    from molbridge.core.plugins import get_registry
+    from molbridge.core.recipe import load_recipe
+    from molbridge.plugins.tasks.stage1 import Stage1Model
+
+    overrides = SHAPES[shape] + ([f"data.batch_size={batch_size}"] if batch_size else [])
+    if shape == "paper":
+        overrides.append(f"projector.bert={_bert_folder(PAPER_BERT)}")
+    registry = get_registry()
+    recipe = load_recipe("retrieval", overrides, registry)
+    encoder = registry.build("encoder", recipe.encoder)
+    projector = registry.build("projector", recipe.projector, input_dim=encoder.output_dim)
+    if shape == "paper":
+        encoder.requires_grad_(False)  # 3D-MoLM's stage 1 keeps Uni-Mol frozen
+    return Stage1Model(encoder, projector, recipe.task), recipe.data.batch_size
+
+
+def _batch(model, size: int) -> dict:
+    from molbridge.core import batch as keys
+    from molbridge.core.data import MoleculeDataset
+    from molbridge.plugins.tasks.stage1 import CACHED_TEXT
+
+    data = MoleculeDataset.from_split("molbridge-mini", "train", augment=False)
+    items = [data[i] for i in range(size)]
+    encoder, projector = model.encoder, model.projector
+    ids, mask = projector.tokenize([item[keys.TEXT] for item in items])
+    features = [encoder.featurize(item[keys.ATOMIC_NUMBERS], item[keys.POSITIONS]) for item in items]
+    batch = {keys.ENCODER_INPUT: encoder.collate(features), keys.TEXT_INPUT_IDS: ids, keys.TEXT_ATTENTION_MASK: mask}
+    if model.options.lock_text_tower:  # what the task's text cache holds, computed once before training
+        with torch.no_grad():
+            batch[CACHED_TEXT] = projector.pooled_text(ids, mask)
+    return batch
+
+
+class Timer:
+    def __init__(self, cuda: bool):
+        self.cuda, self.parts = cuda, {}
+
+    @contextmanager
+    def part(self, name: str):
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - start
+
+
+def _step(model, batch, optimizer, timer: Timer) -> None:
+    """One stage-1 step, timed per part (the computation of ``Stage1Model.forward``, unrolled)."""
+    from molbridge.core import batch as keys
+    from molbridge.plugins.tasks.stage1 import CACHED_TEXT, contrastive_loss, matching_loss
+
+    projector, options = model.projector, model.options
+    ids, mask = batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]
+    with timer.part("encoder"):
+        encoded = model.encoder(batch[keys.ENCODER_INPUT])
+    with timer.part("query pass"):
+        mol = projector.molecule_features(encoded)
+    if CACHED_TEXT in batch:
+        with timer.part("text projection (cached states)"):
+            text = projector.project_text(batch[CACHED_TEXT])
+    else:
+        with timer.part("text pass"):
+            text = projector.text_features(ids, mask)
+    with timer.part("contrastive"):
+        loss, sim, _ = contrastive_loss(mol, text, mol, text, 0, model.temperature)
+    if options.matching_weight:
+        with timer.part("matching"):
+            loss = loss + matching_loss(projector, encoded, ids, mask, sim.detach() / model.temperature)
+    if options.captioning_weight:
+        with timer.part("captioning"):
+            loss = loss + projector.caption_loss(encoded, ids, mask)
+    with timer.part("backward"):
+        loss.backward()
+    with timer.part("optimizer"):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def _baseline(model, batch, steps: int, timer: Timer) -> None:
+    """transformers' Q-Former query pass and BERT text pass at the same shapes, forward + backward."""
+    from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormerModel
+
+    from molbridge.core import batch as keys
+
+    shape = model.projector.bert.shape
+    common = dict(vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_hidden_layers,
+                  num_attention_heads=shape.num_attention_heads, intermediate_size=shape.intermediate_size,
+                  hidden_dropout_prob=shape.hidden_dropout_prob,
+                  attention_probs_dropout_prob=shape.attention_probs_dropout_prob)
+    device = next(model.parameters()).device
+    qformer = Blip2QFormerModel(Blip2QFormerConfig(**common, encoder_hidden_size=model.encoder.output_dim,
+                                                   cross_attention_frequency=2)).to(device).train()
+    bert = BertModel(BertConfig(**common), add_pooling_layer=False).to(device).train()
+    with torch.no_grad():
+        encoded = model.encoder(batch[keys.ENCODER_INPUT])
+    memory = encoded.atom_embeddings.detach()
+    queries = model.projector.query_tokens.detach().expand(memory.shape[0], -1, -1).clone().requires_grad_()
+    for _ in range(steps):
+        with timer.part("query pass"):
+            out = qformer(query_embeds=queries, encoder_hidden_states=memory,
+                          encoder_attention_mask=(~encoded.padding_mask).long()).last_hidden_state
+            out.float().sum().backward()
+        with timer.part("text pass"):
+            bert(input_ids=batch[keys.TEXT_INPUT_IDS],
+                 attention_mask=batch[keys.TEXT_ATTENTION_MASK]).last_hidden_state.float().sum().backward()
+
+
+def _ours_forward_backward(model, batch, steps: int, timer: Timer) -> None:
+    """Our query and text passes alone, forward + backward: the like-for-like counterpart of the baseline."""
+    from molbridge.core import batch as keys
+
+    with torch.no_grad():
+        encoded = model.encoder(batch[keys.ENCODER_INPUT])
+    projector = model.projector
+    for _ in range(steps):
+        with timer.part("query pass"):
+            projector(encoded).float().sum().backward()
+        with timer.part("text pass"):
+            projector.text_states(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]).float().sum().backward()
+
+
+def measure(shape: str, steps: int, batch_size: int | None) -> dict:
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.manual_seed(0)
+    model, size = _build(shape, batch_size)
+    model = model.to(device).train()
+    batch = _batch(model, size)
+    batch = {k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v.to(device))
+             for k, v in batch.items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    with autocast:
+        _step(model, batch, optimizer, Timer(cuda))  # warm-up
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        timer = Timer(cuda)
+        for _ in range(steps):
+            _step(model, batch, optimizer, timer)
+        peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda
+                   else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024)
+        model.projector.requires_grad_(True)  # like for like with transformers: the whole tower trains
+        ours, theirs = Timer(cuda), Timer(cuda)
+        _ours_forward_backward(model, batch, 1, Timer(cuda))  # warm-up
+        _ours_forward_backward(model, batch, steps, ours)
+        _baseline(model, batch, 1, Timer(cuda))
+        _baseline(model, batch, steps, theirs)
+    step_s = sum(timer.parts.values()) / steps
+    return {
+        "shape": shape, "batch": size, "steps": steps,
+        "mol_per_s": round(size / step_s, 2), "step_s": round(step_s, 3),
+        "parts_s": {k: round(v / steps, 4) for k, v in timer.parts.items()},
+        "peak_mb": round(peak_mb, 1),
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "trainable_m": round(trainable / 1e6, 2),
+        "vs_transformers": {part: {"ours_s": round(ours.parts[part] / steps, 4),
+                                   "transformers_s": round(theirs.parts[part] / steps, 4),
+                                   "speedup": round(theirs.parts[part] / ours.parts[part], 2)}
+                            for part in ("query pass", "text pass")},
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)",
+        "precision": "bf16-autocast" if cuda else "fp32", "torch": torch.__version__,
+    }
+
+
+def _print(results: list[dict]) -> None:
+    for r in results:
+        if "error" in r:
+            print(f"\n## {r['shape']}: not measured: {r['error']}")
+            continue
+        print(f"\n## {r['shape']}: batch {r['batch']}, {r['params_m']} M parameters ({r['trainable_m']} M trained), "
+              f"{r['device']}, {r['precision']}")
+        print(f"{r['mol_per_s']} molecules/s ({r['step_s']} s/step), peak memory growth {r['peak_mb']} MB\n")
+        print("| part | s/step | share |\n|---|---|---|")
+        for part, seconds in r["parts_s"].items():
+            print(f"| {part} | {seconds:.4f} | {seconds / r['step_s']:.0%} |")
+        print("\n| forward+backward | molbridge s | transformers s | speed-up |\n|---|---|---|---|")
+        for part, v in r["vs_transformers"].items():
+            print(f"| {part} | {v['ours_s']:.4f} | {v['transformers_s']:.4f} | {v['speedup']:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per shape (after one warm-up)")
+    parser.add_argument("--batch", type=int, help="override the shape's batch size")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: measure in-process
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.shape, args.steps, args.batch)))
+        return
+    results = []
+    for shape in SHAPES if args.shape == "all" else [args.shape]:
+        command = [sys.executable, __file__, "--one", "--shape", shape, "--steps", str(args.steps)]
+        out = subprocess.run(command + (["--batch", str(args.batch)] if args.batch else []),
+                             capture_output=True, text=True)
+        if out.returncode == 0:
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        else:  # e.g. the paper's shape on a small machine: say so and go on with the other shapes
+            why = "killed (out of memory?)" if out.returncode == -9 else out.stderr.strip().splitlines()[-1]
+            results.append({"shape": shape, "error": why})
+    _print(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
