@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +131,57 @@ def load(fabric: Fabric, folder: Path, state: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"cannot load RNG state {rng_file}: {type(exc).__name__}: {exc}") from exc
     return remainder
+
+
+# --- starting from another run's weights (stage chaining) --------------------------------------------
+
+
+def _state_file(source: str | Path) -> Path:
+    path = Path(source)
+    if (path / CHECKPOINTS).is_dir():  # a run's output directory: its latest checkpoint
+        latest = latest_checkpoint(path / CHECKPOINTS)
+        if latest is None:
+            raise CheckpointError(f"train.init_from: {path} has no checkpoint under {CHECKPOINTS}/")
+        path = latest
+    if path.is_dir():
+        path = path / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"train.init_from: {source} is not a run directory, checkpoint folder or {STATE_FILE}")
+    return path
+
+
+def _prefixes(names: Iterable[str], depth: int = 2) -> dict[str, int]:
+    """Parameter names summarised by their first ``depth`` components, with counts."""
+    counts: dict[str, int] = {}
+    for name in names:
+        key = ".".join(name.split(".")[:depth])
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def init_weights(model: torch.nn.Module, source: str | Path) -> dict[str, Any]:
+    """Copy the weights of another run whose names match ``model``'s; report what loaded and what did not.
+
+    Names that match but differ in shape are an error (e.g. a different preset), not a skip.
+    """
+    path = _state_file(source)
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
+        raise CheckpointError(f"train.init_from: cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    own = model.state_dict()
+    mismatched = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in weights.items() if k in own and v.shape != own[k].shape]
+    if mismatched:
+        raise CheckpointError(f"train.init_from: {path} does not fit the model: " + "; ".join(mismatched[:5]))
+    loaded = {k: v for k, v in weights.items() if k in own}
+    if not loaded:
+        theirs, ours = ", ".join(_prefixes(weights, 1)), ", ".join(_prefixes(own, 1))
+        raise CheckpointError(f"train.init_from: no weight of {path} matches the model "
+                              f"(it holds {theirs}; the model has {ours})")
+    model.load_state_dict(loaded, strict=False)
+    return {"source": str(path), "loaded": len(loaded), "new": _prefixes(set(own) - set(loaded)),
+            "unused": _prefixes(set(weights) - set(own))}
 
 
 # --- the best checkpoint and pruning -------------------------------------------------------------

@@ -244,6 +244,7 @@ class Loop:
         self.step = 0
         self.best: dict[str, Any] | None = None
         self.last_checkpoint: Path | None = None
+        self.init_report: dict[str, Any] | None = None  # what train.init_from loaded
         self.history: list[dict[str, float]] = []
 
     def request_stop(self) -> None:
@@ -252,6 +253,11 @@ class Loop:
     # -- setup -----------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, resume_from: Path | None) -> None:
         fabric, train = self.fabric, self.train
+        if train.init_from and resume_from is None:  # resuming restores this run's own weights instead
+            self.init_report = checkpoint.init_weights(model, train.init_from)
+            if fabric.is_global_zero:
+                log.info("initialised %d tensors from %s; new: %s", self.init_report["loaded"],
+                         self.init_report["source"], ", ".join(self.init_report["new"]) or "none")
         n_train, n_total = apply_freezing(model, train.trainable, train.frozen, self.recipe.recipe)
         if fabric.is_global_zero:
             log.info(

@@ -128,6 +128,7 @@ def _run(
         )
         summary = _final_evaluation(fabric, task, loop, result)
         summary["provenance"] = _provenance(recipe, fabric, task, result, started, resume_from)
+        summary["provenance"]["init_from"] = loop.init_report
         summary["tracking_run_id"] = tracker.run_id
         if fabric.is_global_zero:
             _write(out / METRICS_FILE, summary)

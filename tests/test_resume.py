@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from molbridge.core import checkpoint
+from molbridge.core.errors import CheckpointError
 from molbridge.core.recipe import validate
 from molbridge.core.runner import run
 
@@ -76,3 +77,36 @@ def test_second_signal_aborts(toy_registry, tmp_cwd):
     with pytest.raises(KeyboardInterrupt, match="second signal"):
         run(recipe, toy_registry, output=tmp_cwd / "out", callbacks=[SignalAt(2, times=2)])
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
+
+
+def _final_weights(out):
+    return torch.load(checkpoint.latest_checkpoint(out / checkpoint.CHECKPOINTS) / checkpoint.STATE_FILE,
+                      weights_only=True)["model"]
+
+
+def test_init_from_starts_a_run_from_another_runs_weights(toy_registry, tmp_cwd):
+    first = {**RECIPE, "train": {**RECIPE["train"], "max_steps": 4}}
+    run(validate(first, toy_registry), toy_registry, output=tmp_cwd / "stage1")
+    trained = _final_weights(tmp_cwd / "stage1")
+
+    # lr 0: the second run keeps what it was initialised with, so its weights show what loaded
+    second = {**RECIPE, "seed": 99, "train": {**RECIPE["train"], "max_steps": 1, "lr": 0.0, "warmup_steps": 0,
+                                              "init_from": str(tmp_cwd / "stage1")}}
+    result = run(validate(second, toy_registry), toy_registry, output=tmp_cwd / "stage2")
+    report = result["provenance"]["init_from"]
+    assert report["loaded"] == len(trained) and report["new"] == {} and report["unused"] == {}
+    assert report["source"].endswith("step-000004/state.ckpt")
+    for name, value in _final_weights(tmp_cwd / "stage2").items():
+        assert torch.equal(value, trained[name]), name
+
+
+def test_init_from_errors_name_the_problem(toy_registry, tmp_cwd):
+    run(validate({**RECIPE, "train": {**RECIPE["train"], "max_steps": 2}}, toy_registry), toy_registry,
+        output=tmp_cwd / "small")
+    wider = {**RECIPE, "task": {**RECIPE["task"], "hidden": 32},
+             "train": {**RECIPE["train"], "init_from": str(tmp_cwd / "small")}}
+    with pytest.raises(CheckpointError, match=r"does not fit the model: .*\(16.*vs model \(32"):
+        run(validate(wider, toy_registry), toy_registry, output=tmp_cwd / "wider")
+    missing = {**RECIPE, "train": {**RECIPE["train"], "init_from": str(tmp_cwd / "nowhere")}}
+    with pytest.raises(CheckpointError, match="nowhere is not a run directory"):
+        run(validate(missing, toy_registry), toy_registry, output=tmp_cwd / "missing")
