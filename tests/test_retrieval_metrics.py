@@ -9,8 +9,8 @@ from molbridge.plugins.tasks.retrieval_metrics import (
     rank_metrics,
     rerank,
     retrieval_report,
-    similarity,
 )
+from molbridge.plugins.tasks.stage1 import similarity  # the dense, differentiable reference
 
 
 def dense_ranks(mol, text):

@@ -8,8 +8,9 @@ from torch import nn
 from molbridge.core.errors import CheckpointError
 
 
-def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
-    """Tensors from ``path``: a bare state dict or ``{"model": state_dict}`` (the Uni-Mol release format).
+def read_state_dict(path: str | Path, *, trust: bool = False, key: str = "model") -> dict[str, torch.Tensor]:
+    """Tensors from ``path``: a bare state dict or ``{key: state_dict}`` (``model``: the Uni-Mol release format;
+    ``state_dict``: a Lightning checkpoint such as 3D-MoLM's).
 
     Weights-only unpickling by default: a checkpoint from an untrusted source cannot run code. ``trust``
     (recipe ``trust_checkpoint: true``) allows full unpickling for files that need it.
@@ -22,9 +23,9 @@ def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         hint = "" if trust else " (if you trust this file and it needs full unpickling, set trust_checkpoint: true)"
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}{hint}") from exc
-    state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
+    state = loaded.get(key, loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {path} holds no state dict (expected tensors, or {{'model': tensors}})")
+        raise CheckpointError(f"checkpoint {path} holds no state dict (expected tensors, or {{'{key}': tensors}})")
     return state
 
 

@@ -49,11 +49,7 @@ class LinearProjector(Stage1Projector):
         return self(encoded), None, None
 
 
-def build(config: LinearConfig, input_dim: int) -> LinearProjector:
-    return LinearProjector(config, input_dim)
-
-
 @hookimpl
 def molbridge_register_projectors(register):
-    register("linear", build, LinearConfig,
+    register("linear", LinearProjector, LinearConfig,
              description="per-atom MLP, mean-pooled, expanded to N soft tokens; BERT text tower for stage 1")

@@ -111,24 +111,14 @@ def to_reference(state: dict[str, Tensor], prefix: str = "blip2qformer.") -> dic
 
 def load_reference(projector: QFormer, path: str) -> dict[str, Tensor]:
     """Load a 3D-MoLM stage-1 Lightning checkpoint strictly into ``projector``; returns the other keys."""
-    from molbridge.plugins.encoders.weights import load_strict
+    from molbridge.plugins.encoders.weights import load_strict, read_state_dict
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
-    ours, others = from_reference(checkpoint["state_dict"])
+    ours, others = from_reference(read_state_dict(path, key="state_dict"))
     load_strict(projector, ours, path)
     return others
 
 
-def build(config: QFormerConfig, input_dim: int) -> QFormer:
-    return QFormer(config, input_dim)
-
-
 @hookimpl
 def molbridge_register_projectors(register):
-    register("qformer", build, QFormerConfig,
+    register("qformer", QFormer, QFormerConfig,
              description="BLIP-2 Q-Former: learned queries cross-attend to the encoder; BERT text tower for stage 1")

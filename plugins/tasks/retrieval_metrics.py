@@ -29,11 +29,6 @@ def _max_over_queries(rows: Tensor, cols: Tensor) -> Tensor:
     return out
 
 
-def similarity(mol: Tensor, text: Tensor) -> Tensor:
-    """Dense (N_mol, N_text) similarity matrix: max over each molecule's query vectors of the dot product."""
-    return _max_over_queries(mol, text)
-
-
 def positive_scores(mol: Tensor, text: Tensor) -> Tensor:
     """sim(mol i, text i) for every pair, without forming any N x N block."""
     return torch.einsum("nqe,ne->nq", mol, text).amax(dim=1)
