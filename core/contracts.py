@@ -15,6 +15,8 @@ import numpy as np
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from lightning_fabric import Fabric
     from torch.utils.data import Dataset
 
@@ -75,19 +77,31 @@ class Projector(nn.Module, ABC):
 
 
 class LanguageModel(nn.Module, ABC):
-    """A causal language model that accepts soft molecule tokens. Factory: ``factory(config)``.
+    """A causal language model that accepts soft molecule tokens.
 
+    Factory: ``factory(config, input_dim=projector.output_dim)``; the model owns the projection from the
+    projector's width to its own (3D-MoLM's ``llm_proj``).
     The prompt contains ``mol_token`` placeholders; their input embeddings are replaced by the
     projector's soft tokens (``num_mol_tokens`` per molecule). Loss is taken on the response only.
     """
 
     mol_token: ClassVar[str] = "<mol>"
+    num_mol_tokens: int
     hidden_size: int
     tokenizer: Any
 
     @abstractmethod
     def format_prompt(self, instruction: str, molecule: str) -> str:
         """The model's prompt template around one instruction and one molecule (with placeholders)."""
+
+    @abstractmethod
+    def tokenize_batch(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, Tensor]:
+        """Right-padded training batch: ``input_ids``, ``attention_mask``, ``labels`` (-100 except on the
+        response and the EOS that ends every response)."""
+
+    @abstractmethod
+    def tokenize_prompts(self, prompts: Sequence[str]) -> dict[str, Tensor]:
+        """Left-padded prompts (``input_ids``, ``attention_mask``) for :meth:`generate`."""
 
     @abstractmethod
     def forward(self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor,
@@ -142,4 +156,9 @@ class Task(ABC):
     def describe(self) -> dict[str, Any]:
         """Facts about how results were obtained (dataset, split, sizes), logged with the run."""
         return {}
+
+    def write_outputs(self, folder: Path) -> list[Path]:
+        """Files of the last :meth:`evaluate` worth keeping beside ``metrics.json`` (e.g. generated answers),
+        written into ``folder``; they are logged to MLflow as artifacts. Returns their paths."""
+        return []
 

@@ -37,6 +37,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "molbridge.plugins.projectors.qformer",
     "molbridge.plugins.projectors.linear",
     "molbridge.plugins.tasks.retrieval",
+    "molbridge.plugins.llms.llama",
+    "molbridge.plugins.llms.vicuna",
 )
 
 ENV_NO_EXTERNAL = "MOLBRIDGE_NO_EXTERNAL_PLUGINS"
