@@ -12,7 +12,7 @@ def _quick_start_commands() -> list[str]:
 
 def test_ci_runs_the_readme_set_up_and_test_commands():
     commands = _quick_start_commands()
-    assert len(commands) == 2 and commands[0].startswith("python3 -m venv") and "pytest" in commands[1]
+    assert len(commands) == 2 and "python3 -m venv" in commands[0] and "pytest" in commands[1]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     for command in commands:
         assert command in ci, f".ci/run does not run the README command: {command}"
