@@ -138,6 +138,10 @@ def load(fabric: Fabric, folder: Path, state: dict[str, Any]) -> dict[str, Any]:
 
 def _state_file(source: str | Path) -> Path:
     path = Path(source)
+    if not path.exists():
+        raise CheckpointError(f"train.init_from: {source} does not exist; run the previous stage first (its run "
+                              "writes there; see the recipe's description), or set train.init_from=null to start "
+                              "from scratch")
     if (path / CHECKPOINTS).is_dir():  # a run's output directory: its latest checkpoint
         latest = latest_checkpoint(path / CHECKPOINTS)
         if latest is None:

@@ -39,6 +39,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "molbridge.plugins.tasks.retrieval",
     "molbridge.plugins.llms.llama",
     "molbridge.plugins.llms.vicuna",
+    "molbridge.plugins.tasks.captioning",
+    "molbridge.plugins.tasks.qa",
 )
 
 ENV_NO_EXTERNAL = "MOLBRIDGE_NO_EXTERNAL_PLUGINS"

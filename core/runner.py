@@ -134,6 +134,8 @@ def _run(
             _write(out / METRICS_FILE, summary)
             tracker.log_summary(_summary_metrics(summary))
             tracker.log_artifact(out / METRICS_FILE)
+            for path in task.write_outputs(out):
+                tracker.log_artifact(path)
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         raise

@@ -108,5 +108,9 @@ def test_init_from_errors_name_the_problem(toy_registry, tmp_cwd):
     with pytest.raises(CheckpointError, match=r"does not fit the model: .*\(16.*vs model \(32"):
         run(validate(wider, toy_registry), toy_registry, output=tmp_cwd / "wider")
     missing = {**RECIPE, "train": {**RECIPE["train"], "init_from": str(tmp_cwd / "nowhere")}}
-    with pytest.raises(CheckpointError, match="nowhere is not a run directory"):
+    with pytest.raises(CheckpointError, match="nowhere does not exist; run the previous stage first"):
         run(validate(missing, toy_registry), toy_registry, output=tmp_cwd / "missing")
+    (tmp_cwd / "empty").mkdir()
+    empty = {**RECIPE, "train": {**RECIPE["train"], "init_from": str(tmp_cwd / "empty")}}
+    with pytest.raises(CheckpointError, match="empty is not a run directory"):
+        run(validate(empty, toy_registry), toy_registry, output=tmp_cwd / "missing")

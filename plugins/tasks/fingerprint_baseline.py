@@ -22,6 +22,28 @@ def _eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(eigvals), torch.from_numpy(vecs)
 
 
+def _molecules(smiles: Sequence[str]) -> list:
+    RDLogger.DisableLog("rdApp.*")  # the error below says which SMILES failed; keep rdkit's stderr quiet
+    try:
+        mols = [Chem.MolFromSmiles(s) if isinstance(s, str) and s else None for s in smiles]
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    bad = next((i for i, m in enumerate(mols) if m is None), None)
+    if bad is not None:
+        raise MolbridgeError(f"invalid SMILES {smiles[bad]!r} at position {bad} of {len(smiles)}")
+    return mols
+
+
+def nearest_neighbours(queries: Sequence[str], known: Sequence[str], radius: int = 2, n_bits: int = 2048) -> list[int]:
+    """For each query SMILES, the index of the most Tanimoto-similar known one (Morgan bits; ties: lowest index)."""
+    from rdkit import DataStructs
+
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
+    known_fps = [generator.GetFingerprint(m) for m in _molecules(known)]
+    return [int(np.argmax(DataStructs.BulkTanimotoSimilarity(generator.GetFingerprint(m), known_fps)))
+            for m in _molecules(queries)]
+
+
 class FingerprintRidge:
     """Ridge regression from log1p Morgan count fingerprints to L2-normalised text embeddings."""
 

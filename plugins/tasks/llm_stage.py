@@ -1,0 +1,197 @@
+"""What stages 2 and 3 share: the molecule enters an LLM as soft tokens, the LLM answers in text.
+
+encoder -> projector (soft tokens) -> the LLM's ``llm_proj`` -> the ``<mol>`` positions of the prompt.
+A task supplies (molecule, instruction, response) examples and scores generated answers; this module
+builds the model, the batches and the generation loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from molbridge.core import batch as keys
+from molbridge.core.contracts import StepOutput, Task
+from molbridge.core.data import MoleculeDataset
+from molbridge.core.testing import synthetic_encoder_output
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Example:
+    """One training or evaluation example: a molecule (dataset position), an instruction, the answer."""
+
+    molecule: int
+    instruction: str
+    response: str
+    task: str
+
+
+class ExampleDataset(Dataset):
+    """Examples over one split's molecules; items are the molecule's item plus the example's text."""
+
+    def __init__(self, molecules: MoleculeDataset, examples: Sequence[Example]):
+        self.molecules, self.examples = molecules, list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def set_epoch(self, epoch: int) -> None:  # the conformer draw of the molecules
+        self.molecules.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        example = self.examples[i]
+        return self.molecules[example.molecule] | {keys.INSTRUCTION: example.instruction,
+                                                   keys.RESPONSE: example.response, keys.TASK_NAME: example.task}
+
+
+class MolLLM(nn.Module):
+    """Encoder + projector + LLM; ``forward(batch)`` is the response-only LM loss."""
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module, llm: nn.Module):
+        super().__init__()
+        self.encoder, self.projector, self.llm = encoder, projector, llm
+
+    def soft_tokens(self, encoder_input) -> torch.Tensor:
+        return self.projector(self.encoder(encoder_input))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        out = self.llm(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK], self.soft_tokens(batch[keys.ENCODER_INPUT]),
+                       labels=batch[keys.LABELS])
+        return out.loss
+
+    @torch.no_grad()
+    def generate(self, batch: dict, **settings: Any) -> list[str]:
+        return self.llm.generate(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK],
+                                 self.soft_tokens(batch[keys.ENCODER_INPUT]), **settings)
+
+
+def freeze_unused(projector: nn.Module, input_dim: int) -> list[str]:
+    """Freeze the projector parameters its soft tokens do not depend on (e.g. the stage-1 text heads).
+
+    Found by one backward pass on a synthetic encoder output, so it holds for any projector: DDP rejects
+    parameters that get no gradient, and the optimizer should not carry them. Returns their names.
+    """
+    was_training = projector.training
+    projector.eval()
+    projector(synthetic_encoder_output([3, 5], input_dim)).float().sum().backward()
+    unused = [name for name, p in projector.named_parameters() if p.requires_grad and p.grad is None]
+    for name, p in projector.named_parameters():
+        p.grad = None
+        if name in unused:
+            p.requires_grad_(False)
+    projector.train(was_training)
+    return unused
+
+
+class LLMStageTask(Task):
+    """Base of the ``captioning`` and ``qa`` tasks: subclasses define ``examples(split)`` and ``score``."""
+
+    def __init__(self, config, recipe, registry):
+        self.config, self.recipe, self.registry = config, recipe, registry
+        data = recipe.data
+        self.molecules = {split: MoleculeDataset.from_split(data.name, split, data.split, seed=recipe.seed,
+                                                            augment=data.augment and split == "train",
+                                                            limit=data.limit if split == "train" else data.eval_limit)
+                          for split in SPLITS}
+        self.splits = {split: ExampleDataset(self.molecules[split], self.examples(split)) for split in SPLITS}
+        self.encoder = self.projector = self.llm = None
+
+    # -- what a stage defines -------------------------------------------------------------------------
+    def examples(self, split: str) -> list[Example]:
+        raise NotImplementedError
+
+    def score(self, split: str, examples: list[Example], answers: list[str]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def generation(self, task: str) -> dict[str, Any]:
+        """Generation settings for examples of ``task`` (the task's own, never the batch's)."""
+        return {"max_new_tokens": self.config.max_new_tokens}
+
+    # -- model and batches ----------------------------------------------------------------------------
+    def build_model(self) -> MolLLM:
+        self.encoder = self.registry.build("encoder", self.recipe.encoder)
+        self.projector = self.registry.build("projector", self.recipe.projector, input_dim=self.encoder.output_dim)
+        self.llm = self.registry.build("llm", self.recipe.llm, input_dim=self.projector.output_dim)
+        self.frozen_projector_parameters = freeze_unused(self.projector, self.encoder.output_dim)
+        return MolLLM(self.encoder, self.projector, self.llm)
+
+    def datasets(self):
+        return self.splits
+
+    def _prompts(self, samples) -> list[str]:
+        return [self.llm.format_prompt(s[keys.INSTRUCTION], s[keys.SMILES]) for s in samples]
+
+    def _molecules(self, samples) -> dict[str, Any]:
+        features = [self.encoder.featurize(s[keys.ATOMIC_NUMBERS], s[keys.POSITIONS]) for s in samples]
+        return {keys.ENCODER_INPUT: self.encoder.collate(features), keys.MOL_ID: [s[keys.MOL_ID] for s in samples]}
+
+    def collate(self, samples):
+        tokens = self.llm.tokenize_batch(self._prompts(samples), [s[keys.RESPONSE] for s in samples])
+        return self._molecules(samples) | {keys.INPUT_IDS: tokens["input_ids"],
+                                           keys.ATTENTION_MASK: tokens["attention_mask"], keys.LABELS: tokens["labels"]}
+
+    def collate_prompts(self, samples):
+        """Left-padded prompts for generation (no response)."""
+        tokens = self.llm.tokenize_prompts(self._prompts(samples))
+        return self._molecules(samples) | {keys.INPUT_IDS: tokens["input_ids"],
+                                           keys.ATTENTION_MASK: tokens["attention_mask"]}
+
+    def training_step(self, model, batch) -> StepOutput:
+        loss = model(batch)
+        return StepOutput(loss, {"lm_loss": loss.detach()})
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    def answers(self, model, fabric, split: str) -> tuple[list[Example], list[str]]:
+        """Generated answers for every example of ``split``, batched by task (each with its settings)."""
+        dataset, module = self.splits[split], getattr(model, "module", model)  # Fabric's wrapper -> MolLLM
+        by_task: dict[str, list[int]] = {}
+        for i, example in enumerate(dataset.examples):
+            by_task.setdefault(example.task, []).append(i)
+        answers: list[str] = [""] * len(dataset)
+        batch_size = self.recipe.data.eval_batch_size
+        bar = tqdm(total=len(dataset), desc=f"generate {split}", leave=False, disable=not fabric.is_global_zero)
+        for task, rows in by_task.items():
+            loader = DataLoader([dataset[i] for i in rows], batch_size=batch_size, collate_fn=self.collate_prompts)
+            done = 0
+            for batch in loader:
+                texts = module.generate(fabric.to_device(batch), **self.generation(task))
+                for offset, text in enumerate(texts):
+                    answers[rows[done + offset]] = text
+                done += len(texts)
+                bar.update(len(texts))
+        bar.close()
+        return dataset.examples, answers
+
+    @torch.no_grad()
+    def evaluate(self, model, fabric, split: str) -> dict[str, float]:
+        model.eval()
+        examples, answers = self.answers(model, fabric, split)
+        self.last_answers = (split, examples, answers)
+        metrics = self.score(split, examples, answers)
+        model.train()
+        return metrics
+
+    def write_outputs(self, folder: Path) -> list[Path]:
+        """``answers-<split>.jsonl``: every generated answer of the last evaluation beside its reference."""
+        if not hasattr(self, "last_answers"):
+            return []
+        split, examples, answers = self.last_answers
+        molecules = self.molecules[split]
+        path = folder / f"answers-{split}.jsonl"
+        with path.open("w") as f:
+            for example, answer in zip(examples, answers, strict=True):
+                molecule = molecules.store[int(molecules.indices[example.molecule])]
+                f.write(json.dumps({"id": molecule.id, "smiles": molecule.smiles, "task": example.task,
+                                    "instruction": example.instruction, "reference": example.response,
+                                    "answer": answer}) + "\n")
+        return [path]
