@@ -40,6 +40,8 @@ def test_cached_and_loaded_like_a_real_checkpoint(tmp_path, monkeypatch):
     tok = lm.tokenizer
     text = "The HOMO-LUMO gap is 4.21 eV, ünïcode too."
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text  # byte-level: any text
+    digits = tok.convert_ids_to_tokens(tok("gap 4.21 and 14.8", add_special_tokens=False)["input_ids"])
+    assert [t for t in digits if any(c.isdigit() for c in t)] == list("421148")  # one digit per token
     assert len(tok) <= DEMO_SHAPE["vocab_size"] and {tok.bos_token, tok.eos_token, tok.pad_token} == {
         "<s>", "</s>", "<pad>"}
     batch = lm.tokenize_batch([lm.format_prompt("Describe this molecule.", "CCO")], ["It is a small alcohol."])
