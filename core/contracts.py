@@ -137,6 +137,14 @@ class Task(ABC):
     def build_model(self) -> nn.Module:
         """The model to train (frozen parts included; the recipe's ``train.trainable`` selects)."""
 
+    @classmethod
+    def assemble(cls, config: Any, encoder: nn.Module | None, projector: nn.Module | None,
+                 llm: nn.Module | None) -> nn.Module:
+        """The model :meth:`build_model` returns, from components already built, without data: the
+        task's own freezing (unused heads, locked towers) included. ``bench recipes validate`` calls it
+        on the meta device to size a recipe. Optional: sizing falls back to the bare components."""
+        raise NotImplementedError
+
     @abstractmethod
     def datasets(self) -> Mapping[str, Dataset]:
         """Datasets by split: ``train`` is required; ``valid`` and ``test`` are evaluated if present."""

@@ -22,9 +22,14 @@ def add_parser(sub):
     validate = sub_recipes.add_parser(
         "validate", help="check a recipe and overrides; list every problem at once",
         description="Exit 0 if the recipe is valid, else 2 with every unknown key, bad value or unknown "
-                    "component listed, each with where it was set and the closest valid name.")
+                    "component listed, each with where it was set and the closest valid name. A valid recipe "
+                    "is then sized: its model is built on the meta device (no weights read, no memory) and a "
+                    "table gives parameters, trainable parameters (after the task's and the recipe's freezing) "
+                    "and memory by component. Model folders not on this machine are sized by their known shape "
+                    "(SciBERT, Llama-2-7B), and the report says so.")
     validate.add_argument("name")
     validate.add_argument("overrides", nargs="*", metavar="key=value")
+    validate.add_argument("--no-size", action="store_true", help="check the recipe only; do not size the model")
     validate.set_defaults(func=validate_recipe)
     copy = sub_recipes.add_parser("copy", help="copy a packaged recipe to a file you can edit")
     copy.add_argument("name")
@@ -55,8 +60,16 @@ def show_recipe(args) -> int:
 
 def validate_recipe(args) -> int:
     recipe = load_recipe(args.name, args.overrides)
+    sizing = None
+    if not args.no_size:  # before saying "valid": a freezing glob that matches no parameter fails here
+        from molbridge.core.plugins import get_registry
+        from molbridge.core.sizing import size_recipe
+
+        sizing = size_recipe(recipe, get_registry())
     print(f"recipe {args.name} is valid: task {recipe.task.name}, "
           + ", ".join(f"{k} {recipe[k].name}" for k in ("encoder", "projector", "llm") if recipe.get(k)))
+    if sizing is not None:
+        print(sizing.table())
     return 0
 
 

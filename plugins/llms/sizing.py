@@ -25,11 +25,13 @@ def param_report(model: nn.Module) -> dict[str, Any]:
             "train_state_gib": trainable * TRAIN_STATE_BYTES / GIB}
 
 
-def meta_report(config: CausalLMConfig, input_dim: int, shape: dict[str, int] = LLAMA2_7B) -> dict[str, Any]:
-    """:func:`param_report` of a Llama of ``shape`` as the LLM plugins assemble it: ``<mol>`` added to the
-    vocabulary, LoRA as in ``config``, ``llm_proj`` from ``input_dim``; built on the meta device (no memory).
+def meta_llama(config: CausalLMConfig, input_dim: int, shape: dict[str, int] = LLAMA2_7B) -> tuple[nn.Module, int]:
+    """A Llama of ``shape`` assembled as the LLM plugins do, on the meta device (no memory): ``<mol>`` added to
+    the vocabulary, LoRA as in ``config``, ``llm_proj`` from ``input_dim``. Parameter names match
+    :class:`~molbridge.plugins.llms.base.SoftPromptLM` (``model.*``, ``llm_proj.*``).
 
-    ``llm_base`` is the base LLM alone (Llama-2-7B: 6,738,415,616).
+    Returns (module, parameters of the base LLM alone). For when no tokenizer is at hand: a model folder
+    is sized more exactly through ``SoftPromptLM`` itself (see :mod:`molbridge.core.sizing`).
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -39,4 +41,10 @@ def meta_report(config: CausalLMConfig, input_dim: int, shape: dict[str, int] = 
         llm.resize_token_embeddings(shape["vocab_size"] + 1, mean_resizing=False)  # <mol>
         assembled = nn.ModuleDict({"model": apply_lora(llm, config),
                                    "llm_proj": nn.Linear(input_dim, shape["hidden_size"])})
+    return assembled, base
+
+
+def meta_report(config: CausalLMConfig, input_dim: int, shape: dict[str, int] = LLAMA2_7B) -> dict[str, Any]:
+    """:func:`param_report` of :func:`meta_llama`; ``llm_base`` is the base LLM alone (Llama-2-7B: 6,738,415,616)."""
+    assembled, base = meta_llama(config, input_dim, shape)
     return {**param_report(assembled), "llm_base": base}

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from molbridge.core import batch as keys
-from molbridge.core.contracts import StepOutput, Task
+from molbridge.core.contracts import EncoderOutput, StepOutput, Task
 from molbridge.core.data import MoleculeDataset
 from molbridge.core.testing import synthetic_encoder_output
 
@@ -83,7 +83,12 @@ def freeze_unused(projector: nn.Module, input_dim: int) -> list[str]:
     """
     was_training = projector.training
     projector.eval()
-    projector(synthetic_encoder_output([3, 5], input_dim)).float().sum().backward()
+    device = next(projector.parameters()).device
+    with torch.device("cpu"):  # its seeded generator is a CPU one, whatever device context the caller holds
+        synthetic = synthetic_encoder_output([3, 5], input_dim)
+    encoded = EncoderOutput(synthetic.atom_embeddings.to(device), synthetic.padding_mask.to(device),
+                            synthetic.pooled.to(device))
+    projector(encoded).float().sum().backward()
     unused = [name for name, p in projector.named_parameters() if p.requires_grad and p.grad is None]
     for name, p in projector.named_parameters():
         p.grad = None
@@ -96,14 +101,16 @@ def freeze_unused(projector: nn.Module, input_dim: int) -> list[str]:
 class LLMStageTask(Task):
     """Base of the ``captioning`` and ``qa`` tasks: subclasses define ``examples(split)`` and ``score``."""
 
-    def __init__(self, config, recipe, registry):
+    def __init__(self, config, recipe, registry, load_data: bool = True):
+        """``load_data=False`` skips the datasets: enough to build the model and collate prompts (``bench ask``)."""
         self.config, self.recipe, self.registry = config, recipe, registry
-        data = recipe.data
-        self.molecules = {split: MoleculeDataset.from_split(data.name, split, data.split, seed=recipe.seed,
-                                                            augment=data.augment and split == "train",
-                                                            limit=data.limit if split == "train" else data.eval_limit)
-                          for split in SPLITS}
-        self.splits = {split: ExampleDataset(self.molecules[split], self.examples(split)) for split in SPLITS}
+        self.molecules, self.splits = {}, {}
+        if load_data:
+            data = recipe.data
+            self.molecules = {split: MoleculeDataset.from_split(
+                data.name, split, data.split, seed=recipe.seed, augment=data.augment and split == "train",
+                limit=data.limit if split == "train" else data.eval_limit) for split in SPLITS}
+            self.splits = {split: ExampleDataset(self.molecules[split], self.examples(split)) for split in SPLITS}
         self.encoder = self.projector = self.llm = None
 
     # -- what a stage defines -------------------------------------------------------------------------
@@ -122,8 +129,14 @@ class LLMStageTask(Task):
         self.encoder = self.registry.build("encoder", self.recipe.encoder)
         self.projector = self.registry.build("projector", self.recipe.projector, input_dim=self.encoder.output_dim)
         self.llm = self.registry.build("llm", self.recipe.llm, input_dim=self.projector.output_dim)
-        self.frozen_projector_parameters = freeze_unused(self.projector, self.encoder.output_dim)
-        return MolLLM(self.encoder, self.projector, self.llm)
+        return self.assemble(self.config, self.encoder, self.projector, self.llm)
+
+    @classmethod
+    def assemble(cls, config, encoder, projector, llm) -> MolLLM:
+        """MolLLM with the projector parameters the soft tokens do not use frozen (also on the meta device)."""
+        model = MolLLM(encoder, projector, llm)
+        model.frozen_projector_parameters = freeze_unused(projector, encoder.output_dim)
+        return model
 
     def datasets(self):
         return self.splits

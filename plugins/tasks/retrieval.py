@@ -70,7 +70,12 @@ class RetrievalTask(Task):
             self._encode_texts()  # before training: the text tower is still the pretrained one
         if self.config.baseline:
             self._fit_baseline()
-        return Stage1Model(self.encoder, self.projector, self.config)
+        return self.assemble(self.config, self.encoder, self.projector, None)
+
+    @classmethod
+    def assemble(cls, config, encoder, projector, llm) -> Stage1Model:
+        """Encoder + projector with the stage-1 losses; heads whose loss is off (and a locked tower) frozen."""
+        return Stage1Model(encoder, projector, config)
 
     def datasets(self):
         return self.splits
