@@ -66,9 +66,11 @@ def read_sdf(path: Path, id_field: str | None = None) -> Iterator[MoleculeInput]
     """MOL blocks split on ``$$$$`` ourselves, so an unparsable block is kept (as a failure) not skipped."""
     with _open_text(path) as handle:
         text = handle.read()
-    blocks = [b for b in text.split("$$$$") if b.strip()]
+    first, *rest = text.split("$$$$")
+    # each later chunk starts with the end of its "$$$$" line; only that goes, as a MOL block's first line
+    # (its title) may be empty
+    blocks = [b for b in [first] + [chunk.partition("\n")[2] for chunk in rest] if b.strip()]
     for index, block in enumerate(blocks):
-        block = block.lstrip("\r\n")
         molblock, _, data = block.partition("M  END")
         fields = _sd_fields(data)
         title = molblock.splitlines()[0].strip() if molblock.strip() else ""
