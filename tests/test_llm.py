@@ -279,3 +279,16 @@ def test_recipe_section_is_validated_and_builds_through_the_registry(tiny_dir):
     lm = registry.build("llm", recipe.llm, input_dim=MOL_DIM)
     assert {n.split(".")[-4] for n, p in lm.named_parameters() if ".lora_" in n} == {"q_proj"}
     assert lm.generation.max_new_tokens == 5 and lm.format_prompt("a", "C").startswith("Below is an instruction")
+
+
+def test_weights_do_not_load_under_another_tokenizer_of_the_same_size(tmp_path):
+    shape = {**TINY, "vocab_size": 300}  # both corpora have more merges than this: equal shapes
+    build_demo_model(CORPUS, tmp_path / "ours", seed=0, shape=shape)
+    build_demo_model([text.replace("molecule", "compound") for text in CORPUS], tmp_path / "other", seed=0,
+                     shape=shape)
+    state = make(tmp_path / "ours", lora=False).state_dict()
+    make(tmp_path / "ours", lora=False, seed=3).load_state_dict(state)  # same tokenizer: loads
+    stranger = make(tmp_path / "other", lora=False)
+    assert {k: v.shape for k, v in stranger.state_dict().items()} == {k: v.shape for k, v in state.items()}
+    with pytest.raises(CheckpointError, match="trained with a different tokenizer"):
+        stranger.load_state_dict(state)

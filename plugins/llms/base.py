@@ -12,6 +12,8 @@ task), never taken from a sample of the batch.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -125,6 +127,13 @@ def llm_factory(schema: type[CausalLMConfig]):
     return build
 
 
+def tokenizer_digest(tokenizer: Any) -> Tensor:
+    """SHA-256 (32 bytes as uint8) of the tokenizer's full definition (vocabulary, merges, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return torch.tensor(list(hashlib.sha256(text.encode()).digest()), dtype=torch.uint8)
+
+
 class SoftPromptLM(LanguageModel):
     """A causal LM (optionally with LoRA) whose ``<mol>`` placeholders carry projected molecule tokens."""
 
@@ -145,6 +154,20 @@ class SoftPromptLM(LanguageModel):
         self.lora_active = config.lora
         self.hidden_size = model.config.hidden_size
         self.llm_proj = nn.Linear(input_dim, self.hidden_size)
+        # Saved with every checkpoint: weights trained with one tokenizer must not load under another with
+        # the same vocabulary size (e.g. a rebuilt demo model), which no shape check would notice.
+        self.register_buffer("tokenizer_digest", tokenizer_digest(self.tokenizer))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        theirs = state_dict.get(prefix + "tokenizer_digest")
+        if theirs is not None and not torch.equal(theirs.to(self.tokenizer_digest.device), self.tokenizer_digest):
+            raise CheckpointError(
+                "these LLM weights were trained with a different tokenizer than the one loaded now (for the demo "
+                f"model: molbridge-mini's texts or the demo build changed since; {self.model.name_or_path}); "
+                "retrain, or load the LLM folder they were trained with (llm.path)")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def _check_template(self) -> None:
         try:
