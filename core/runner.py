@@ -72,13 +72,14 @@ def _device(fabric: Fabric) -> str:
     return f"{fabric.device.type} ({platform.processor() or platform.machine()})"
 
 
-def _start_tracker(recipe: DictConfig, registry: Registry, out: Path, resume: bool, fabric: Fabric):
+def _start_tracker(recipe: DictConfig, registry: Registry, out: Path, resume: bool, fabric: Fabric,
+                   tags: Mapping[str, str] | None = None):
     """The MLflow tracker on rank 0 (a no-op elsewhere or when tracking is disabled)."""
     from molbridge.core import tracking  # lazy: MLflow takes a second to import
 
     if not fabric.is_global_zero:
         return tracking.NullTracker()
-    return tracking.start_run(recipe, registry, out, resume=resume)
+    return tracking.start_run(recipe, registry, out, resume=resume, tags=tags)
 
 
 def run(
@@ -87,21 +88,28 @@ def run(
     *,
     output: Path | None = None,
     callbacks: Sequence[training.Callback] = (),
+    tracking_tags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate as ``recipe`` says; write and return ``OUT/metrics.json``'s content.
+
+    ``tracking_tags`` are extra MLflow tags for the run (``bench sweep`` links children to its parent).
 
     The result has ``metrics`` (final, ``split/name``), ``best`` (validation), ``status``
     (``completed`` or ``interrupted``), ``checkpoint``, ``tracking_run_id`` and ``provenance``.
     """
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
-        return _run(recipe, registry, output, callbacks)
+        return _run(recipe, registry, output, callbacks, tracking_tags)
     finally:  # a process-wide switch: leave it as we found it (matters when run() is called in-process)
         torch.use_deterministic_algorithms(deterministic_before)
 
 
 def _run(
-    recipe: DictConfig, registry: Registry, output: Path | None, callbacks: Sequence[training.Callback]
+    recipe: DictConfig,
+    registry: Registry,
+    output: Path | None,
+    callbacks: Sequence[training.Callback],
+    tracking_tags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     started = time.time()
     out = Path(output) if output is not None else default_output_dir(recipe)
@@ -111,7 +119,7 @@ def _run(
     resume_from = resolve_resume(recipe.train.resume, out)
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
-    tracker = _start_tracker(recipe, registry, out, resume_from is not None, fabric)
+    tracker = _start_tracker(recipe, registry, out, resume_from is not None, fabric, tracking_tags)
     try:
         task = registry.build("task", recipe.task, recipe=recipe, registry=registry)
         with fabric.init_module():

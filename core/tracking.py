@@ -146,8 +146,11 @@ def _experiment_id(client: Any, name: str) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
-def start_run(recipe: DictConfig, registry: Registry, output_dir: Path, *, resume: bool) -> NullTracker:
-    """Open the run for ``recipe`` (rank 0 only); on resume, reopen the run recorded in ``output_dir``."""
+def start_run(recipe: DictConfig, registry: Registry, output_dir: Path, *, resume: bool,
+              tags: Mapping[str, str] | None = None) -> NullTracker:
+    """Open the run for ``recipe`` (rank 0 only); on resume, reopen the run recorded in ``output_dir``.
+
+    ``tags`` are added to the run's own (a sweep passes ``mlflow.parentRunId`` this way)."""
     if not recipe.tracking.enabled:
         return NullTracker()
     client = _client(recipe)
@@ -155,12 +158,14 @@ def start_run(recipe: DictConfig, registry: Registry, output_dir: Path, *, resum
     if resume and id_file.is_file():
         run_id = id_file.read_text().strip()
         client.update_run(run_id, status="RUNNING")
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, value)
         log.info("resuming MLflow run %s", run_id)
         return Tracker(client, run_id)
     from mlflow.entities import Param
 
     run = client.create_run(_experiment_id(client, experiment_name(recipe)), run_name=run_name(recipe),
-                            tags=run_tags(recipe, registry))
+                            tags=run_tags(recipe, registry) | dict(tags or {}))
     run_id = run.info.run_id
     params = [Param(k, v) for k, v in _params(recipe).items()]
     for start in range(0, len(params), MAX_PARAMS_PER_CALL):

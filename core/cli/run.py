@@ -28,7 +28,7 @@ examples:
 """
 
 
-class _IntermixedParser(argparse.ArgumentParser):
+class IntermixedParser(argparse.ArgumentParser):
     """Accepts overrides before and after options (`bench run T --seed 1 k=v`).
 
     Plain argparse takes positionals in one run only; the parent parser calls ``parse_known_args``,
@@ -55,7 +55,7 @@ def add_parser(sub):
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.__class__ = _IntermixedParser
+    parser.__class__ = IntermixedParser
     parser.add_argument("task", metavar="TASK", help="a registered task (see `bench plugins`)")
     parser.add_argument(
         "overrides",
