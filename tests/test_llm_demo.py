@@ -65,7 +65,7 @@ def test_default_corpus_is_molbridge_mini_text():
 
 @pytest.mark.slow
 def test_default_demo_model_trains_and_generates(tmp_path, monkeypatch):
-    """The default (molbridge-mini texts) demo LLM: a few LoRA steps lower the loss; generation runs."""
+    """The default (molbridge-mini texts) demo LLM: LoRA steps lower the loss; it learns to tell two prompts apart."""
     monkeypatch.setenv("MOLBRIDGE_CACHE", str(tmp_path))
     torch.manual_seed(0)
     lm = build_llama({"name": "llama", "path": None}, input_dim=32).train()
@@ -74,7 +74,7 @@ def test_default_demo_model_trains_and_generates(tmp_path, monkeypatch):
     mol = torch.randn(2, 8, 32)
     optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=1e-3)
     losses = []
-    for _ in range(20):
+    for _ in range(40):
         loss = lm(**batch, mol_tokens=mol).loss
         optimizer.zero_grad()
         loss.backward()
@@ -82,4 +82,5 @@ def test_default_demo_model_trains_and_generates(tmp_path, monkeypatch):
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 2
     lm.eval()
-    assert lm.generate(**lm.tokenize_prompts(prompts[:1]), mol_tokens=mol[:1], max_new_tokens=8)[0] == "It is ethanol."
+    answers = lm.generate(**lm.tokenize_prompts(prompts), mol_tokens=mol, max_new_tokens=8)
+    assert answers == ["It is ethanol.", "It is benzene."]  # each prompt its own answer, and then EOS
