@@ -54,6 +54,8 @@ def gather_runs(*, experiments: list[str] | None = None, task: str | None = None
     by_id = {v: k for k, v in known.items()}
     rows, seen = [], set()
     for run in found:
+        if "sweep.children" in run.data.tags:  # a sweep's parent run: its children carry the results
+            continue
         if not _matches(run, filters or {}) or (latest and run.info.run_name in seen):
             continue
         seen.add(run.info.run_name)

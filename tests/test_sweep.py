@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from molbridge.core import sweep as sweeps
 from molbridge.core.cli import main
+from molbridge.core.compare import gather_runs
 from molbridge.core.tracking import default_uri
 
 TOY_RECIPE = """\
@@ -73,6 +74,8 @@ def test_grid_runs_every_child_under_one_parent_and_a_rerun_skips_them(toy_cli, 
     assert {c["status"] for c in again["children"]} == {"skipped"}
     assert [c["monitor"] for c in again["children"]] == [c["monitor"] for c in state["children"]]
     assert len(client.search_runs([parent.info.experiment_id])) == 9
+    compared = gather_runs(experiments=[client.get_experiment(parent.info.experiment_id).name])
+    assert {r.run_id for r in compared} == {c["run_id"] for c in state["children"]}  # the parent is not a column
 
 
 def test_a_failing_child_is_recorded_and_the_others_finish(toy_cli, capsys):
