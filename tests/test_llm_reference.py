@@ -104,7 +104,7 @@ def test_layout_problems_are_listed(tiny_dir):
     with pytest.raises(CheckpointError, match=r"\(Q-Former\) .*missing: query_tokens"):
         load_stage23({k: v for k, v in state.items() if k != "blip2opt.query_tokens"}, projector, llm)
     wrong = state | {"blip2opt.llm_proj.weight": torch.zeros(64, 768)}
-    with pytest.raises(CheckpointError, match=r"shape mismatch: llm_proj.weight \(64, 768\) vs \(64, 384\)"):
+    with pytest.raises(CheckpointError, match=r"shape mismatch: llm_proj.weight \(64, 768\) vs model \(64, 384\)"):
         load_stage23(wrong, projector, llm)
 
 

@@ -1,5 +1,6 @@
 """Loading encoder weights from a file named in a recipe, safely and strictly."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,11 +31,15 @@ def read_state_dict(path: str | Path, *, trust: bool = False, key: str = "model"
 
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path,
-                ignore_prefixes: tuple[str, ...] = ()) -> None:
-    """Load every parameter; keys under ``ignore_prefixes`` are dropped; anything else amiss is listed."""
+                ignore_prefixes: tuple[str, ...] = (), optional: Callable[[str], bool] | None = None) -> None:
+    """Load every parameter; keys under ``ignore_prefixes`` are dropped; anything else amiss is listed.
+
+    ``optional(name)`` marks the module's parameters a checkpoint may lack (they keep their values), e.g.
+    the Q-Former text path a 3D-MoLM stage-2/3 checkpoint does not store.
+    """
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(k for k in set(expected) - set(state) if not (optional and optional(k)))
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or mismatched:
@@ -44,4 +49,4 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str | P
                                                   for k in mismatched) if mismatched else ""]
         raise CheckpointError(f"checkpoint {path} does not match the model; "
                               + "; ".join(d for d in details if d))
-    module.load_state_dict(state)
+    module.load_state_dict(state, strict=optional is None)

@@ -17,13 +17,12 @@ trainable weights (LoRA), and may hold frozen ones. Mapping:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 from torch import Tensor, nn
 
 from molbridge.core.errors import CheckpointError
-from molbridge.plugins.encoders.weights import read_state_dict
+from molbridge.plugins.encoders.weights import load_strict, read_state_dict
 from molbridge.plugins.projectors.qformer import from_reference, to_reference
 
 PREFIX = "blip2opt."
@@ -73,20 +72,6 @@ def to_stage23(projector_state: dict[str, Tensor], llm_state: dict[str, Tensor],
     return out
 
 
-def _load_part(module: nn.Module, state: dict[str, Tensor], optional: Callable[[str], bool], where: str) -> None:
-    """Load ``state`` into ``module``; every key must exist and match, and only ``optional`` keys may be absent."""
-    expected = module.state_dict()
-    unexpected = sorted(set(state) - set(expected))
-    missing = sorted(k for k in set(expected) - set(state) if not optional(k))
-    mismatched = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-                        for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    problems = [f"{label}: {', '.join(keys[:10])}" for label, keys in
-                (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if keys]
-    if problems:
-        raise CheckpointError(f"{where} does not match the model; " + "; ".join(problems))
-    module.load_state_dict(state, strict=False)
-
-
 def load_stage23(source: str | Path | dict[str, Tensor], projector: nn.Module, llm: nn.Module,
                  prefix: str = PREFIX) -> dict[str, Tensor]:
     """Load a 3D-MoLM stage-2/3 checkpoint (file or state dict) into a Q-Former and an LLM wrapper.
@@ -97,6 +82,6 @@ def load_stage23(source: str | Path | dict[str, Tensor], projector: nn.Module, l
     state = source if isinstance(source, dict) else read_state_dict(source, key="state_dict")
     where = "state dict" if isinstance(source, dict) else str(source)
     projector_state, llm_state, others = from_stage23(state, prefix)
-    _load_part(projector, projector_state, lambda k: bool(TEXT_PATH.match(k)), f"{where} (Q-Former)")
-    _load_part(llm, llm_state, lambda k: not (k.startswith("llm_proj.") or ".lora_" in k), f"{where} (LLM)")
+    load_strict(projector, projector_state, f"{where} (Q-Former)", optional=lambda k: bool(TEXT_PATH.match(k)))
+    load_strict(llm, llm_state, f"{where} (LLM)", optional=lambda k: not (k.startswith("llm_proj.") or ".lora_" in k))
     return others
