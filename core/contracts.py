@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from torch import Tensor, nn
 
+from molbridge.core.batch import ATOMIC_NUMBERS, POSITIONS
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -41,7 +43,7 @@ class EncoderOutput:
 class Encoder(nn.Module, ABC):
     """A 3D molecular encoder. Factory: ``factory(config) -> Encoder``.
 
-    Featurization runs in data-loader workers on CPU (``featurize`` + ``collate``), the forward pass
+    Featurization runs in data-loader workers on CPU (``featurize_item`` + ``collate``), the forward pass
     on the training device. Outputs must be invariant to rotation and translation of the positions,
     follow a permutation of the atoms, and not depend on how much padding the batch has.
     """
@@ -51,6 +53,11 @@ class Encoder(nn.Module, ABC):
     @abstractmethod
     def featurize(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> dict[str, Tensor]:
         """One molecule (atomic numbers (N,), positions (N, 3) in angstrom) -> encoder tensors."""
+
+    def featurize_item(self, item: Mapping[str, Any]) -> dict[str, Tensor]:
+        """What the data pipeline calls: one dataset item (keyed as in :mod:`molbridge.core.batch`) -> encoder
+        tensors. The default reads the geometry; an encoder of other inputs (e.g. SMILES) overrides it."""
+        return self.featurize(item[ATOMIC_NUMBERS], item[POSITIONS])
 
     @abstractmethod
     def collate(self, features: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:

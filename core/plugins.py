@@ -34,6 +34,7 @@ ENTRY_POINT_GROUP = "molbridge"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "molbridge.plugins.encoders.schnet",
     "molbridge.plugins.encoders.unimol",
+    "molbridge.plugins.encoders.smiles",
     "molbridge.plugins.projectors.qformer",
     "molbridge.plugins.projectors.linear",
     "molbridge.plugins.tasks.retrieval",

@@ -229,15 +229,20 @@ def _walk(data: Any, parts: list[str]) -> Any:
     return data
 
 
+#: Options naming a component's own weights, left behind when ``--encoder``/``--llm`` swaps it.
+WEIGHT_KEYS = ("checkpoint", "trust_checkpoint", "path")
+
+
 def replace_component(data: dict, kind: str, name: str, registry: Registry | None = None) -> dict:
     """``--encoder X``: switch a component. Options the new one also declares (e.g. ``preset``) carry
-    over, so a recipe's sizing survives the swap; the others fall back to the new component's defaults."""
+    over, so a recipe's sizing survives the swap; the others fall back to the new component's defaults.
+    Weights never carry over: one component's checkpoint is not another's."""
     current = data.get(kind) or {}
     if current.get("name") == name:
         return data
     shared: set[str] = set()
     if registry is not None and name in registry.names(kind):
-        shared = {f.name for f in dataclasses.fields(registry.get(kind, name).config_schema)} - {"name"}
+        shared = {f.name for f in dataclasses.fields(registry.get(kind, name).config_schema)} - {"name", *WEIGHT_KEYS}
     data[kind] = {"name": name} | {key: value for key, value in current.items() if key in shared}
     return data
 

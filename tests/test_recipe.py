@@ -81,6 +81,21 @@ def test_switching_component_drops_the_previous_components_options(recipe_file, 
     assert dict(recipe.encoder) == {"name": "other"}
 
 
+def test_switching_component_keeps_shared_options_but_not_weights(registry):
+    from molbridge.core.recipe import replace_component
+
+    @dataclass
+    class WeightedCfg:
+        name: str = "weighted"
+        preset: str = "small"
+        checkpoint: str | None = None
+
+    make_register(registry, "encoder", "test", None, None)("weighted", lambda c: c, WeightedCfg)
+    data = {"encoder": {"name": "enc", "preset": "base", "checkpoint": "/weights/enc.pt", "width": 8}}
+    assert replace_component(data, "encoder", "weighted", registry)["encoder"] == {"name": "weighted",
+                                                                                   "preset": "base"}
+
+
 def test_deletion_restores_the_schema_default(recipe_file, registry):
     recipe = load_recipe(recipe_file, ["~train.max_steps", "~encoder.width"], registry=registry)
     assert (recipe.train.max_steps, recipe.encoder.width) == (1000, 16)  # schema and plugin defaults

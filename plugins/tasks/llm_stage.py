@@ -145,7 +145,7 @@ class LLMStageTask(Task):
         return [self.llm.format_prompt(s[keys.INSTRUCTION], s[keys.SMILES]) for s in samples]
 
     def _molecules(self, samples) -> dict[str, Any]:
-        features = [self.encoder.featurize(s[keys.ATOMIC_NUMBERS], s[keys.POSITIONS]) for s in samples]
+        features = [self.encoder.featurize_item(s) for s in samples]
         return {keys.ENCODER_INPUT: self.encoder.collate(features), keys.MOL_ID: [s[keys.MOL_ID] for s in samples]}
 
     def collate(self, samples):

@@ -81,7 +81,7 @@ class RetrievalTask(Task):
         return self.splits
 
     def collate(self, samples):
-        features = [self.encoder.featurize(s[keys.ATOMIC_NUMBERS], s[keys.POSITIONS]) for s in samples]
+        features = [self.encoder.featurize_item(s) for s in samples]
         ids, mask = self.projector.tokenize([s[keys.TEXT] for s in samples])
         batch = {keys.ENCODER_INPUT: self.encoder.collate(features), keys.TEXT_INPUT_IDS: ids,
                  keys.TEXT_ATTENTION_MASK: mask, keys.MOL_ID: [s[keys.MOL_ID] for s in samples]}

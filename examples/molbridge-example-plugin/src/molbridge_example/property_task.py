@@ -58,7 +58,7 @@ class PropertyTask(Task):
         return self.splits
 
     def collate(self, samples):
-        features = [self.encoder.featurize(s[keys.ATOMIC_NUMBERS], s[keys.POSITIONS]) for s in samples]
+        features = [self.encoder.featurize_item(s) for s in samples]
         target = torch.tensor([s["properties"][self.config.target] for s in samples], dtype=torch.float32)
         return {keys.ENCODER_INPUT: self.encoder.collate(features), keys.TARGET: (target - self.mean) / self.std,
                 keys.MOL_ID: [s[keys.MOL_ID] for s in samples]}
