@@ -1,4 +1,9 @@
-"""Runs side by side from MLflow: gathering (``gather_runs``) is kept apart from rendering."""
+"""Runs side by side from MLflow: gathering (``gather_runs``) is kept apart from rendering.
+
+Runs of one configuration with different seeds share their run name up to ``-s{seed}``
+(``unimol-qformer-none-s0``, ``-s1``): :func:`group_runs` gathers them and :func:`render_aggregate`
+shows mean ± sample std over seeds. Figures and the report folder: :mod:`molbridge.core.compare_report`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import csv
 import fnmatch
 import io
 import json
+import re
+import statistics
 from dataclasses import dataclass, field
 
 from molbridge.core.errors import MolbridgeError
@@ -14,6 +21,8 @@ from molbridge.core.tracking import tracking_uri
 #: Tags shown for every run: what distinguishes one configuration from another.
 IDENTITY = ("task", "dataset", "encoder", "projector", "llm", "seed", "recipe")
 DEFAULT_METRICS = ("test/*", "valid/*", "best/*")
+SEED_SUFFIX = re.compile(r"-s\d+$")
+PARENT_TAG = "mlflow.parentRunId"
 
 
 @dataclass
@@ -25,6 +34,18 @@ class RunRow:
     start_time: int
     identity: dict[str, str]
     metrics: dict[str, float] = field(default_factory=dict)
+    parent_run_id: str | None = None
+    """The sweep's parent run, for a sweep's child."""
+
+    @property
+    def config(self) -> str:
+        """The configuration: the run name without its ``-s{seed}`` suffix."""
+        return configuration(self.name)
+
+
+def configuration(run_name: str) -> str:
+    """``unimol-qformer-none-s1`` -> ``unimol-qformer-none``."""
+    return SEED_SUFFIX.sub("", run_name)
 
 
 def _matches(run, filters: dict[str, str]) -> bool:
@@ -61,7 +82,8 @@ def gather_runs(*, experiments: list[str] | None = None, task: str | None = None
         seen.add(run.info.run_name)
         kept = {k: v for k, v in run.data.metrics.items() if any(fnmatch.fnmatch(k, p) for p in metrics)}
         rows.append(RunRow(run.info.run_name, run.info.run_id, by_id[run.info.experiment_id], run.info.status,
-                           run.info.start_time, {k: run.data.tags.get(k, "") for k in IDENTITY}, kept))
+                           run.info.start_time, {k: run.data.tags.get(k, "") for k in IDENTITY}, kept,
+                           run.data.tags.get(PARENT_TAG)))
     if not rows:
         raise MolbridgeError(f"no run in {', '.join(names)} matches the filters {filters or {}}")
     return rows
@@ -92,3 +114,127 @@ def render(rows: list[RunRow], fmt: str = "markdown") -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines) + "\n"
+
+
+def select_metrics(rows: list[RunRow], patterns: tuple[str, ...], *, strict: bool = False) -> list[RunRow]:
+    """Copies of ``rows`` keeping the metrics matching any pattern; ``strict``: a pattern matching no
+    metric of any run is an error naming it."""
+    names = {m for r in rows for m in r.metrics}
+    if strict:
+        check_patterns(patterns, names, "--metrics")
+    return [RunRow(**(r.__dict__ | {"metrics": {k: v for k, v in r.metrics.items()
+                                                if any(fnmatch.fnmatch(k, p) for p in patterns)}}))
+            for r in rows]
+
+
+def check_patterns(patterns: tuple[str, ...], names: set[str], option: str) -> None:
+    """Raise naming each pattern that matches none of ``names`` (and list what there is)."""
+    unmatched = [p for p in patterns if not fnmatch.filter(names, p)]
+    if unmatched:
+        listed = ", ".join(sorted(names)[:40]) + (" ..." if len(names) > 40 else "")
+        raise MolbridgeError(f"{option} {' '.join(unmatched)}: no metric of the selected runs matches; "
+                             f"they have: {listed or 'no metrics'}")
+
+
+# --- aggregation over seeds -----------------------------------------------------------------------------
+
+@dataclass
+class Stat:
+    """Mean and sample standard deviation (None with fewer than two values) of a metric over seeds."""
+
+    mean: float
+    std: float | None
+    n: int
+
+
+@dataclass
+class Group:
+    """The runs of one configuration (same experiment, same run name up to the seed)."""
+
+    experiment: str
+    config: str
+    runs: list[RunRow]
+    label: str = ""
+
+    @property
+    def seeds(self) -> list[str]:
+        return [r.identity.get("seed", "") for r in self.runs]
+
+    def values(self, metric: str) -> list[tuple[str, float]]:
+        """(seed, value) of each run that has ``metric``."""
+        return [(r.identity.get("seed", ""), r.metrics[metric]) for r in self.runs if metric in r.metrics]
+
+    def stat(self, metric: str) -> Stat | None:
+        values = [v for _, v in self.values(metric)]
+        if not values:
+            return None
+        return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+
+def group_runs(rows: list[RunRow]) -> list[Group]:
+    """Runs grouped by configuration, sorted by experiment and configuration; labels carry the experiment
+    only when there are several. Two runs of one name in a group (``--no-latest``) are an error: they would
+    count one seed twice."""
+    groups: dict[tuple[str, str], Group] = {}
+    for row in rows:
+        group = groups.setdefault((row.experiment, row.config), Group(row.experiment, row.config, []))
+        if any(r.name == row.name for r in group.runs):
+            raise MolbridgeError(f"run {row.name} appears twice in {row.experiment} ({row.run_id} and "
+                                 f"{next(r.run_id for r in group.runs if r.name == row.name)}); aggregate over "
+                                 f"seeds with one run per name (drop --no-latest)")
+        group.runs.append(row)
+    several = len({g.experiment for g in groups.values()}) > 1
+    ordered = [groups[key] for key in sorted(groups)]
+    for group in ordered:
+        group.runs.sort(key=lambda r: _seed_order(r.identity.get("seed", "")))
+        group.label = f"{group.experiment}: {group.config}" if several else group.config
+    return ordered
+
+
+def _seed_order(seed: str) -> tuple:
+    return (0, int(seed), "") if seed.lstrip("-").isdigit() else (1, 0, seed)
+
+
+def _aggregate_table(groups: list[Group]) -> tuple[list[str], list[str], list[list[Stat | None]]]:
+    metrics = sorted({m for g in groups for r in g.runs for m in r.metrics})
+    return [g.label for g in groups], metrics, [[g.stat(m) for m in metrics] for g in groups]
+
+
+def _cell(stat: Stat | None, runs: int) -> str:
+    if stat is None:
+        return ""
+    text = f"{stat.mean:.4g}" if stat.std is None else f"{stat.mean:.4g} ± {stat.std:.2g}"
+    return text if stat.n == runs else f"{text} (n={stat.n})"
+
+
+def render_aggregate(groups: list[Group], fmt: str = "markdown") -> str:
+    """One row per configuration: its seeds and, per metric, mean ± sample std over seeds.
+
+    Markdown shows ``mean ± std`` with n in the ``n`` column (and in a cell whose metric fewer runs have);
+    CSV has ``METRIC mean``, ``METRIC std`` and ``METRIC n`` columns; JSON a record per configuration.
+    """
+    labels, metrics, stats = _aggregate_table(groups)
+    if fmt == "json":
+        return json.dumps([{"experiment": g.experiment, "configuration": g.config, "seeds": g.seeds,
+                            "run_ids": [r.run_id for r in g.runs],
+                            "metrics": {m: s.__dict__ for m, s in zip(metrics, row, strict=True) if s}}
+                           for g, row in zip(groups, stats, strict=True)], indent=2)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["configuration", "experiment", "seeds", "n",
+                         *(f"{m} {part}" for m in metrics for part in ("mean", "std", "n"))])
+        for group, row in zip(groups, stats, strict=True):
+            cells = [_csv_number(part) for s in row for part in ((s.mean, s.std, s.n) if s else (None,) * 3)]
+            writer.writerow([group.config, group.experiment, " ".join(group.seeds), len(group.runs), *cells])
+        return buffer.getvalue()
+    header = ["configuration", "seeds", "n", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group, label, row in zip(groups, labels, stats, strict=True):
+        cells = [label, ", ".join(group.seeds), str(len(group.runs)), *(_cell(s, len(group.runs)) for s in row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_number(value: float | int | None) -> str:
+    return "" if value is None else repr(value)  # repr: every digit of a float, read back exactly

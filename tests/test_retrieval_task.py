@@ -53,6 +53,18 @@ def test_metrics_json_has_the_protocol_for_model_and_baseline(two_runs):
     assert results["unimol"]["best"]["metric"] == "valid/full_acc"
 
 
+def test_ranks_artifact_reproduces_the_logged_full_set_metrics(two_runs):
+    root, results = two_runs
+    ranks = json.loads((root / "out-unimol" / "ranks-test.json").read_text())
+    metrics = results["unimol"]["metrics"]
+    assert ranks["split"] == "test" and len(ranks["ids"]) == 12 == len(set(ranks["ids"]))
+    for who, prefix in (("model", "test/full"), ("baseline", "test/baseline_full")):
+        for direction in ("m2t", "t2m"):
+            values = ranks[who][direction]
+            assert len(values) == 12 and set(values) <= set(range(12))
+            assert sum(r == 0 for r in values) / 12 == pytest.approx(metrics[f"{prefix}_{direction}_acc"])
+
+
 def test_results_table_puts_model_and_baseline_side_by_side(two_runs):
     _, results = two_runs
     table = results_table(results["unimol"])

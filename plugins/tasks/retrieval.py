@@ -9,7 +9,9 @@ Morgan fingerprints to the frozen (initial) text tower's embeddings, fitted on t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ from molbridge.core.contracts import StepOutput, Task
 from molbridge.core.data import MoleculeDataset
 from molbridge.core.errors import MolbridgeError
 from molbridge.plugins.tasks.fingerprint_baseline import FingerprintRidge
-from molbridge.plugins.tasks.retrieval_metrics import retrieval_report
+from molbridge.plugins.tasks.retrieval_metrics import full_set_ranks, retrieval_report
 from molbridge.plugins.tasks.stage1 import CACHED_TEXT, Stage1Model, Stage1Options, check_options
 
 SPLITS = ("train", "valid", "test")
@@ -55,7 +57,8 @@ class RetrievalTask(Task):
                                                          text_field=config.text_field)
                        for split in SPLITS}
         self.encoder = self.projector = None
-        self._baseline: dict[str, dict[str, float]] = {}
+        self._baseline: dict[str, tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._last_ranks: tuple[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # -- model ----------------------------------------------------------------------------------------
     def build_model(self) -> Stage1Model:
@@ -115,6 +118,7 @@ class RetrievalTask(Task):
         pair_scores = self._pair_scorer(fabric, split) if self.config.rerank_top_k else None
         metrics = _with_full_acc(retrieval_report(mol, text, batch_size=self.config.inbatch_size,
                                                   pair_scores=pair_scores, rerank_k=self.config.rerank_top_k))
+        self._last_ranks = (split, full_set_ranks(mol, text))  # for write_outputs; cheap next to encoding
         if self.config.baseline:
             metrics |= {f"baseline_{k}": v for k, v in self._baseline_metrics(split).items()}
         model.train()
@@ -172,10 +176,27 @@ class RetrievalTask(Task):
 
     def _baseline_metrics(self, split: str) -> dict[str, float]:
         if split not in self._baseline:
-            predicted = self.baseline.molecule_features(self._smiles(split))
-            self._baseline[split] = _with_full_acc(
-                retrieval_report(predicted, self._frozen_targets(split), batch_size=self.config.inbatch_size))
-        return self._baseline[split]
+            predicted, targets = self.baseline.molecule_features(self._smiles(split)), self._frozen_targets(split)
+            report = retrieval_report(predicted, targets, batch_size=self.config.inbatch_size)
+            self._baseline[split] = (_with_full_acc(report), full_set_ranks(predicted, targets))
+        return self._baseline[split][0]
+
+    def write_outputs(self, folder: Path) -> list[Path]:
+        """``ranks-<split>.json``: every molecule's full-set rank in both directions (0 = first) under the model
+        and the fingerprint baseline, from the last evaluation, so Recall@k can be drawn for any k later.
+
+        Ranks are by similarity, before any re-ranking; lists are in dataset order, aligned with ``ids``."""
+        if self._last_ranks is None:
+            return []
+        split, ranks = self._last_ranks
+        dataset = self.splits[split]
+        content = {"split": split, "rank": "0 = retrieved first; ties: see retrieval_metrics",
+                   "ids": [dataset.store[int(row)].id for row in dataset.indices], "model": _directions(ranks)}
+        if split in self._baseline:
+            content["baseline"] = _directions(self._baseline[split][1])
+        path = Path(folder) / f"ranks-{split}.json"
+        path.write_text(json.dumps(content, separators=(",", ":")) + "\n")  # compact: a few ints per molecule
+        return [path]
 
     def describe(self) -> dict[str, Any]:
         facts = {"dataset": self.recipe.data.name, "split": self.recipe.data.split,
@@ -187,6 +208,11 @@ class RetrievalTask(Task):
                 "text_embeddings": f"{self.projector.text_pooling}-pooled states of the text tower as loaded, "
                                    "before training"}
         return facts
+
+
+def _directions(ranks: tuple[torch.Tensor, torch.Tensor]) -> dict[str, list[int]]:
+    m2t, t2m = ranks
+    return {"m2t": m2t.tolist(), "t2m": t2m.tolist()}
 
 
 def _with_full_acc(report: dict[str, float]) -> dict[str, float]:

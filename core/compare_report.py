@@ -1,0 +1,349 @@
+"""``bench compare --plots DIR``: tables, figures and an index written to a folder, optionally logged to MLflow.
+
+What is read from MLflow, per run: final metrics (bars per configuration), the metric history of
+``train/loss`` and of each monitored validation metric (the ``X`` of ``best/X``; training curves), and
+artifacts: ``ranks-<split>.json`` of the retrieval task (Recall@k curves) and ``answers-<split>.jsonl`` of
+the qa task (parity plots, parsed with the qa task's own number parser). The figures themselves are
+drawn by :mod:`molbridge.core.plots` from plain data.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from molbridge.core import plots
+from molbridge.core.compare import (
+    Group,
+    RunRow,
+    check_patterns,
+    group_runs,
+    render,
+    render_aggregate,
+    select_metrics,
+)
+from molbridge.core.errors import MolbridgeError
+from molbridge.core.tracking import tracking_uri
+
+#: Metrics drawn as bars when --plot-metrics is not given; a task not listed gets its monitored metric.
+DEFAULT_PLOT_METRICS = {
+    "retrieval": ("test/full_m2t_acc", "test/full_t2m_acc"),
+    "captioning": ("test/bleu4", "test/meteor", "test/rougeL"),
+    "qa": ("test/*/mae",),
+}
+FALLBACK_PLOT_METRICS = ("best/*",)
+TRAIN_CURVES = ("train/loss",)
+RANKS = re.compile(r"ranks-(?P<split>[\w.-]+)\.json")
+ANSWERS = re.compile(r"answers-(?P<split>[\w.-]+)\.jsonl")
+
+
+@dataclass
+class Report:
+    """What was written to ``folder``: tables, figures with their captions, and notes on what was left out."""
+
+    folder: Path
+    tables: list[Path] = field(default_factory=list)
+    figures: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, fig, name: str) -> None:
+        path = plots.save(fig, self.folder / f"{slug(name)}.png")
+        self.figures.append((path, plots.caption_of(fig)))
+
+    @property
+    def files(self) -> list[Path]:
+        return [*self.tables, *(p for p, _ in self.figures), self.folder / "README.md"]
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a metric or configuration name."""
+    return re.sub(r"[^A-Za-z0-9.+=-]+", "_", text).strip("_")
+
+
+def write_report(rows: list[RunRow], folder: str | Path, *, table_metrics: tuple[str, ...],
+                 plot_metrics: tuple[str, ...] | None = None, uri: str | None = None,
+                 command: str = "bench compare") -> Report:
+    """Tables (per run and per configuration, markdown and CSV), figures and ``README.md`` into ``folder``.
+
+    ``rows`` carry every metric of their runs (gather with ``metrics=("*",)``); ``table_metrics`` picks the
+    tables' metrics, ``plot_metrics`` the bar charts' (default: :data:`DEFAULT_PLOT_METRICS` by task; a
+    pattern given here that matches nothing is an error naming it).
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(uri))
+    report = Report(Path(folder))
+    report.folder.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(rows)
+    _tables(rows, table_metrics, report)
+    _bars(groups, plot_metrics, report)
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
+        artifacts = Artifacts(client, Path(tmp))
+        _recall(groups, artifacts, report)
+        _parities(groups, artifacts, report)
+    _curves(client, groups, report)
+    _index(report, groups, command)
+    return report
+
+
+def log_report(report: Report, run_id: str, uri: str | None = None, artifact_path: str = "compare") -> None:
+    """Log every file of the report to run ``run_id`` under ``artifact_path``."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri(uri))
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        raise MolbridgeError(f"cannot log the comparison to run {run_id}: no such run at "
+                             f"{tracking_uri(uri)}") from exc
+    for path in report.files:
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+def sweep_parent(rows: list[RunRow]) -> str | None:
+    """The parent run when every compared run is a child of the same sweep, else None."""
+    parents = {r.parent_run_id for r in rows}
+    return parents.pop() if len(parents) == 1 else None
+
+
+# --- tables ----------------------------------------------------------------------------------------------
+
+def _tables(rows: list[RunRow], patterns: tuple[str, ...], report: Report) -> None:
+    shown = select_metrics(rows, patterns)
+    groups = group_runs(shown)
+    for name, text in (("runs.md", render(shown)), ("runs.csv", render(shown, "csv")),
+                       ("aggregate.md", render_aggregate(groups)), ("aggregate.csv", render_aggregate(groups, "csv"))):
+        path = report.folder / name
+        path.write_text(text)
+        report.tables.append(path)
+
+
+# --- bars: a metric per configuration ------------------------------------------------------------------------
+
+def plot_metric_names(groups: list[Group], patterns: tuple[str, ...] | None) -> list[str]:
+    """Metrics to draw as bars: those matching ``patterns`` (each must match one), else the tasks' defaults."""
+    names = {m for g in groups for r in g.runs for m in r.metrics}
+    if patterns:
+        check_patterns(patterns, names, "--plot-metrics")
+    else:
+        tasks = {r.identity.get("task", "") for g in groups for r in g.runs}
+        patterns = tuple(p for t in sorted(tasks) for p in DEFAULT_PLOT_METRICS.get(t, FALLBACK_PLOT_METRICS))
+    return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns))
+
+
+def _bars(groups: list[Group], patterns: tuple[str, ...] | None, report: Report) -> None:
+    metrics = plot_metric_names(groups, patterns)
+    if not metrics:
+        report.notes.append("no bar chart: none of the selected runs has a default metric of its task "
+                            "(choose some with --plot-metrics)")
+    for metric in metrics:
+        values = {g.label: g.values(metric) for g in groups}
+        caption = (f"{metric}; bar = mean over seeds, error bar = sample std, dots = single seeds. "
+                   f"Runs: {runs_caption(groups, metric)}.")
+        report.add(plots.metric_bars(values, metric, caption), f"bars-{metric}")
+
+
+def runs_caption(groups: list[Group], metric: str | None = None) -> str:
+    """``unimol-qformer-none (seeds 0, 1); schnet-qformer-none (seed 0)``: the runs (with ``metric``)."""
+    parts = []
+    for group in groups:
+        seeds = [s for s, _ in group.values(metric)] if metric else group.seeds
+        if seeds:
+            parts.append(f"{group.label} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})")
+    return "; ".join(parts)
+
+
+# --- artifacts ---------------------------------------------------------------------------------------------
+
+class Artifacts:
+    """A run's artifacts by file name pattern, downloaded into a scratch folder."""
+
+    def __init__(self, client: Any, scratch: Path):
+        self.client, self.scratch = client, scratch
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file is noise here
+
+    def find(self, run: RunRow, pattern: re.Pattern) -> dict[str, Path]:
+        """``{split: local path}`` of the run's top-level artifacts whose name matches ``pattern``."""
+        found = {}
+        for info in self.client.list_artifacts(run.run_id):
+            match = pattern.fullmatch(info.path)
+            if match and not info.is_dir:
+                target = self.scratch / run.run_id
+                target.mkdir(exist_ok=True)
+                found[match["split"]] = Path(self.client.download_artifacts(run.run_id, info.path, str(target)))
+        return found
+
+
+def _load_json(path: Path, run: RunRow) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MolbridgeError(f"artifact {path.name} of run {run.name} ({run.run_id}) is not readable JSON: "
+                             f"{exc}") from exc
+
+
+# --- retrieval: Recall@k curves ----------------------------------------------------------------------------
+
+def _recall(groups: list[Group], artifacts: Artifacts, report: Report) -> None:
+    retrieval = [g for g in groups if any(r.identity.get("task") == "retrieval" for r in g.runs)]
+    by_split: dict[str, dict[str, list[dict]]] = {}
+    baselines: dict[str, list[dict]] = {}
+    missing = []
+    for group in retrieval:
+        for run in group.runs:
+            files = artifacts.find(run, RANKS)
+            if not files:
+                missing.append(run.name if run.status == "FINISHED" else f"{run.name} ({run.status})")
+            for split, path in files.items():
+                content = _ranks(_load_json(path, run), path, run)
+                by_split.setdefault(split, {}).setdefault(group.label, []).append(content["model"])
+                if "baseline" in content:
+                    baselines.setdefault(split, []).append(content["baseline"])
+    if missing:
+        report.notes.append(f"no Recall@k curve for {', '.join(missing)}: no ranks-<split>.json artifact "
+                            f"(the retrieval task logs one; older runs have none)")
+    for split, ranks in sorted(by_split.items()):
+        runs = "; ".join(f"{config} ({len(r)} run{'s' if len(r) > 1 else ''})" for config, r in ranks.items())
+        dashed = "; dashed: the fingerprint baseline, mean over all runs" if baselines.get(split) else ""
+        caption = (f"Full-set Recall@k on {split} from ranks-{split}.json, k = 1..N (log scale); line = mean over "
+                   f"seeds, band = min..max over seeds{dashed}. Runs: {runs}.")
+        report.add(plots.recall_curves(ranks, caption, baseline=baselines.get(split, []), split=split),
+                   f"recall-{split}")
+
+
+def _ranks(content: Any, path: Path, run: RunRow) -> dict:
+    """Check a ranks artifact: ``model`` (and optional ``baseline``) with ``m2t`` and ``t2m`` lists of ints."""
+    for who in ("model", "baseline"):
+        if who == "baseline" and who not in content:
+            continue
+        part = content.get(who) if isinstance(content, dict) else None
+        ok = isinstance(part, dict) and all(isinstance(part.get(d), list) and part[d] and
+                                            all(isinstance(x, int) for x in part[d]) for d in plots.DIRECTIONS)
+        if not ok:
+            raise MolbridgeError(f"artifact {path.name} of run {run.name} ({run.run_id}): '{who}' needs "
+                                 f"non-empty integer lists {' and '.join(plots.DIRECTIONS)}")
+    return content
+
+
+# --- QA: parity plots --------------------------------------------------------------------------------------
+
+def _parities(groups: list[Group], artifacts: Artifacts, report: Report) -> None:
+    """One figure per configuration and split of the qa task: predicted against true per numeric property."""
+    for group in groups:
+        runs = [r for r in group.runs if r.identity.get("task") == "qa"]
+        by_split: dict[str, dict[str, plots.Parity]] = {}
+        for run in runs:
+            for split, path in artifacts.find(run, ANSWERS).items():
+                parse_answers(path, run, by_split.setdefault(split, {}))
+        for split, properties in sorted(by_split.items()):
+            if not properties:
+                continue
+            unparsed = sum(p.unparsed for p in properties.values())
+            total = unparsed + sum(len(p.true) for p in properties.values())
+            caption = (f"{group.label}, {split}: numeric answers of answers-{split}.jsonl parsed with the qa task's "
+                       f"parser (molbridge.plugins.tasks.numbers.parse_number); {unparsed} of {total} answers "
+                       f"held no number and are left out. Runs: {runs_caption([group])}.")
+            fig = plots.parity_plot(properties, f"{group.label}: predicted vs true ({split})", caption)
+            report.add(fig, f"parity-{group.config}-{split}" if group.label == group.config else
+                       f"parity-{group.experiment}-{group.config}-{split}")
+
+
+def parse_answers(path: Path, run: RunRow, into: dict[str, plots.Parity]) -> None:
+    """Add the numeric answers of one ``answers-<split>.jsonl`` to ``into`` (by property): an answer
+    without a number is counted as unparsed; a reference without one is an error naming the line."""
+    from molbridge.plugins.tasks.numbers import parse_number
+    from molbridge.plugins.tasks.qa import DESCRIPTIVE
+
+    seed = run.identity.get("seed", "")
+    for number, record in _jsonl(path, run):
+        prop = record["task"]
+        if prop in DESCRIPTIVE:
+            continue
+        truth = parse_number(record["reference"])
+        if truth is None:
+            raise MolbridgeError(f"{path.name} of run {run.name} ({run.run_id}), line {number}: the reference "
+                                 f"{record['reference']!r} holds no number")
+        entry = into.setdefault(prop, plots.Parity([], [], []))
+        answer = parse_number(record["answer"])
+        if answer is None:
+            entry.unparsed += 1
+        else:
+            entry.true.append(truth)
+            entry.predicted.append(answer)
+            entry.seeds.append(seed)
+
+
+def _jsonl(path: Path, run: RunRow) -> Iterable[tuple[int, dict]]:
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MolbridgeError(f"{path.name} of run {run.name} ({run.run_id}), line {number}: not JSON ({exc})") \
+                from exc
+        missing = [k for k in ("task", "reference", "answer") if not isinstance(record.get(k), str)]
+        if missing:
+            raise MolbridgeError(f"{path.name} of run {run.name} ({run.run_id}), line {number}: no text "
+                                 f"{', '.join(missing)}")
+        yield number, record
+
+
+# --- training curves ---------------------------------------------------------------------------------------
+
+def curve_metrics(groups: list[Group]) -> list[str]:
+    """``train/loss`` and each monitored validation metric (``best/valid/X`` -> ``valid/X``) the runs have."""
+    names = {m for g in groups for r in g.runs for m in r.metrics}
+    monitored = {m.removeprefix("best/") for m in names if m.startswith("best/")}
+    return [m for m in (*TRAIN_CURVES, *sorted(monitored)) if m in names]
+
+
+def history(client: Any, run_id: str, metric: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of a metric, by step; a repeated step keeps its last value. Final values are logged at
+    step 0 after training (a task without a test split): such a step-0 point, newer than the others, is left
+    out, so it does not draw a line back to the start."""
+    points = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.timestamp)
+    if len(points) > 1 and points[-1].step == 0 and any(p.step > 0 for p in points):
+        points = points[:-1]
+    by_step = {p.step: p.value for p in points}
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def _curves(client: Any, groups: list[Group], report: Report) -> None:
+    configs = [g.label for g in groups]
+    for metric in curve_metrics(groups):
+        curves = []
+        for group in groups:
+            for run in group.runs:
+                if metric in run.metrics:
+                    steps, values = history(client, run.run_id, metric)
+                    curves.append(plots.Curve(group.label, f"{group.label} s{run.identity.get('seed', '')}",
+                                              steps, values))
+        caption = (f"{metric} against training step, from the MLflow metric history; colour = configuration, "
+                   f"line style = seed. Runs: {runs_caption(groups, metric)}.")
+        report.add(plots.training_curves(curves, metric, caption, configs), f"curve-{metric}")
+
+
+# --- the index -------------------------------------------------------------------------------------------
+
+def _index(report: Report, groups: list[Group], command: str) -> None:
+    lines = [f"# {command}", "", f"{sum(len(g.runs) for g in groups)} runs in {len(groups)} configurations: "
+             f"{runs_caption(groups)}.", "", "## Tables", ""]
+    lines += [f"- [{p.name}]({p.name})" for p in report.tables]
+    lines += ["", "## Figures", ""]
+    for path, caption in report.figures:
+        lines += [f"### {path.name}", "", f"![{path.stem}]({path.name})", "", caption, ""]
+    if report.notes:
+        lines += ["## Left out", "", *(f"- {note}" for note in report.notes), ""]
+    lines += ["## Runs", "", "| run | run id | experiment | status |", "|---|---|---|---|"]
+    lines += [f"| {r.name} | {r.run_id} | {r.experiment} | {r.status} |" for g in groups for r in g.runs]
+    (report.folder / "README.md").write_text("\n".join(lines) + "\n")
