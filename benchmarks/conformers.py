@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 
@@ -62,6 +63,7 @@ def main() -> None:
 
     _, t_plain = timed(lambda: plain_rdkit(smiles, seed=1))
     _, t_single = timed(lambda: [make_record(item, config) for item in inputs])
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; absolute: the runs themselves barely grow it
     with tempfile.TemporaryDirectory() as out:
         _, t_pool = timed(lambda: prepare(inputs, out, name="bench", config=config, workers=args.workers,
                                           progress=False))
@@ -75,6 +77,8 @@ def main() -> None:
         "1proc_vs_plain": round(t_plain / t_single, 3),
         "pool_vs_plain": round(t_plain / t_pool, 3),
         "speedup_pool_vs_1proc": round(t_single / t_pool, 3),
+        "peak_rss_mb": round(peak_rss / 1024, 1),  # this process's peak RSS over the single-process runs
+        "pool_worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
     for key, value in results.items():
         print(f"{key:36} {value}")

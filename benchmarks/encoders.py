@@ -29,11 +29,10 @@ MODELS = ("schnet-small", "schnet-base", "unimol-small", "unimol-base", "unimol-
 
 
 def _batches(encoder, molecules: int, batch: int) -> list[dict]:
-    from molbridge.core.data import open_dataset
+    from molbridge.core.data import MoleculeDataset
 
-    store = open_dataset("molbridge-mini")
-    rows = store.split("test", "scaffold")[:molecules]
-    features = [encoder.featurize(store[int(r)].atomic_numbers, store[int(r)].conformers[0]) for r in rows]
+    data = MoleculeDataset.from_split("molbridge-mini", "test", "scaffold", augment=False, limit=molecules)
+    features = [encoder.featurize_item(data[i]) for i in range(len(data))]
     return [encoder.collate(features[i:i + batch]) for i in range(0, len(features), batch)]
 
 

@@ -64,6 +64,10 @@ def device_name(cuda: bool) -> str:
     return f"{model} ({os.cpu_count()} cores)"
 
 
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def _sync(cuda: bool) -> None:
     if cuda:
         torch.cuda.synchronize()
@@ -142,7 +146,11 @@ def measure_generation(lm: SoftPromptLM, prompts: list[str], max_new_tokens: int
     mol = _mol_tokens(len(prompts), lm)
     _generate(lm, prompts[:2], mol[:2], 2)  # warm-up (kernels, allocator) for both paths
     _generate(lm, prompts[:1], mol[:1], 2)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    held_mb = torch.cuda.memory_allocated() / 2**20 if cuda else _peak_rss_mb()
     (batched, batched_tokens), batched_s = _timed(cuda, lambda: _generate(lm, prompts, mol, max_new_tokens))
+    peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()) - held_mb
 
     def one_at_a_time():
         answers = [_generate(lm, [p], mol[i:i + 1], max_new_tokens) for i, p in enumerate(prompts)]
@@ -165,6 +173,7 @@ def measure_generation(lm: SoftPromptLM, prompts: list[str], max_new_tokens: int
         "one_at_a_time": {"seconds": round(single_s, 3), "answers_per_s": round(len(prompts) / single_s, 2),
                           "tokens_per_s": round(sum(single_tokens) / single_s, 1)},
         "speedup": round(single_s / batched_s, 2),
+        "peak_mb": round(peak_mb, 1),  # growth during the batched run (GPU: allocated; CPU: peak RSS)
         "params_m": round(sum(p.numel() for p in lm.parameters()) / 1e6, 2),
         "dtype": str(lm.model.dtype).removeprefix("torch."), "device": device_name(cuda),
         "threads": torch.get_num_threads(), "torch": torch.__version__,

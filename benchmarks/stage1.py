@@ -83,7 +83,7 @@ def _batch(model, size: int) -> dict:
     items = [data[i] for i in range(size)]
     encoder, projector = model.encoder, model.projector
     ids, mask = projector.tokenize([item[keys.TEXT] for item in items])
-    features = [encoder.featurize(item[keys.ATOMIC_NUMBERS], item[keys.POSITIONS]) for item in items]
+    features = [encoder.featurize_item(item) for item in items]
     batch = {keys.ENCODER_INPUT: encoder.collate(features), keys.TEXT_INPUT_IDS: ids, keys.TEXT_ATTENTION_MASK: mask}
     if model.options.lock_text_tower:  # what the task's text cache holds, computed once before training
         with torch.no_grad():
