@@ -1,0 +1,69 @@
+"""benchmarks/mini_table.py: its three sweeps plan as one chain, and its tables say what they average."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from molbridge.core.compare import Group, RunRow
+from molbridge.core.plugins import get_registry
+from molbridge.core.sweep import load_sweep, plan
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_table():
+    """benchmarks/ is not a package: load mini_table.py by path, once."""
+    name = "molbridge_mini_table"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / "mini_table.py")
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_the_three_sweeps_are_one_chain_of_the_same_configurations_and_seeds():
+    registry = get_registry()
+    stages = {stage: plan(load_sweep(BENCHMARKS / "mini" / f"{stage}.yaml"), registry)
+              for stage in ("retrieval", "captioning", "qa")}
+    keys = {stage: [child.key for child in children] for stage, children in stages.items()}
+    assert len(keys["retrieval"]) == 18 and keys["retrieval"] == keys["captioning"] == keys["qa"]
+    assert {c.recipe.encoder.name for c in stages["qa"]} == {"unimol", "schnet", "smiles"}
+    for previous, stage in (("retrieval", "captioning"), ("captioning", "qa")):
+        for child, before in zip(stages[stage], stages[previous], strict=True):
+            assert Path(child.recipe.train.init_from) == before.output_dir  # each child starts from its own
+
+
+def _group(encoder: str, projector: str, values: dict[str, list[float]]) -> Group:
+    seeds = range(len(next(iter(values.values()))))
+    runs = [RunRow(f"{encoder}-{projector}-none-s{s}", f"id{s}", "qa-molbridge-mini", "FINISHED", 0,
+                   {"encoder": encoder, "projector": projector, "seed": str(s)},
+                   {metric: series[s] for metric, series in values.items() if s < len(series)}) for s in seeds]
+    return Group("qa-molbridge-mini", f"{encoder}-{projector}-none", runs)
+
+
+def test_stage_table_marks_the_best_mean_the_missing_seeds_and_the_baseline():
+    table = load_table()
+    homo, base = "test/HOMO _GFN2-xTB_/mae", "test/HOMO _GFN2-xTB_/baseline_mae"
+    groups = [_group("unimol", "qformer", {"test/skill": [0.2, 0.4, 0.3], homo: [0.5, 0.7, 0.6], base: [1.0] * 3}),
+              _group("smiles", "linear", {"test/skill": [0.1, 0.3], homo: [0.9, 1.1], base: [1.0] * 2})]
+    lines, rows = table.stage_table("qa", groups)
+    unimol, smiles, *missing, baseline = lines[2:]
+    assert len(missing) == 4 and all(line.count("not run yet") == 7 for line in missing)  # 6 planned, 2 run
+    assert unimol.startswith("| Uni-Mol | Q-Former | **0.300 ± 0.100** | **0.600 ± 0.100** |")  # MAE: lower wins
+    assert "| SMILES (1D control) | linear | 0.200 ± 0.141 (n=2) | 1.000 ± 0.141 (n=2) |" in smiles
+    assert baseline.startswith("| training mean (baseline) |  |  | 1.000 |")  # skill has no baseline
+    assert rows[1][:5] == ["Uni-Mol", "Q-Former", "0.3", "0.1", "3"]
+
+
+def test_update_readme_rewrites_only_the_marked_block(tmp_path, monkeypatch):
+    table = load_table()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{table.START}\nold table\n{table.END}\noutro\n")
+    monkeypatch.setattr(table, "README", readme)
+    table.update_readme("| new |\n")
+    assert readme.read_text() == f"intro\n{table.START}\n| new |\n{table.END}\noutro\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="mini-table:start"):
+        table.update_readme("| new |\n")
