@@ -15,14 +15,23 @@ from molbridge.core.plugins import load_plugins
 TESTS = Path(__file__).resolve().parent
 
 
-def load_toy_plugin():
-    """tests/ is not a package (importlib mode): load toy_plugin.py by path, once."""
-    if "toy_plugin" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("toy_plugin", TESTS / "toy_plugin.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["toy_plugin"] = module
+def load_by_path(name: str, path: Path):
+    """Import the file at ``path`` as module ``name``, once (tests/ and benchmarks/ are not packages)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    return sys.modules["toy_plugin"]
+    return sys.modules[name]
+
+
+def load_toy_plugin():
+    return load_by_path("toy_plugin", TESTS / "toy_plugin.py")
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``benchmark_script("suite")``: the module benchmarks/suite.py."""
+    return lambda stem: load_by_path(f"molbridge_benchmark_{stem}", TESTS.parent / "benchmarks" / f"{stem}.py")
 
 
 @pytest.fixture

@@ -1,8 +1,5 @@
 """benchmarks/llm.py on a tiny Llama: output structure, batched == one-at-a-time answers, the step variants."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,17 +15,6 @@ INSTRUCTIONS = ["Describe it.", "Is it aromatic? Answer yes or no, with one shor
 SMILES = ["CCO", "c1ccccc1O", "C", "CC(=O)Oc1ccccc1C(=O)O"]
 
 
-def load_benchmark():
-    """benchmarks/ is not a package: load llm.py by path, once."""
-    name = "molbridge_benchmark_llm"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "benchmarks" / "llm.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny models gain nothing from threads, and a second thread stalls when the other core is busy."""
@@ -39,8 +25,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def bench():
-    return load_benchmark()
+def bench(benchmark_script):
+    return benchmark_script("llm")
 
 
 @pytest.fixture(scope="module")

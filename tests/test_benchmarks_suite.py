@@ -1,8 +1,6 @@
 """benchmarks/suite.py in its tiniest mode: the files it writes, ratios from the measured numbers, failures recorded."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,21 +10,16 @@ MACHINE_FIELDS = ("host", "cpu", "cores", "ram_gib", "os", "python", "versions",
                   "git_dirty", "started_utc", "finished_utc", "load_average_start", "load_average_end", "command")
 
 
-def load_suite():
-    """benchmarks/ is not a package: load suite.py by path, once."""
-    name = "molbridge_benchmark_suite"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / "suite.py")
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+@pytest.fixture(scope="module")
+def suite(benchmark_script):
+    return benchmark_script("suite")
 
 
 @pytest.fixture(scope="module")
-def retrieval_run(tmp_path_factory):
+def retrieval_run(tmp_path_factory, suite):
     """The real suite command on the retrieval benchmark at tiny N (CPU), into a fresh folder."""
     out = tmp_path_factory.mktemp("results")
-    status = load_suite().main(["--tiny", "--device", "cpu", "--only", "retrieval", "--out", str(out)])
+    status = suite.main(["--tiny", "--device", "cpu", "--only", "retrieval", "--out", str(out)])
     (folder,) = out.iterdir()
     return status, folder
 
@@ -59,15 +52,14 @@ def test_ratios_come_from_the_measured_numbers(retrieval_run):
         assert row["peak_mb"] == c["molbridge"]["peak_mb"]
 
 
-def test_row_ratio_direction():
-    row = load_suite().Row
+def test_row_ratio_direction(suite):
+    row = suite.Row
     assert row("b", "m", 3.0, "s", "base", 6.0, higher_is_better=False).ratio == 2.0
     assert row("b", "m", 3.0, "mol/s", "base", 6.0).ratio == 0.5
     assert row("b", "m", 3.0, "mol/s").ratio is None
 
 
-def test_failing_benchmark_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
-    suite = load_suite()
+def test_failing_benchmark_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, suite):
     broken = suite.Benchmark("broken", {"tiny": ["-c", "import sys; sys.exit('boom: no such model')"]},
                              rows=lambda result: [])
     fine = suite.Benchmark("fine", {"tiny": ["-c", "import json, sys; open(sys.argv[1], 'w').write(json.dumps("
@@ -85,6 +77,6 @@ def test_failing_benchmark_is_recorded_and_the_others_go_on(tmp_path, monkeypatc
     assert "## Failed" in table and "- broken: exit status 1" in table
 
 
-def test_main_exit_status_for_bad_usage(tmp_path, capsys):
-    assert load_suite().main(["--only", "nonsense", "--out", str(tmp_path)]) == 2
+def test_main_exit_status_for_bad_usage(tmp_path, capsys, suite):
+    assert suite.main(["--only", "nonsense", "--out", str(tmp_path)]) == 2
     assert "unknown benchmark(s) nonsense" in capsys.readouterr().err

@@ -1,7 +1,5 @@
 """benchmarks/mini_table.py: its three sweeps plan as one chain, and its tables say what they average."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,9 @@ from molbridge.core.sweep import load_sweep, plan
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def load_table():
-    """benchmarks/ is not a package: load mini_table.py by path, once."""
-    name = "molbridge_mini_table"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / "mini_table.py")
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+@pytest.fixture(scope="module")
+def table(benchmark_script):
+    return benchmark_script("mini_table")
 
 
 def test_the_three_sweeps_are_one_chain_of_the_same_configurations_and_seeds():
@@ -43,8 +36,7 @@ def _group(encoder: str, projector: str, values: dict[str, list[float]]) -> Grou
     return Group("qa-molbridge-mini", f"{encoder}-{projector}-none", runs)
 
 
-def test_stage_table_marks_the_best_mean_the_missing_seeds_and_the_baseline():
-    table = load_table()
+def test_stage_table_marks_the_best_mean_the_missing_seeds_and_the_baseline(table):
     homo, base = "test/HOMO _GFN2-xTB_/mae", "test/HOMO _GFN2-xTB_/baseline_mae"
     groups = [_group("unimol", "qformer", {"test/skill": [0.2, 0.4, 0.3], homo: [0.5, 0.7, 0.6], base: [1.0] * 3}),
               _group("smiles", "linear", {"test/skill": [0.1, 0.3], homo: [0.9, 1.1], base: [1.0] * 2})]
@@ -57,8 +49,7 @@ def test_stage_table_marks_the_best_mean_the_missing_seeds_and_the_baseline():
     assert rows[1][:5] == ["Uni-Mol", "Q-Former", "0.3", "0.1", "3"]
 
 
-def test_update_readme_rewrites_only_the_marked_block(tmp_path, monkeypatch):
-    table = load_table()
+def test_update_readme_rewrites_only_the_marked_block(tmp_path, monkeypatch, table):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{table.START}\nold table\n{table.END}\noutro\n")
     monkeypatch.setattr(table, "README", readme)
