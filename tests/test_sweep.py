@@ -119,7 +119,7 @@ def test_every_bad_key_is_reported_before_anything_runs(toy_cli, toy_registry):
     assert lrr.endswith("[in every configuration]")
     assert hiden.startswith("task.hiden (grid task.hiden): unknown key in the 'task' section (did you mean 'hidden'?)")
     assert encoder == ("encoder.name (grid encoder): unknown encoder 'schnett' (did you mean 'schnet'?); valid "
-                       "encoders: schnet, unimol [in lrr0.1-hiden4-schnett, lrr0.2-hiden4-schnett]")
+                       "encoders: schnet, smiles, unimol [in lrr0.1-hiden4-schnett, lrr0.2-hiden4-schnett]")
     assert not (toy_cli / "runs").exists() and not (toy_cli / "mlflow.db").exists()
 
     with pytest.raises(sweeps.SweepError) as caught:
