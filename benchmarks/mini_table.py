@@ -43,7 +43,9 @@ COLUMNS = {
     "captioning": ("mini-captioning", [
         ("BLEU-4", "test/bleu4", "test/baseline_bleu4", False),
         ("ROUGE-L", "test/rougeL", "test/baseline_rougeL", False),
-        ("METEOR", "test/meteor", "test/baseline_meteor", False)]),
+        ("METEOR", "test/meteor", "test/baseline_meteor", False),
+        ("shape acc", "test/shape_acc", "test/baseline_shape_acc", False),
+        ("Rg MAE (Å)", "test/rg_mae", "test/baseline_rg_mae", True)]),
     "qa": ("mini-qa", [
         ("skill", "test/skill", None, False),
         ("HOMO MAE (eV)", "test/HOMO _GFN2-xTB_/mae", "test/HOMO _GFN2-xTB_/baseline_mae", True),

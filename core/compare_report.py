@@ -35,7 +35,7 @@ from molbridge.core.tracking import tracking_uri
 #: Metrics drawn as bars when --plot-metrics is not given; a task not listed gets its monitored metric.
 DEFAULT_PLOT_METRICS = {
     "retrieval": ("test/full_m2t_acc", "test/full_t2m_acc"),
-    "captioning": ("test/bleu4", "test/meteor", "test/rougeL"),
+    "captioning": ("test/bleu4", "test/meteor", "test/rougeL", "test/shape_acc", "test/rg_mae"),
     "qa": ("test/*/mae",),
 }
 FALLBACK_PLOT_METRICS = ("best/*",)

@@ -64,6 +64,20 @@ def test_descriptions_state_computed_facts():
     assert all("C10H13NO3" in t and "1 stereocentre" in t and "phenol" in t for t in texts)
 
 
+@pytest.mark.parametrize("dipole", [None, 2.0])
+def test_every_description_template_reads_back_its_shape_facts(dipole):
+    record = make_record(MoleculeInput(0, "x", smiles="CCCCCCCC(=O)O"))
+    facts = describe.structure_facts(record.mol, dipole=dipole)
+    texts = {describe.describe(facts, seed) for seed in range(40)}
+    read = {describe.read_shape_facts(text) for text in texts}
+    assert len(texts) > 10 and read == {(facts.shape, round(facts.radius_of_gyration, 1))}
+
+
+def test_shape_facts_absent_or_inside_other_words_read_as_none():
+    assert describe.read_shape_facts("A nonlinear, discotic molecule.") == (None, None)
+    assert describe.read_shape_facts("It is Sphere-like; radius of gyration of 12 \u00c5.") == ("sphere-like", 12.0)
+
+
 def test_shape_classes():
     shapes = {}
     examples = {"rod": "CC#CC#CC#CC", "disc": "c1cc2ccc3ccc4ccc5ccc6ccc1c1c2c3c4c5c61",  # coronene

@@ -7,6 +7,7 @@ import pytest
 from molbridge.core.cli import main
 from molbridge.core.plugins import get_registry
 from molbridge.core.recipe import load_recipe
+from molbridge.plugins.tasks.captioning import shape_fact_metrics
 from molbridge.plugins.tasks.llm_stage import freeze_unused
 
 TINY = ["encoder.preset=small", "projector.num_layers=1", "data.batch_size=4", "data.limit=16",
@@ -26,9 +27,24 @@ def test_captioning_writes_caption_metrics_and_baseline(tmp_cwd):
     for name in ("bleu2", "bleu4", "rouge1", "rouge2", "rougeL", "meteor"):
         assert 0.0 <= result["metrics"][f"test/{name}"] <= 1.0
         assert 0.0 < result["metrics"][f"test/baseline_{name}"] <= 1.0  # copied captions share the templates
+    for name in ("shape_acc", "baseline_shape_acc", "baseline_rg_valid"):
+        assert 0.0 <= result["metrics"][f"test/{name}"] <= 1.0
+    assert result["metrics"]["test/baseline_rg_valid"] == 1.0  # a copied caption always states a radius
     assert result["provenance"]["task_description"]["sizes"] == {"train": 16, "valid": 6, "test": 6}
     answers = [json.loads(line) for line in (tmp_cwd / "out" / "answers-test.jsonl").read_text().splitlines()]
     assert len(answers) == 6 and {"smiles", "reference", "answer"} <= set(answers[0])
+
+
+def test_shape_facts_score_the_class_and_the_radius_of_gyration():
+    references = ["It is rod-like, with a radius of gyration of 4.0 \u00c5.",
+                  "Its 3D shape is disc-like (normalised principal moments 0.30, 0.70); radius of gyration 3.0 \u00c5.",
+                  "The MMFF geometry is sphere-like and spans a radius of gyration of 2.0 \u00c5."]
+    predictions = ["It is rod-like, with a radius of gyration of 4.5 \u00c5.",  # right class, 0.5 off
+                   "The MMFF geometry is sphere-like and spans a radius of gyration of 2.0 \u00c5.",  # wrong, 1.0
+                   "It has no stereocentres."]  # states neither: wrong class, no radius
+    metrics = shape_fact_metrics(predictions, references)
+    assert metrics == pytest.approx({"shape_acc": 1 / 3, "rg_valid": 2 / 3, "rg_mae": 0.75})
+    assert shape_fact_metrics(["x"], ["A caption of another kind."]) == {}
 
 
 def test_a_stage_without_its_previous_run_says_which_to_run_first(tmp_cwd, capsys):

@@ -25,7 +25,8 @@ that the output of a command does not change shape with the data a script reads 
 and README.md, an index of them with each figure's caption:
   bars-METRIC.png    a bar per configuration (mean, error bar = sample std, a dot per seed), for each
                      metric of --plot-metrics (default: retrieval test/full_m2t_acc test/full_t2m_acc;
-                     captioning test/bleu4 test/meteor test/rougeL; qa test/*/mae; other tasks best/*)
+                     captioning test/bleu4 test/meteor test/rougeL test/shape_acc
+                     test/rg_mae; qa test/*/mae; other tasks best/*)
   recall-SPLIT.png   retrieval: full-set Recall@k for k = 1..N, both directions, from each run's
                      ranks-SPLIT.json artifact; mean over seeds, band min..max, fingerprint baseline dashed
   parity-CONFIG-SPLIT.png  qa: predicted vs true per numeric property, one figure per configuration

@@ -10,6 +10,7 @@ deterministic while the text varies across the dataset.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,10 +100,13 @@ def _separated_charges(mol: Chem.Mol) -> int:
     return sum(a.GetFormalCharge() != 0 and not balanced(a) for a in mol.GetAtoms())
 
 
+#: Nearest corner of the normalised-PMI triangle names the shape; two-atom molecules are "linear".
+SHAPE_CORNERS = {"rod-like": (0.0, 1.0), "disc-like": (0.5, 0.5), "sphere-like": (1.0, 1.0)}
+SHAPES = (*SHAPE_CORNERS, "linear")
+
+
 def _shape(npr1: float, npr2: float) -> str:
-    """Nearest corner of the normalised-PMI triangle: rod (0,1), disc (0.5,0.5), sphere (1,1)."""
-    corners = {"rod-like": (0.0, 1.0), "disc-like": (0.5, 0.5), "sphere-like": (1.0, 1.0)}
-    return min(corners, key=lambda k: (npr1 - corners[k][0]) ** 2 + (npr2 - corners[k][1]) ** 2)
+    return min(SHAPE_CORNERS, key=lambda k: (npr1 - SHAPE_CORNERS[k][0]) ** 2 + (npr2 - SHAPE_CORNERS[k][1]) ** 2)
 
 
 def structure_facts(mol: Chem.Mol, conf_id: int = 0, dipole: float | None = None) -> Facts:
@@ -209,6 +213,21 @@ def _shape_sentence(f: Facts, rng: random.Random) -> str:
         f"The MMFF geometry is {f.shape} and spans a radius of gyration of {f.radius_of_gyration:.1f} \u00c5"
         f"{dipole}.",
     ])
+
+
+_SHAPE_WORD = re.compile(r"\b(" + "|".join(map(re.escape, SHAPES)) + r")\b", re.IGNORECASE)
+_RADIUS = re.compile(r"radius of gyration (?:of )?(\d+(?:\.\d+)?) ?\u00c5", re.IGNORECASE)
+
+
+def read_shape_facts(text: str) -> tuple[str | None, float | None]:
+    """The shape class and radius of gyration (A) a text states, as :func:`_shape_sentence` phrases them.
+
+    The inverse of the shape sentence, for scoring generated captions on the two facts that only the 3D
+    conformer gives: the first shape word of the text and the first radius of gyration; None for a fact
+    the text does not state.
+    """
+    shape, radius = _SHAPE_WORD.search(text), _RADIUS.search(text)
+    return (shape.group(1).lower() if shape else None), (float(radius.group(1)) if radius else None)
 
 
 def describe(facts: Facts, seed: int) -> str:

@@ -4,6 +4,10 @@ Trained with the LM loss on the description (response only, EOS-terminated); eva
 caption for every molecule of the split and scoring it with BLEU-2/4, ROUGE-1/2/L and METEOR on one
 tokenization (:mod:`.text_metrics`). The baseline in the same run copies the caption of the most similar
 training molecule (Tanimoto on Morgan fingerprints): what a model scores that only retrieves.
+
+Two facts of every molbridge-mini caption come from the 3D conformer alone, the shape class and the radius
+of gyration, so they are also scored on their own (:func:`shape_fact_metrics`): the n-gram metrics barely
+move when a caption gets them wrong, and they are what a 3D encoder should know that a 2D one cannot.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from molbridge.core import hookimpl
+from molbridge.core.data.describe import read_shape_facts
 from molbridge.plugins.tasks.fingerprint_baseline import nearest_neighbours
 from molbridge.plugins.tasks.llm_stage import Example, LLMStageTask
 from molbridge.plugins.tasks.text_metrics import caption_metrics
@@ -44,24 +49,47 @@ class CaptioningTask(LLMStageTask):
 
     def score(self, split: str, examples: list[Example], answers: list[str]) -> dict[str, float]:
         references = [e.response for e in examples]
-        metrics = caption_metrics(answers, references)
+        metrics = caption_metrics(answers, references) | shape_fact_metrics(answers, references)
         if self.config.baseline:
-            metrics |= {f"baseline_{k}": v for k, v in self._baseline(split, references).items()}
+            captions = self._baseline_captions(split)
+            baseline = caption_metrics(captions, references) | shape_fact_metrics(captions, references)
+            metrics |= {f"baseline_{k}": v for k, v in baseline.items()}
         return metrics
 
-    def _baseline(self, split: str, references: list[str]) -> dict[str, float]:
+    def _baseline_captions(self, split: str) -> list[str]:
         train, target = self.molecules["train"], self.molecules[split]
         smiles = [target.store[int(r)].smiles for r in target.indices]
         known = [train.store[int(r)].smiles for r in train.indices]
-        captions = [self.splits["train"].examples[j].response for j in nearest_neighbours(smiles, known)]
-        return caption_metrics(captions, references)
+        return [self.splits["train"].examples[j].response for j in nearest_neighbours(smiles, known)]
 
     def describe(self) -> dict[str, Any]:
         return {"dataset": self.recipe.data.name, "split": self.recipe.data.split,
                 "sizes": {k: len(v) for k, v in self.splits.items()}, "instruction": self.config.instruction,
                 "metrics": "BLEU-2/4 (NLTK corpus_bleu), ROUGE-1/2/L F (rouge-score), METEOR (NLTK, WordNet 3.0); "
-                           "lower-cased NLTK word tokens for all; fractions in [0, 1]",
+                           "lower-cased NLTK word tokens for all; fractions in [0, 1]. shape_acc: the caption "
+                           "names the reference's shape class; rg_mae: radius of gyration error (A) where both "
+                           "state one, rg_valid: share of captions that do",
                 "baseline": "caption of the most similar training molecule (Morgan r=2 Tanimoto)"}
+
+
+def shape_fact_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Shape-class accuracy and radius-of-gyration error of captions, over the references that state them.
+
+    A caption that names no shape counts as wrong; the radius error is over the captions that state one
+    (``rg_valid`` says how many). Empty when no reference states the facts (another ``text_field``).
+    """
+    pairs = [(read_shape_facts(p), read_shape_facts(r)) for p, r in zip(predictions, references, strict=True)]
+    shapes = [(p[0], r[0]) for p, r in pairs if r[0] is not None]
+    radii = [(p[1], r[1]) for p, r in pairs if r[1] is not None]
+    metrics = {}
+    if shapes:
+        metrics["shape_acc"] = sum(p == r for p, r in shapes) / len(shapes)
+    if radii:
+        stated = [abs(p - r) for p, r in radii if p is not None]
+        metrics["rg_valid"] = len(stated) / len(radii)
+        if stated:
+            metrics["rg_mae"] = sum(stated) / len(stated)
+    return metrics
 
 
 @hookimpl
