@@ -48,12 +48,10 @@ COLUMNS = {
         ("Rg MAE (Å)", "test/rg_mae", "test/baseline_rg_mae", True)]),
     "qa": ("mini-qa", [
         ("skill", "test/skill", None, False),
-        ("HOMO MAE (eV)", "test/HOMO _GFN2-xTB_/mae", "test/HOMO _GFN2-xTB_/baseline_mae", True),
-        ("LUMO MAE (eV)", "test/LUMO _GFN2-xTB_/mae", "test/LUMO _GFN2-xTB_/baseline_mae", True),
-        ("gap MAE (eV)", "test/HOMO-LUMO Gap _GFN2-xTB_/mae", "test/HOMO-LUMO Gap _GFN2-xTB_/baseline_mae", True),
-        ("energy MAE (eV)", "test/Total Energy _GFN2-xTB_/mae", "test/Total Energy _GFN2-xTB_/baseline_mae", True),
-        ("MW MAE", "test/Molecular Weight/mae", "test/Molecular Weight/baseline_mae", True),
-        ("LogP MAE", "test/LogP/mae", "test/LogP/baseline_mae", True)]),
+        *((title, f"test/{prop}/medae", f"test/{prop}/baseline_medae", True) for title, prop in (
+            ("HOMO MedAE (eV)", "HOMO _GFN2-xTB_"), ("LUMO MedAE (eV)", "LUMO _GFN2-xTB_"),
+            ("gap MedAE (eV)", "HOMO-LUMO Gap _GFN2-xTB_"), ("energy MedAE (eV)", "Total Energy _GFN2-xTB_"),
+            ("MW MedAE", "Molecular Weight"), ("LogP MedAE", "LogP")))]),
 }
 BASELINES = {"retrieval": "fingerprint ridge", "captioning": "nearest-neighbour caption",
              "qa": "training mean"}

@@ -60,7 +60,7 @@ def test_qa_scores_every_property_against_the_training_mean(tmp_cwd):
     result = json.loads((tmp_cwd / "out" / "metrics.json").read_text())
     metrics = result["metrics"]
     for prop in ("Molecular Weight", "LogP"):
-        assert metrics[f"test/{prop}/baseline_mae"] > 0
+        assert metrics[f"test/{prop}/baseline_mae"] > 0 and metrics[f"test/{prop}/baseline_medae"] > 0
         assert 0.0 <= metrics[f"test/{prop}/valid_rate"] <= 1.0
     assert "test/skill" in metrics and "test/Description/bleu4" in metrics
     mixture = result["provenance"]["task_description"]["train_mixture"]

@@ -37,7 +37,7 @@ def _group(encoder: str, projector: str, values: dict[str, list[float]]) -> Grou
 
 
 def test_stage_table_marks_the_best_mean_the_missing_seeds_and_the_baseline(table):
-    homo, base = "test/HOMO _GFN2-xTB_/mae", "test/HOMO _GFN2-xTB_/baseline_mae"
+    homo, base = "test/HOMO _GFN2-xTB_/medae", "test/HOMO _GFN2-xTB_/baseline_medae"
     groups = [_group("unimol", "qformer", {"test/skill": [0.2, 0.4, 0.3], homo: [0.5, 0.7, 0.6], base: [1.0] * 3}),
               _group("smiles", "linear", {"test/skill": [0.1, 0.3], homo: [0.9, 1.1], base: [1.0] * 2})]
     lines, rows = table.stage_table("qa", groups)

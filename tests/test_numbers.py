@@ -91,18 +91,27 @@ def test_property_errors_by_hand():
     targets = [1.0, "The LogP for the input molecule is -1.00.", 0.3, 180.16]
     properties = ["LogP", "LogP", "LogP", "Molecular Weight"]
     report = property_errors(predictions, targets, properties, units={"Molecular Weight": "g/mol"})
-    assert report["LogP"] == {"mae": pytest.approx(0.75), "valid_rate": pytest.approx(2 / 3), "n": 3, "n_valid": 2}
-    assert report["Molecular Weight"] == {"mae": pytest.approx(0.34), "valid_rate": 1.0, "n": 1, "n_valid": 1}
+    assert report["LogP"] == {"mae": pytest.approx(0.75), "medae": pytest.approx(0.75),
+                              "valid_rate": pytest.approx(2 / 3), "n": 3, "n_valid": 2}
+    assert report["Molecular Weight"] == {"mae": pytest.approx(0.34), "medae": pytest.approx(0.34), "valid_rate": 1.0,
+                                          "n": 1, "n_valid": 1}
     assert report["overall"] == {"n": 4, "n_valid": 3, "valid_rate": 0.75}
 
 
 def test_property_without_valid_answer_has_no_mae():
     report = property_errors(["unknown", "no idea"], [1.0, 2.0], ["HOMO", "HOMO"])
-    assert report["HOMO"] == {"mae": None, "valid_rate": 0.0, "n": 2, "n_valid": 0}
+    assert report["HOMO"] == {"mae": None, "medae": None, "valid_rate": 0.0, "n": 2, "n_valid": 0}
     assert flat_metrics(report, "test/") == {
         "test/HOMO/valid_rate": 0.0, "test/HOMO/n": 2.0, "test/HOMO/n_valid": 0.0,
         "test/overall/n": 2.0, "test/overall/n_valid": 0.0, "test/overall/valid_rate": 0.0,
     }
+
+
+def test_one_wild_answer_moves_the_mean_error_not_the_median():
+    predictions = ["The LogP is 1.1.", "The LogP is 2.2.", "The LogP is 2.7.", "The LogP is 3000.39 eV."]
+    report = property_errors(predictions, [1.0, 2.0, 3.0, 4.0], ["LogP"] * 4)["LogP"]
+    assert report["medae"] == pytest.approx(0.25)  # median of 0.1, 0.2, 0.3, 2996.39
+    assert report["mae"] == pytest.approx((0.1 + 0.2 + 0.3 + 2996.39) / 4)
 
 
 def test_bad_input_names_the_record():

@@ -22,6 +22,7 @@ The unit only selects; values are never converted between units.
 
 import math
 import re
+import statistics
 import unicodedata
 from collections.abc import Mapping, Sequence
 
@@ -113,7 +114,9 @@ def property_errors(
     properties: Sequence[str],
     units: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, float | int | None]]:
-    """Per property: MAE over valid answers (None when there is none), valid-answer rate, n and n_valid.
+    """Per property: MAE and median absolute error over valid answers (None when there is none), valid-answer
+    rate, n and n_valid. The median is there because one wild answer (an energy's "3000 eV" to a LogP question)
+    can make a property's MAE alone; it says how the typical answer does.
 
     ``targets`` are numbers or answer texts (parsed like predictions; one without a number is an error naming
     the record). ``units`` maps a property to its unit, used to pick the number (see the module docstring).
@@ -145,6 +148,7 @@ def _summary(errors: list[float | None]) -> dict[str, float | int | None]:
     valid = [e for e in errors if e is not None]
     return {
         "mae": sum(valid) / len(valid) if valid else None,
+        "medae": statistics.median(valid) if valid else None,
         "valid_rate": len(valid) / len(errors),
         "n": len(errors),
         "n_valid": len(valid),

@@ -6,7 +6,8 @@ to size^0.25 (3D-MoLM): each epoch's example list is a seeded resample with thos
 
 Evaluation generates every answer with the settings of its kind (short for numbers, long for text). A
 numeric answer is parsed (:mod:`.numbers`; integers, signs, exponents, units) and scored by the MAE over
-valid answers and the valid-answer rate per property, next to a baseline that predicts the training mean.
+valid answers (and, robust to a few wild answers, the median absolute error) and the valid-answer rate per
+property, next to a baseline that predicts the training mean.
 ``skill`` = mean over properties of 1 - MAE / baseline MAE (0: no better than the mean; 1: exact).
 Descriptive answers are scored like captions.
 """
@@ -98,9 +99,10 @@ class QATask(LLMStageTask):
             for prop in sorted(set(props)):
                 ours, base = model[prop], baseline[prop]
                 metrics[f"{prop}/valid_rate"] = float(ours["valid_rate"])
-                metrics[f"{prop}/baseline_mae"] = float(base["mae"])
-                if ours["mae"] is not None:
-                    metrics[f"{prop}/mae"] = float(ours["mae"])
+                for stat in ("mae", "medae"):
+                    metrics[f"{prop}/baseline_{stat}"] = float(base[stat])
+                    if ours[stat] is not None:
+                        metrics[f"{prop}/{stat}"] = float(ours[stat])
                 # weighted by the valid rate, so skill cannot rise by not answering
                 if ours["mae"] is not None and base["mae"]:
                     skills.append(ours["valid_rate"] * (1 - ours["mae"] / base["mae"]))
@@ -120,7 +122,8 @@ class QATask(LLMStageTask):
                 "sizes": {k: len(v) for k, v in self.splits.items()},
                 "train_mixture": getattr(self, "train_mixture", None),
                 "sampling": f"task probability proportional to size^{self.config.sampling_power}",
-                "numeric": "first number after is/are/=/:, else the last; MAE over valid answers; "
+                "numeric": "first number after is/are/=/:, else the last; MAE and median absolute error (medae) "
+                           "over valid answers; "
                            "skill = mean over properties of valid_rate x (1 - MAE / train-mean MAE)",
                 "baseline": "predict the training mean of each property"}
 
