@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from molbridge.core.cli import main as bench
-from molbridge.core.compare import Group, Stat, gather_runs, group_runs
+from molbridge.core.compare import Group, Stat, gather_runs, group_runs, pooled
 from molbridge.core.compare_report import write_report
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.sweep import load_sweep
@@ -78,12 +78,6 @@ def cell(stat: Stat | None, best: bool = False) -> str:
     text = f"{stat.mean:.3f}" if stat.std is None else f"{stat.mean:.3f} ± {stat.std:.3f}"
     text = f"**{text}**" if best else text
     return text if stat.n == SEEDS else f"{text} (n={stat.n})"
-
-
-def pooled(groups: list[Group], metric: str) -> Stat | None:
-    """A baseline metric over every run of the sweep (the baselines do not depend on the configuration)."""
-    merged = Group("", "", [run for group in groups for run in group.runs])
-    return merged.stat(metric)
 
 
 def stage_rows(stage: str, uri: str | None) -> tuple[list[Group], list]:

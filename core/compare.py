@@ -171,6 +171,12 @@ class Group:
         return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
 
 
+def pooled(groups: list[Group], metric: str) -> Stat | None:
+    """``metric`` over every run of ``groups`` together: for a baseline, which does not depend on the
+    configuration."""
+    return Group("", "", [run for group in groups for run in group.runs]).stat(metric)
+
+
 def group_runs(rows: list[RunRow]) -> list[Group]:
     """Runs grouped by configuration, sorted by experiment and configuration; labels carry the experiment
     only when there are several. Two runs of one name in a group (``--no-latest``) are an error: they would

@@ -25,6 +25,7 @@ from molbridge.core.compare import (
     RunRow,
     check_patterns,
     group_runs,
+    pooled,
     render,
     render_aggregate,
     select_metrics,
@@ -146,9 +147,18 @@ def _bars(groups: list[Group], patterns: tuple[str, ...] | None, report: Report)
                             "(choose some with --plot-metrics)")
     for metric in metrics:
         values = {g.label: g.values(metric) for g in groups}
-        caption = (f"{metric}; bar = mean over seeds, error bar = sample std, dots = single seeds. "
+        baseline = pooled(groups, baseline_metric(metric))
+        dashed = f"; dashed: the baseline's {baseline_metric(metric)}, mean over {baseline.n} runs" if baseline else ""
+        caption = (f"{metric}; bar = mean over seeds, error bar = sample std, dots = single seeds{dashed}. "
                    f"Runs: {runs_caption(groups, metric)}.")
-        report.add(plots.metric_bars(values, metric, caption), f"bars-{metric}")
+        report.add(plots.metric_bars(values, metric, caption, baseline.mean if baseline else None),
+                   f"bars-{metric}")
+
+
+def baseline_metric(metric: str) -> str:
+    """Where a task logs its baseline's value of ``metric``: ``test/bleu4`` -> ``test/baseline_bleu4``."""
+    head, _, name = metric.rpartition("/")
+    return f"{head}/baseline_{name}" if head else f"baseline_{name}"
 
 
 def runs_caption(groups: list[Group], metric: str | None = None) -> str:

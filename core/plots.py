@@ -68,10 +68,12 @@ def save(fig: Figure, path: str | Path) -> Path:
 
 # --- a metric per configuration ----------------------------------------------------------------------------
 
-def metric_bars(values: Mapping[str, Sequence[tuple[str, float]]], metric: str, caption: str) -> Figure:
+def metric_bars(values: Mapping[str, Sequence[tuple[str, float]]], metric: str, caption: str,
+                baseline: float | None = None) -> Figure:
     """A bar per configuration at the mean over seeds, error bar the sample std, a point per seed.
 
     ``values`` maps a configuration to its (seed, value) pairs; a configuration without values gets no bar.
+    ``baseline``, the task's own baseline scored in the same runs, is drawn as a dashed line across.
     """
     configs = [c for c, pairs in values.items() if pairs]
     colors = palette(list(values))
@@ -84,6 +86,8 @@ def metric_bars(values: Mapping[str, Sequence[tuple[str, float]]], metric: str, 
                label="mean ± sample std" if x == 0 else None)
         ax.scatter(np.full(len(seeds), x) + _jitter(len(seeds)), seeds, color="black", s=14, zorder=3,
                    label="one seed" if x == 0 else None)
+    if baseline is not None:
+        ax.axhline(baseline, color="0.3", linestyle="--", linewidth=1.2, label=f"baseline ({baseline:.3g})")
     ax.set_xticks(range(len(configs)), configs, rotation=20, ha="right")
     ax.set_xlim(-0.7, len(configs) - 0.3)
     ax.margins(y=0.2)  # headroom for the legend

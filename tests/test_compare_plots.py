@@ -20,7 +20,7 @@ from mlflow.entities import Metric
 from molbridge.core import plots
 from molbridge.core.cli import main
 from molbridge.core.compare import DEFAULT_METRICS, RunRow, gather_runs, group_runs, render_aggregate
-from molbridge.core.compare_report import parse_answers, sweep_parent, write_report
+from molbridge.core.compare_report import baseline_metric, parse_answers, sweep_parent, write_report
 from molbridge.core.errors import MolbridgeError
 
 RETRIEVAL, QA = "retrieval-molbridge-mini", "qa-molbridge-mini"
@@ -155,6 +155,20 @@ def test_bars_show_the_mean_per_configuration_and_a_point_per_seed():
     assert ax.get_title() and ax.get_xlabel() == "configuration" and ax.get_ylabel() == "test/x"
     assert ax.get_legend() is not None and plots.caption_of(fig) == "caption x"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+
+
+def test_bars_draw_the_baseline_dashed_where_the_runs_logged_one():
+    fig = plots.metric_bars({"a": [("0", 1.0)], "b": [("0", 3.0)]}, "test/x", "caption", baseline=2.5)
+    (ax,) = fig.axes
+    (line,) = ax.lines
+    assert line.get_linestyle() == "--" and list(line.get_ydata()) == [2.5, 2.5]
+    assert "baseline (2.5)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert not plots.metric_bars({"a": [("0", 1.0)]}, "test/x", "caption").axes[0].lines
+
+
+def test_a_metric_names_its_baseline_in_the_last_component():
+    assert baseline_metric("test/bleu4") == "test/baseline_bleu4"
+    assert baseline_metric("test/LogP/mae") == "test/LogP/baseline_mae"
 
 
 def test_recall_at_k_counts_ranks_below_k():
