@@ -1,13 +1,16 @@
 """The molbridge-mini results table: every encoder x projector through the three stages, 3 seeds each.
 
-    .venv/bin/python benchmarks/mini_table.py              # run (or resume) the three sweeps, then render
-    .venv/bin/python benchmarks/mini_table.py --render     # only render, from what MLflow has
+    .venv/bin/python benchmarks/mini_table.py                      # run (or resume) the three sweeps, then render
+    .venv/bin/python benchmarks/mini_table.py --render             # only render, from what MLflow has
+    .venv/bin/python benchmarks/mini_table.py --render --stages qa # redraw one stage, keep the others
 
 The sweeps are ``benchmarks/mini/{retrieval,captioning,qa}.yaml`` run with ``bench sweep`` from the
 repository root (each stage's children start from the previous stage's child of the same configuration
 and seed). Rendering reads the sweeps' children back from MLflow, groups them by encoder and projector,
-and writes mean +- sample std over seeds to ``benchmarks/results/mini-table.{md,csv}`` and to the
-README between the ``mini-table`` markers. A cell from fewer seeds than the sweep asked for says so.
+and writes mean +- sample std over seeds to ``benchmarks/results/mini/STAGE/table.{md,csv}`` and to the
+README between that stage's ``mini-table:STAGE`` markers. A cell from fewer seeds than the sweep asked
+for says so. Each stage is its own block, so redrawing one stage from a new MLflow store leaves the
+tables of the others as they were.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "benchmarks" / "mini"
 OUT = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
-START, END = "<!-- mini-table:start -->", "<!-- mini-table:end -->"
 SEEDS = 3
 
 #: stage -> (sweep name, [(column title, metric, baseline metric or None, lower is better)])
@@ -59,10 +61,14 @@ NAMES = {"unimol": "Uni-Mol", "schnet": "SchNet", "smiles": "SMILES (1D control)
          "linear": "linear"}
 
 
-def run_sweeps() -> list[str]:
+def markers(stage: str) -> tuple[str, str]:
+    return f"<!-- mini-table:{stage}:start -->", f"<!-- mini-table:{stage}:end -->"
+
+
+def run_sweeps(stages: list[str]) -> list[str]:
     """Run or resume each stage's sweep in order; the stages whose sweep had a failed child."""
     failed = []
-    for stage in COLUMNS:
+    for stage in stages:
         print(f"== bench sweep benchmarks/mini/{stage}.yaml", flush=True)
         status = bench(["sweep", str(SWEEPS / f"{stage}.yaml")])
         if status not in (0, 1):  # 1: some children failed, the others are worth rendering
@@ -136,36 +142,34 @@ def _csv(stats: list[Stat | None]) -> list[str]:
     return ["" if v is None else f"{v:.6g}" for s in stats for v in ((s.mean, s.std, s.n) if s else (None,) * 3)]
 
 
-def render(uri: str | None, plots: bool) -> str:
-    sections, table = [], []
-    for stage in COLUMNS:
-        groups, runs = stage_rows(stage, uri)
-        if not groups:
-            sections += [f"**{stage}**: no finished run of sweep {COLUMNS[stage][0]} yet", ""]
-            continue
-        lines, rows = stage_table(stage, groups)
-        seeds = sorted({r.identity["seed"] for g in groups for r in g.runs})
-        figures = f"; [figures](benchmarks/results/mini/{stage}/README.md)" if plots else ""
-        sections += [f"**{stage}** (`benchmarks/mini/{stage}.yaml`; seeds {', '.join(seeds)}{figures})", "",
-                     *lines, ""]
-        table += [[stage, *row] for row in rows]
-        if plots:
-            write_report(runs, OUT / "mini" / stage, table_metrics=("test/*",), uri=uri,
-                         command=f"benchmarks/mini_table.py --render (sweep {COLUMNS[stage][0]})")
-    OUT.mkdir(parents=True, exist_ok=True)
-    with (OUT / "mini-table.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(table)
-    text = "\n".join(sections)
-    (OUT / "mini-table.md").write_text(text)
+def render(stage: str, uri: str | None, plots: bool) -> str:
+    """One stage's section: its table (also written to its results folder) and, with plots, its figures."""
+    groups, runs = stage_rows(stage, uri)
+    if not groups:
+        return f"**{stage}**: no finished run of sweep {COLUMNS[stage][0]} yet\n"
+    lines, rows = stage_table(stage, groups)
+    seeds = sorted({r.identity["seed"] for g in groups for r in g.runs})
+    figures = f"; [figures](benchmarks/results/mini/{stage}/README.md)" if plots else ""
+    text = "\n".join([f"**{stage}** (`benchmarks/mini/{stage}.yaml`; seeds {', '.join(seeds)}{figures})", "",
+                      *lines, ""])
+    out = OUT / "mini" / stage
+    if plots:
+        write_report(runs, out, table_metrics=("test/*",), uri=uri,
+                     command=f"benchmarks/mini_table.py --render --stages {stage} (sweep {COLUMNS[stage][0]})")
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "table.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    (out / "table.md").write_text(text)
     return text
 
 
-def update_readme(text: str) -> None:
+def update_readme(stage: str, text: str) -> None:
     readme = README.read_text()
-    block = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
+    start, end = markers(stage)
+    block = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
     if not block.search(readme):
-        raise SystemExit(f"{README} has no {START} ... {END} block to fill")
-    README.write_text(block.sub(lambda _: f"{START}\n{text}{END}", readme))
+        raise SystemExit(f"{README} has no {start} ... {end} block to fill")
+    README.write_text(block.sub(lambda _: f"{start}\n{text}{end}", readme))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,15 +177,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="only render the tables and figures from MLflow")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--uri", help="MLflow tracking URI (default: ./mlflow.db in the repository root)")
+    parser.add_argument("--stages", type=_stages, default=list(COLUMNS), metavar="A,B",
+                        help=f"only these stages (default: {','.join(COLUMNS)}); a stage's sweep needs the "
+                             "previous stage's runs on disk")
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the sweep files name the previous stage's children relative to the repository root
-    failed = [] if args.render else run_sweeps()
-    text = render(args.uri, plots=not args.no_plots)
-    update_readme(text)
-    print(text)
+    failed = [] if args.render else run_sweeps(args.stages)
+    for stage in args.stages:
+        text = render(stage, args.uri, plots=not args.no_plots)
+        update_readme(stage, text)
+        print(text)
     if failed:
         print(f"sweeps with failed children: {', '.join(failed)} (rerun this command to retry them)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _stages(value: str) -> list[str]:
+    stages = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in COLUMNS]
+    if unknown or not stages:
+        raise argparse.ArgumentTypeError(f"unknown stage {', '.join(unknown) or value!r}; "
+                                         f"choose from {', '.join(COLUMNS)}")
+    return [s for s in COLUMNS if s in stages]  # always in chain order
 
 
 if __name__ == "__main__":

@@ -49,12 +49,18 @@ def test_stage_table_marks_the_best_mean_the_missing_seeds_and_the_baseline(tabl
     assert rows[1][:5] == ["Uni-Mol", "Q-Former", "0.3", "0.1", "3"]
 
 
-def test_update_readme_rewrites_only_the_marked_block(tmp_path, monkeypatch, table):
+def test_update_readme_rewrites_only_the_stage_s_block(tmp_path, monkeypatch, table):
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{table.START}\nold table\n{table.END}\noutro\n")
+    (qa_start, qa_end), (rt_start, rt_end) = table.markers("qa"), table.markers("retrieval")
+    readme.write_text(f"intro\n{rt_start}\nkept\n{rt_end}\n{qa_start}\nold table\n{qa_end}\noutro\n")
     monkeypatch.setattr(table, "README", readme)
-    table.update_readme("| new |\n")
-    assert readme.read_text() == f"intro\n{table.START}\n| new |\n{table.END}\noutro\n"
-    readme.write_text("no markers\n")
-    with pytest.raises(SystemExit, match="mini-table:start"):
-        table.update_readme("| new |\n")
+    table.update_readme("qa", "| new |\n")
+    assert readme.read_text() == f"intro\n{rt_start}\nkept\n{rt_end}\n{qa_start}\n| new |\n{qa_end}\noutro\n"
+    with pytest.raises(SystemExit, match="mini-table:captioning:start"):
+        table.update_readme("captioning", "| new |\n")
+
+
+def test_stages_option_keeps_chain_order_and_names_an_unknown_stage(table):
+    assert table._stages("qa, retrieval") == ["retrieval", "qa"]
+    with pytest.raises(Exception, match="unknown stage .qna.; choose from retrieval, captioning, qa"):
+        table._stages("qa,qna")
