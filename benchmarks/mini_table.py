@@ -149,10 +149,10 @@ def render(stage: str, uri: str | None, plots: bool) -> str:
         return f"**{stage}**: no finished run of sweep {COLUMNS[stage][0]} yet\n"
     lines, rows = stage_table(stage, groups)
     seeds = sorted({r.identity["seed"] for g in groups for r in g.runs})
-    figures = f"; [figures](benchmarks/results/mini/{stage}/README.md)" if plots else ""
+    out = OUT / "mini" / stage
+    figures = f"; [figures]({(out / 'README.md').relative_to(ROOT)})" if plots else ""
     text = "\n".join([f"**{stage}** (`benchmarks/mini/{stage}.yaml`; seeds {', '.join(seeds)}{figures})", "",
                       *lines, ""])
-    out = OUT / "mini" / stage
     if plots:
         write_report(runs, out, table_metrics=("test/*",), uri=uri,
                      command=f"benchmarks/mini_table.py --render --stages {stage} (sweep {COLUMNS[stage][0]})")

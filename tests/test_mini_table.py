@@ -1,5 +1,6 @@
 """benchmarks/mini_table.py: its three sweeps plan as one chain, and its tables say what they average."""
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -62,5 +63,5 @@ def test_update_readme_rewrites_only_the_stage_s_block(tmp_path, monkeypatch, ta
 
 def test_stages_option_keeps_chain_order_and_names_an_unknown_stage(table):
     assert table._stages("qa, retrieval") == ["retrieval", "qa"]
-    with pytest.raises(Exception, match="unknown stage .qna.; choose from retrieval, captioning, qa"):
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown stage .qna.; choose from retrieval, captioning, qa"):
         table._stages("qa,qna")
