@@ -93,8 +93,10 @@ def stage_rows(stage: str, uri: str | None) -> tuple[list[Group], list]:
     except MolbridgeError:  # nothing logged for this stage yet
         return [], []
     order = list(NAMES)  # the sweeps' grid order: Uni-Mol first, the control last
-    groups = group_runs([r for r in runs if r.status == "FINISHED"])
-    return sorted(groups, key=lambda g: [order.index(g.runs[0].identity[k]) for k in ("encoder", "projector")]), runs
+    finished = [r for r in runs if r.status == "FINISHED"]  # an interrupted child is half-trained: leave it out
+    groups = sorted(group_runs(finished),
+                    key=lambda g: [order.index(g.runs[0].identity[k]) for k in ("encoder", "projector")])
+    return groups, finished
 
 
 def planned(stage: str) -> list[tuple[str, str]]:
