@@ -51,8 +51,7 @@ def timed(fn):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--molecules", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", help="also write the results here")
@@ -65,11 +64,13 @@ def main() -> None:
     _, t_single = timed(lambda: [make_record(item, config) for item in inputs])
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; absolute: the runs themselves barely grow it
     with tempfile.TemporaryDirectory() as out:
-        _, t_pool = timed(lambda: prepare(inputs, out, name="bench", config=config, workers=args.workers,
-                                          progress=False))
+        _, t_pool = timed(
+            lambda: prepare(inputs, out, name="bench", config=config, workers=args.workers, progress=False)
+        )
     n = len(inputs)
     results = {
-        "molecules": n, "workers": args.workers,
+        "molecules": n,
+        "workers": args.workers,
         "plain_rdkit_mol_per_s": round(n / t_plain, 2),
         "molbridge_1proc_mol_per_s": round(n / t_single, 2),
         "molbridge_pool_mol_per_s": round(n / t_pool, 2),

@@ -33,7 +33,7 @@ def _batches(encoder, molecules: int, batch: int) -> list[dict]:
 
     data = MoleculeDataset.from_split("molbridge-mini", "test", "scaffold", augment=False, limit=molecules)
     features = [encoder.featurize_item(data[i]) for i in range(len(data))]
-    return [encoder.collate(features[i:i + batch]) for i in range(0, len(features), batch)]
+    return [encoder.collate(features[i : i + batch]) for i in range(0, len(features), batch)]
 
 
 def _molbridge(name: str):
@@ -56,8 +56,13 @@ def _reference():
     tmp = Path(tempfile.mkdtemp())
     (tmp / "dict.txt").write_text("\n".join(DICTIONARY[:-1]) + "\n")
     torch.save({"model": {}}, tmp / "empty.pt")
-    model = UniMolModel(output_dim=1, data_type="molecule", remove_hs=True,
-                        pretrained_model_path=str(tmp / "empty.pt"), pretrained_dict_path=str(tmp / "dict.txt"))
+    model = UniMolModel(
+        output_dim=1,
+        data_type="molecule",
+        remove_hs=True,
+        pretrained_model_path=str(tmp / "empty.pt"),
+        pretrained_dict_path=str(tmp / "dict.txt"),
+    )
     ids = torch.tensor([model.dictionary.index(s) for s in DICTIONARY])  # its special-token ids differ from ours
 
     def forward(batch):
@@ -98,12 +103,21 @@ def measure(name: str, molecules: int, batch: int) -> dict:
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda
-               else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024)
+    peak_mb = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if cuda
+        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    )
     count = sum(len(next(iter(b.values()))) for b in batches)
-    return {"model": name, "molecules": count, "mol_per_s": round(count / seconds, 1),
-            "peak_mb": round(peak_mb, 1), "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "device": torch.cuda.get_device_name() if cuda else "cpu", "precision": "bf16" if cuda else "fp32"}
+    return {
+        "model": name,
+        "molecules": count,
+        "mol_per_s": round(count / seconds, 1),
+        "peak_mb": round(peak_mb, 1),
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "precision": "bf16" if cuda else "fp32",
+    }
 
 
 def main() -> None:
@@ -120,15 +134,21 @@ def main() -> None:
     models = [m for m in MODELS if m != "unimol-tools-base" or os.environ.get("MOLBRIDGE_UNIMOL_TOOLS")]
     results = []
     for name in models:
-        out = subprocess.run([sys.executable, __file__, "--one", name, "--molecules", str(args.molecules),
-                              "--batch", str(args.batch)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", name, "--molecules", str(args.molecules), "--batch", str(args.batch)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     reference = next((r for r in results if r["model"] == "unimol-tools-base"), None)
     print(f"{'model':<18} {'params M':>8} {'mol/s':>8} {'peak MB':>8} {'vs unimol-tools':>15}  device")
     for r in results:
         ratio = f"{r['mol_per_s'] / reference['mol_per_s']:.2f}x" if reference else "n/a"
-        print(f"{r['model']:<18} {r['params_m']:>8} {r['mol_per_s']:>8} {r['peak_mb']:>8} {ratio:>15}  "
-              f"{r['device']} {r['precision']}")
+        print(
+            f"{r['model']:<18} {r['params_m']:>8} {r['mol_per_s']:>8} {r['peak_mb']:>8} {ratio:>15}  "
+            f"{r['device']} {r['precision']}"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -43,8 +43,15 @@ from molbridge.plugins.llms.sizing import LLAMA2_7B
 MOL_DIM = 768  # the projector width that feeds llm_proj (3D-MoLM's Q-Former)
 SHAPES = {
     "7b": LLAMA2_7B,
-    "small": {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8,
-              "intermediate_size": 1376, "vocab_size": 32000, "max_position_embeddings": 4096},
+    "small": {
+        "hidden_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+        "intermediate_size": 1376,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+    },
 }
 #: Step variants: attention implementation and gradient checkpointing; the last is the baseline.
 VARIANTS = {"sdpa": ("sdpa", False), "sdpa+checkpointing": ("sdpa", True), "eager": ("eager", False)}
@@ -102,8 +109,9 @@ def benchmark_prompts(lm: SoftPromptLM, count: int) -> list[str]:
             prompts.append(lm.format_prompt(mol.instructions[n % len(mol.instructions)]["instruction"], mol.smiles))
         if len(prompts) == count:
             return prompts
-    raise MolbridgeError(f"molbridge-mini's test split has only {len(prompts)} molecules with instructions; "
-                         f"asked for {count} prompts")
+    raise MolbridgeError(
+        f"molbridge-mini's test split has only {len(prompts)} molecules with instructions; asked for {count} prompts"
+    )
 
 
 def build_generation_lm(llm_path: str | None, dtype: str) -> SoftPromptLM:
@@ -126,8 +134,15 @@ def _generate(lm: SoftPromptLM, prompts: list[str], mol: torch.Tensor, max_new_t
     """(texts, new-token counts) of one left-padded batch, decoded as ``SoftPromptLM.generate`` does."""
     device = lm.llm_proj.weight.device
     batch = {k: v.to(device) for k, v in lm.tokenize_prompts(prompts).items()}
-    ids = lm.generate_ids(batch["input_ids"], batch["attention_mask"], mol.to(device),
-                          max_new_tokens=max_new_tokens, num_beams=1, do_sample=False, repetition_penalty=1.0)
+    ids = lm.generate_ids(
+        batch["input_ids"],
+        batch["attention_mask"],
+        mol.to(device),
+        max_new_tokens=max_new_tokens,
+        num_beams=1,
+        do_sample=False,
+        repetition_penalty=1.0,
+    )
     texts = [t.strip() for t in lm.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return texts, answer_lengths(ids, lm.tokenizer.eos_token_id)
 
@@ -153,30 +168,41 @@ def measure_generation(lm: SoftPromptLM, prompts: list[str], max_new_tokens: int
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()) - held_mb
 
     def one_at_a_time():
-        answers = [_generate(lm, [p], mol[i:i + 1], max_new_tokens) for i, p in enumerate(prompts)]
+        answers = [_generate(lm, [p], mol[i : i + 1], max_new_tokens) for i, p in enumerate(prompts)]
         return [a[0][0] for a in answers], [a[1][0] for a in answers]
 
     (single, single_tokens), single_s = _timed(cuda, one_at_a_time)
     differ = [i for i in range(len(prompts)) if (batched[i], batched_tokens[i]) != (single[i], single_tokens[i])]
     if differ:
         i = differ[0]
-        raise MolbridgeError(f"batched and one-at-a-time generation differ for {len(differ)} of {len(prompts)} "
-                             f"prompts {differ[:10]}; prompt {i}: batched {batched[i]!r} vs alone {single[i]!r}"
-                             + (" (bf16 rounds padded and unpadded batches differently)"
-                                if lm.model.dtype == torch.bfloat16 else ""))
+        raise MolbridgeError(
+            f"batched and one-at-a-time generation differ for {len(differ)} of {len(prompts)} "
+            f"prompts {differ[:10]}; prompt {i}: batched {batched[i]!r} vs alone {single[i]!r}"
+            + (" (bf16 rounds padded and unpadded batches differently)" if lm.model.dtype == torch.bfloat16 else "")
+        )
     tokens = sum(batched_tokens)
     return {
-        "prompts": len(prompts), "max_new_tokens": max_new_tokens, "new_tokens": tokens,
+        "prompts": len(prompts),
+        "max_new_tokens": max_new_tokens,
+        "new_tokens": tokens,
         "identical_texts": True,
-        "batched": {"seconds": round(batched_s, 3), "answers_per_s": round(len(prompts) / batched_s, 2),
-                    "tokens_per_s": round(tokens / batched_s, 1)},
-        "one_at_a_time": {"seconds": round(single_s, 3), "answers_per_s": round(len(prompts) / single_s, 2),
-                          "tokens_per_s": round(sum(single_tokens) / single_s, 1)},
+        "batched": {
+            "seconds": round(batched_s, 3),
+            "answers_per_s": round(len(prompts) / batched_s, 2),
+            "tokens_per_s": round(tokens / batched_s, 1),
+        },
+        "one_at_a_time": {
+            "seconds": round(single_s, 3),
+            "answers_per_s": round(len(prompts) / single_s, 2),
+            "tokens_per_s": round(sum(single_tokens) / single_s, 1),
+        },
         "speedup": round(single_s / batched_s, 2),
         "peak_mb": round(peak_mb, 1),  # growth during the batched run (GPU: allocated; CPU: peak RSS)
         "params_m": round(sum(p.numel() for p in lm.parameters()) / 1e6, 2),
-        "dtype": str(lm.model.dtype).removeprefix("torch."), "device": device_name(cuda),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "dtype": str(lm.model.dtype).removeprefix("torch."),
+        "device": device_name(cuda),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
     }
 
 
@@ -188,19 +214,30 @@ def _tokenizer():
     return train_tokenizer(["a molecule with a benzene ring and two hydroxyl groups"] * 4, vocab_size=300)
 
 
-def build_step_lm(shape: dict, attention: str, checkpointing: bool, device: torch.device,
-                  dtype: torch.dtype) -> SoftPromptLM:
+def build_step_lm(
+    shape: dict, attention: str, checkpointing: bool, device: torch.device, dtype: torch.dtype
+) -> SoftPromptLM:
     """A random Llama of ``shape`` made on ``device`` in ``dtype``, wrapped with LoRA r 8 (7 modules), training."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     tokenizer = _tokenizer()
-    config = LlamaConfig(**shape, attn_implementation=attention, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        **shape,
+        attn_implementation=attention,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     with device, _default_dtype(dtype):
         model = LlamaForCausalLM(config)
-    options = LlamaLMConfig(lora=True, lora_r=8, gradient_checkpointing=checkpointing,
-                            dtype=str(dtype).removeprefix("torch."), max_length=shape["max_position_embeddings"])
+    options = LlamaLMConfig(
+        lora=True,
+        lora_r=8,
+        gradient_checkpointing=checkpointing,
+        dtype=str(dtype).removeprefix("torch."),
+        max_length=shape["max_position_embeddings"],
+    )
     return SoftPromptLM(options, model, tokenizer, MOL_DIM).to(device).train()
 
 
@@ -208,8 +245,10 @@ def check_length(positions: int, length: int, mol_tokens: int = LlamaLMConfig.nu
     """BOS and the ``<mol>`` placeholders must fit the unlabelled first half, the whole row the model's positions."""
     shortest = 2 * (mol_tokens + 1)
     if not shortest <= length <= positions:
-        raise MolbridgeError(f"--length {length}: needs {shortest} to {positions} tokens (BOS and {mol_tokens} "
-                             "<mol> in the unlabelled first half; the model's positions)")
+        raise MolbridgeError(
+            f"--length {length}: needs {shortest} to {positions} tokens (BOS and {mol_tokens} "
+            "<mol> in the unlabelled first half; the model's positions)"
+        )
 
 
 def step_batch(lm: SoftPromptLM, batch: int, length: int, device: torch.device) -> dict:
@@ -219,11 +258,15 @@ def step_batch(lm: SoftPromptLM, batch: int, length: int, device: torch.device) 
     first_ordinary = len(lm.tokenizer)  # above every special and BPE id, so no stray <mol>
     ids = torch.randint(first_ordinary, lm.model.config.vocab_size, (batch, length), generator=generator)
     ids[:, 0] = lm.tokenizer.bos_token_id
-    ids[:, 1:1 + lm.num_mol_tokens] = lm.mol_token_id
+    ids[:, 1 : 1 + lm.num_mol_tokens] = lm.mol_token_id
     labels = ids.clone()
-    labels[:, :length // 2] = IGNORE_INDEX
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-            "mol_tokens": _mol_tokens(batch, lm).to(device), "labels": labels.to(device)}
+    labels[:, : length // 2] = IGNORE_INDEX
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "mol_tokens": _mol_tokens(batch, lm).to(device),
+        "labels": labels.to(device),
+    }
 
 
 def _train_step(lm: SoftPromptLM, batch: dict, optimizer: torch.optim.Optimizer, cuda: bool) -> float:
@@ -263,13 +306,23 @@ def measure_step(shape: dict, variant: str, batch: int, length: int, steps: int)
         peak_mb, step_mb = None, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     trainable = sum(p.numel() for p in lm.parameters() if p.requires_grad)
     return {
-        "variant": variant, "attention": attention, "gradient_checkpointing": checkpointing,
-        "batch": batch, "length": length, "steps": steps, "loss": round(loss, 4),
-        "step_s": round(step_s, 4), "tokens_per_s": round(batch * length / step_s, 1),
-        "peak_mb": None if peak_mb is None else round(peak_mb, 1), "step_mb": round(step_mb, 1),
-        "params_m": round(sum(p.numel() for p in lm.parameters()) / 1e6, 2), "trainable_m": round(trainable / 1e6, 3),
-        "precision": "bf16 weights + bf16 autocast" if cuda else "fp32", "device": device_name(cuda),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "variant": variant,
+        "attention": attention,
+        "gradient_checkpointing": checkpointing,
+        "batch": batch,
+        "length": length,
+        "steps": steps,
+        "loss": round(loss, 4),
+        "step_s": round(step_s, 4),
+        "tokens_per_s": round(batch * length / step_s, 1),
+        "peak_mb": None if peak_mb is None else round(peak_mb, 1),
+        "step_mb": round(step_mb, 1),
+        "params_m": round(sum(p.numel() for p in lm.parameters()) / 1e6, 2),
+        "trainable_m": round(trainable / 1e6, 3),
+        "precision": "bf16 weights + bf16 autocast" if cuda else "fp32",
+        "device": device_name(cuda),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
     }
 
 
@@ -291,8 +344,21 @@ def run_step_variants(shape: str, batch: int, length: int, steps: int, threads: 
     """Each variant in a subprocess of its own (its own peak memory); a failure is reported, not fatal."""
     results = []
     for variant in VARIANTS:
-        command = [sys.executable, __file__, "step", "--one", variant, "--shape", shape, "--batch", str(batch),
-                   "--length", str(length), "--steps", str(steps)] + (["--threads", str(threads)] if threads else [])
+        command = [
+            sys.executable,
+            __file__,
+            "step",
+            "--one",
+            variant,
+            "--shape",
+            shape,
+            "--batch",
+            str(batch),
+            "--length",
+            str(length),
+            "--steps",
+            str(steps),
+        ] + (["--threads", str(threads)] if threads else [])
         out = subprocess.run(command, capture_output=True, text=True)
         if out.returncode == 0:
             results.append({"shape": shape} | json.loads(out.stdout.strip().splitlines()[-1]))
@@ -304,8 +370,10 @@ def run_step_variants(shape: str, batch: int, length: int, steps: int, threads: 
 
 # -- output ---------------------------------------------------------------------------------------------
 def _print_generation(r: dict) -> None:
-    print(f"## generation: {r['prompts']} prompts, greedy, max {r['max_new_tokens']} new tokens, "
-          f"{r['params_m']} M parameters, {r['dtype']}, {r['device']}, {r['threads']} threads")
+    print(
+        f"## generation: {r['prompts']} prompts, greedy, max {r['max_new_tokens']} new tokens, "
+        f"{r['params_m']} M parameters, {r['dtype']}, {r['device']}, {r['threads']} threads"
+    )
     print("| path | s | answers/s | tokens/s |\n|---|---|---|---|")
     for key, label in (("one_at_a_time", "one prompt at a time (baseline)"), ("batched", "one left-padded batch")):
         v = r[key]
@@ -317,8 +385,10 @@ def _print_step(shape: str, results: list[dict]) -> None:
     ok = [r for r in results if "error" not in r]
     if ok:
         h = ok[0]
-        print(f"## stage-3 step: shape {shape}, {h['params_m']} M parameters ({h['trainable_m']} M trained), "
-              f"batch {h['batch']} x {h['length']} tokens, {h['precision']}, {h['device']}, {h['threads']} threads")
+        print(
+            f"## stage-3 step: shape {shape}, {h['params_m']} M parameters ({h['trainable_m']} M trained), "
+            f"batch {h['batch']} x {h['length']} tokens, {h['precision']}, {h['device']}, {h['threads']} threads"
+        )
     else:
         print(f"## stage-3 step: shape {shape}: no variant ran")
     print("| variant | s/step | tokens/s | peak MB | step MB | speed vs eager | peak vs eager | step MB vs eager |")
@@ -328,16 +398,20 @@ def _print_step(shape: str, results: list[dict]) -> None:
             print(f"| {r['variant']} | not measured: {r['error']} ||||||")
             continue
         na = "n/a"
-        print(f"| {r['variant']} | {r['step_s']} | {r['tokens_per_s']} | {r['peak_mb'] or 'n/a (CPU)'} | "
-              f"{r['step_mb']} | {r.get('speed_vs_eager') or na} | {r.get('peak_memory_vs_eager') or na} | "
-              f"{r.get('step_memory_vs_eager') or na} |")
+        print(
+            f"| {r['variant']} | {r['step_s']} | {r['tokens_per_s']} | {r['peak_mb'] or 'n/a (CPU)'} | "
+            f"{r['step_mb']} | {r.get('speed_vs_eager') or na} | {r.get('peak_memory_vs_eager') or na} | "
+            f"{r.get('step_memory_vs_eager') or na} |"
+        )
     print("step MB: growth of peak memory from before the first step (GPU: allocated; CPU: RSS)")
 
 
 def _refuse_7b_without_gpu(shape: str) -> None:
     if shape == "7b" and not torch.cuda.is_available():
-        raise MolbridgeError("--shape 7b needs a CUDA GPU (13 GB of bf16 weights, built on the device); "
-                             "this machine has none. Use --shape small on CPU.")
+        raise MolbridgeError(
+            "--shape 7b needs a CUDA GPU (13 GB of bf16 weights, built on the device); "
+            "this machine has none. Use --shape small on CPU."
+        )
 
 
 def main() -> None:
@@ -347,8 +421,12 @@ def main() -> None:
     gen.add_argument("--prompts", type=int, default=64)
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.add_argument("--llm-path", help="local HuggingFace folder (default: the demo LLM)")
-    gen.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                     help="weights; float32 keeps the identity check exact")
+    gen.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="weights; float32 keeps the identity check exact",
+    )
     step = sub.add_parser("step", help="stage-3 training step: SDPA vs eager, gradient checkpointing")
     step.add_argument("--shape", choices=tuple(SHAPES), default="small")
     step.add_argument("--batch", type=int, default=8, help="3D-MoLM stage 3: 8")

@@ -37,28 +37,51 @@ SEEDS = 3
 
 #: stage -> (sweep name, [(column title, metric, baseline metric or None, lower is better)])
 COLUMNS = {
-    "retrieval": ("mini-retrieval", [
-        ("M2T acc", "test/full_m2t_acc", "test/baseline_full_m2t_acc", False),
-        ("T2M acc", "test/full_t2m_acc", "test/baseline_full_t2m_acc", False),
-        ("M2T R@20", "test/full_m2t_r20", "test/baseline_full_m2t_r20", False),
-        ("T2M R@20", "test/full_t2m_r20", "test/baseline_full_t2m_r20", False)]),
-    "captioning": ("mini-captioning", [
-        ("BLEU-4", "test/bleu4", "test/baseline_bleu4", False),
-        ("ROUGE-L", "test/rougeL", "test/baseline_rougeL", False),
-        ("METEOR", "test/meteor", "test/baseline_meteor", False),
-        ("shape acc", "test/shape_acc", "test/baseline_shape_acc", False),
-        ("Rg MAE (Å)", "test/rg_mae", "test/baseline_rg_mae", True)]),
-    "qa": ("mini-qa", [
-        ("skill", "test/skill", None, False),
-        *((title, f"test/{prop}/medae", f"test/{prop}/baseline_medae", True) for title, prop in (
-            ("HOMO MedAE (eV)", "HOMO _GFN2-xTB_"), ("LUMO MedAE (eV)", "LUMO _GFN2-xTB_"),
-            ("gap MedAE (eV)", "HOMO-LUMO Gap _GFN2-xTB_"), ("energy MedAE (eV)", "Total Energy _GFN2-xTB_"),
-            ("MW MedAE", "Molecular Weight"), ("LogP MedAE", "LogP")))]),
+    "retrieval": (
+        "mini-retrieval",
+        [
+            ("M2T acc", "test/full_m2t_acc", "test/baseline_full_m2t_acc", False),
+            ("T2M acc", "test/full_t2m_acc", "test/baseline_full_t2m_acc", False),
+            ("M2T R@20", "test/full_m2t_r20", "test/baseline_full_m2t_r20", False),
+            ("T2M R@20", "test/full_t2m_r20", "test/baseline_full_t2m_r20", False),
+        ],
+    ),
+    "captioning": (
+        "mini-captioning",
+        [
+            ("BLEU-4", "test/bleu4", "test/baseline_bleu4", False),
+            ("ROUGE-L", "test/rougeL", "test/baseline_rougeL", False),
+            ("METEOR", "test/meteor", "test/baseline_meteor", False),
+            ("shape acc", "test/shape_acc", "test/baseline_shape_acc", False),
+            ("Rg MAE (Å)", "test/rg_mae", "test/baseline_rg_mae", True),
+        ],
+    ),
+    "qa": (
+        "mini-qa",
+        [
+            ("skill", "test/skill", None, False),
+            *(
+                (title, f"test/{prop}/medae", f"test/{prop}/baseline_medae", True)
+                for title, prop in (
+                    ("HOMO MedAE (eV)", "HOMO _GFN2-xTB_"),
+                    ("LUMO MedAE (eV)", "LUMO _GFN2-xTB_"),
+                    ("gap MedAE (eV)", "HOMO-LUMO Gap _GFN2-xTB_"),
+                    ("energy MedAE (eV)", "Total Energy _GFN2-xTB_"),
+                    ("MW MedAE", "Molecular Weight"),
+                    ("LogP MedAE", "LogP"),
+                )
+            ),
+        ],
+    ),
 }
-BASELINES = {"retrieval": "fingerprint ridge", "captioning": "nearest-neighbour caption",
-             "qa": "training mean"}
-NAMES = {"unimol": "Uni-Mol", "schnet": "SchNet", "smiles": "SMILES (1D control)", "qformer": "Q-Former",
-         "linear": "linear"}
+BASELINES = {"retrieval": "fingerprint ridge", "captioning": "nearest-neighbour caption", "qa": "training mean"}
+NAMES = {
+    "unimol": "Uni-Mol",
+    "schnet": "SchNet",
+    "smiles": "SMILES (1D control)",
+    "qformer": "Q-Former",
+    "linear": "linear",
+}
 
 
 def markers(stage: str) -> tuple[str, str]:
@@ -94,8 +117,9 @@ def stage_rows(stage: str, uri: str | None) -> tuple[list[Group], list]:
         return [], []
     order = list(NAMES)  # the sweeps' grid order: Uni-Mol first, the control last
     finished = [r for r in runs if r.status == "FINISHED"]  # an interrupted child is half-trained: leave it out
-    groups = sorted(group_runs(finished),
-                    key=lambda g: [order.index(g.runs[0].identity[k]) for k in ("encoder", "projector")])
+    groups = sorted(
+        group_runs(finished), key=lambda g: [order.index(g.runs[0].identity[k]) for k in ("encoder", "projector")]
+    )
     return groups, finished
 
 
@@ -118,8 +142,11 @@ def stage_table(stage: str, groups: list[Group]) -> tuple[list[str], list[list[s
     for group in groups:
         who = [NAMES.get(group.runs[0].identity[k], group.runs[0].identity[k]) for k in ("encoder", "projector")]
         stats = [group.stat(metric) for _, metric, _, _ in columns]
-        lines.append("| " + " | ".join(who + [cell(s, best[t] == group.config) for (t, *_), s
-                                              in zip(columns, stats, strict=True)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(who + [cell(s, best[t] == group.config) for (t, *_), s in zip(columns, stats, strict=True)])
+            + " |"
+        )
         rows.append(who + _csv(stats))
     done = {tuple(g.runs[0].identity[k] for k in ("encoder", "projector")) for g in groups}
     for missing in [c for c in planned(stage) if c not in done]:
@@ -127,8 +154,7 @@ def stage_table(stage: str, groups: list[Group]) -> tuple[list[str], list[list[s
         lines.append("| " + " | ".join(who + ["not run yet"] * len(columns)) + " |")
         rows.append(who + [""] * 3 * len(columns))
     stats = [pooled(groups, base) if base else None for _, _, base, _ in columns]
-    lines.append("| " + " | ".join([f"{BASELINES[stage]} (baseline)", ""] +
-                                   [_baseline_cell(s) for s in stats]) + " |")
+    lines.append("| " + " | ".join([f"{BASELINES[stage]} (baseline)", ""] + [_baseline_cell(s) for s in stats]) + " |")
     rows.append([f"{BASELINES[stage]} (baseline)", "", *_csv(stats)])
     return lines, rows
 
@@ -153,11 +179,17 @@ def render(stage: str, uri: str | None, plots: bool) -> str:
     seeds = sorted({r.identity["seed"] for g in groups for r in g.runs})
     out = OUT / "mini" / stage
     figures = f"; [figures]({(out / 'README.md').relative_to(ROOT)})" if plots else ""
-    text = "\n".join([f"**{stage}** (`benchmarks/mini/{stage}.yaml`; seeds {', '.join(seeds)}{figures})", "",
-                      *lines, ""])
+    text = "\n".join(
+        [f"**{stage}** (`benchmarks/mini/{stage}.yaml`; seeds {', '.join(seeds)}{figures})", "", *lines, ""]
+    )
     if plots:
-        write_report(runs, out, table_metrics=("test/*",), uri=uri,
-                     command=f"benchmarks/mini_table.py --render --stages {stage} (sweep {COLUMNS[stage][0]})")
+        write_report(
+            runs,
+            out,
+            table_metrics=("test/*",),
+            uri=uri,
+            command=f"benchmarks/mini_table.py --render --stages {stage} (sweep {COLUMNS[stage][0]})",
+        )
     out.mkdir(parents=True, exist_ok=True)
     with (out / "table.csv").open("w", newline="") as f:
         csv.writer(f).writerows(rows)
@@ -179,9 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="only render the tables and figures from MLflow")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--uri", help="MLflow tracking URI (default: ./mlflow.db in the repository root)")
-    parser.add_argument("--stages", type=_stages, default=list(COLUMNS), metavar="A,B",
-                        help=f"only these stages (default: {','.join(COLUMNS)}); a stage's sweep needs the "
-                             "previous stage's runs on disk")
+    parser.add_argument(
+        "--stages",
+        type=_stages,
+        default=list(COLUMNS),
+        metavar="A,B",
+        help=f"only these stages (default: {','.join(COLUMNS)}); a stage's sweep needs the "
+        "previous stage's runs on disk",
+    )
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the sweep files name the previous stage's children relative to the repository root
     failed = [] if args.render else run_sweeps(args.stages)
@@ -198,8 +235,9 @@ def _stages(value: str) -> list[str]:
     stages = [s.strip() for s in value.split(",") if s.strip()]
     unknown = [s for s in stages if s not in COLUMNS]
     if unknown or not stages:
-        raise argparse.ArgumentTypeError(f"unknown stage {', '.join(unknown) or value!r}; "
-                                         f"choose from {', '.join(COLUMNS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown stage {', '.join(unknown) or value!r}; choose from {', '.join(COLUMNS)}"
+        )
     return [s for s in COLUMNS if s in stages]  # always in chain order
 
 

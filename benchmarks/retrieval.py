@@ -73,7 +73,7 @@ def naive_ranks(mol: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, to
 
 def naive_in_batch(mol: torch.Tensor, text: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``naive_ranks`` on consecutive batches in dataset order."""
-    parts = [naive_ranks(mol[s:s + batch], text[s:s + batch]) for s in range(0, mol.shape[0], batch)]
+    parts = [naive_ranks(mol[s : s + batch], text[s : s + batch]) for s in range(0, mol.shape[0], batch)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -96,8 +96,9 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(protocol: str, method: str, n: int, chunk: int, batch: int, device: torch.device,
-            ranks_out: Path | None) -> dict:
+def measure(
+    protocol: str, method: str, n: int, chunk: int, batch: int, device: torch.device, ranks_out: Path | None
+) -> dict:
     """Time one (protocol, method) at N in this process; its ranks go to ``ranks_out`` for the identity check."""
     cuda = device.type == "cuda"
     if protocol == "inbatch":  # 64 x 64 blocks are too small to split; two threads on a busy CPU mostly spin-wait
@@ -110,8 +111,8 @@ def measure(protocol: str, method: str, n: int, chunk: int, batch: int, device: 
         ("inbatch", "naive"): lambda: naive_in_batch(mol, text, batch),
     }[protocol, method]
     with torch.no_grad():  # warm-up on a slice: thread pools, kernels, allocator
-        {"full": full_set_ranks, "inbatch": in_batch_ranks}[protocol](mol[:2 * batch], text[:2 * batch])
-        naive_ranks(mol[:2 * batch], text[:2 * batch])
+        {"full": full_set_ranks, "inbatch": in_batch_ranks}[protocol](mol[: 2 * batch], text[: 2 * batch])
+        naive_ranks(mol[: 2 * batch], text[: 2 * batch])
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -125,10 +126,16 @@ def measure(protocol: str, method: str, n: int, chunk: int, batch: int, device: 
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mb()) - held_mb
     if ranks_out:
         torch.save({"m2t": m2t, "t2m": t2m}, ranks_out)
-    return {"protocol": protocol, "method": method, "n": n, "seconds": round(seconds, 4),
-            "queries_per_s": round(2 * n / seconds, 1), "peak_mb": round(peak_mb, 1),
-            "threads": torch.get_num_threads(),
-            "features_mb": round((mol.numel() + text.numel()) * 4 / 2**20, 1)}
+    return {
+        "protocol": protocol,
+        "method": method,
+        "n": n,
+        "seconds": round(seconds, 4),
+        "queries_per_s": round(2 * n / seconds, 1),
+        "peak_mb": round(peak_mb, 1),
+        "threads": torch.get_num_threads(),
+        "features_mb": round((mol.numel() + text.numel()) * 4 / 2**20, 1),
+    }
 
 
 def _device_name(device: torch.device) -> str:
@@ -136,8 +143,23 @@ def _device_name(device: torch.device) -> str:
 
 
 def _run_one(protocol: str, method: str, n: int, args, ranks_out: Path) -> dict:
-    command = [sys.executable, __file__, "--one", protocol, method, "--sizes", str(n), "--chunk", str(args.chunk),
-               "--batch", str(args.batch), "--device", args.device, "--ranks-out", str(ranks_out)]
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        protocol,
+        method,
+        "--sizes",
+        str(n),
+        "--chunk",
+        str(args.chunk),
+        "--batch",
+        str(args.batch),
+        "--device",
+        args.device,
+        "--ranks-out",
+        str(ranks_out),
+    ]
     out = subprocess.run(command, capture_output=True, text=True)
     if out.returncode != 0:
         why = "killed (out of memory?)" if out.returncode == -9 else (out.stderr.strip().splitlines() or ["?"])[-1]
@@ -158,8 +180,10 @@ def compare(protocol: str, n: int, args, device: torch.device, work: Path) -> di
     row = {"protocol": protocol, "n": n, "molbridge": ours}
     need = naive_bytes(n) if protocol == "full" else naive_bytes(min(n, args.batch))
     if need > 0.8 * free_bytes(device):
-        row["naive"] = {"skipped": f"needs {need / 2**30:.1f} GiB, {free_bytes(device) / 2**30:.1f} GiB free",
-                        "needs_gib": round(need / 2**30, 1)}
+        row["naive"] = {
+            "skipped": f"needs {need / 2**30:.1f} GiB, {free_bytes(device) / 2**30:.1f} GiB free",
+            "needs_gib": round(need / 2**30, 1),
+        }
         return row
     theirs = row["naive"] = _run_one(protocol, "naive", n, args, ranks["naive"])
     if "error" not in ours and "error" not in theirs:
@@ -170,20 +194,37 @@ def compare(protocol: str, n: int, args, device: torch.device, work: Path) -> di
 
 
 def _print(result: dict) -> None:
-    print(f"## retrieval ranking: Q={result['query_tokens']}, E={result['embed_dim']}, chunk {result['chunk']}, "
-          f"in-batch {result['batch']}, {result['device']}")
-    print("| protocol | N | molbridge s | queries/s | peak MB | naive s | naive peak MB | speed-up | memory | "
-          "identical |\n|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"## retrieval ranking: Q={result['query_tokens']}, E={result['embed_dim']}, chunk {result['chunk']}, "
+        f"in-batch {result['batch']}, {result['device']}"
+    )
+    print(
+        "| protocol | N | molbridge s | queries/s | peak MB | naive s | naive peak MB | speed-up | memory | "
+        "identical |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
     for r in result["comparisons"]:
         ours, theirs = r["molbridge"], r["naive"]
-        naive = (f"skipped: {theirs['skipped']} | -" if "skipped" in theirs else f"failed: {theirs['error']} | -"
-                 if "error" in theirs else f"{theirs['seconds']} | {theirs['peak_mb']}")
-        mine = (f"failed: {ours['error']} | - | -" if "error" in ours
-                else f"{ours['seconds']} | {ours['queries_per_s']} | {ours['peak_mb']}")
-        same = "-" if "differing_ranks" not in r else ("yes" if r["differing_ranks"] == 0 else
-                                                       f"NO ({r['differing_ranks']} differ)")
-        print(f"| {r['protocol']} | {r['n']} | {mine} | {naive} | {r.get('speedup', '-')} | "
-              f"{r.get('memory_ratio', '-')} | {same} |")
+        naive = (
+            f"skipped: {theirs['skipped']} | -"
+            if "skipped" in theirs
+            else f"failed: {theirs['error']} | -"
+            if "error" in theirs
+            else f"{theirs['seconds']} | {theirs['peak_mb']}"
+        )
+        mine = (
+            f"failed: {ours['error']} | - | -"
+            if "error" in ours
+            else f"{ours['seconds']} | {ours['queries_per_s']} | {ours['peak_mb']}"
+        )
+        same = (
+            "-"
+            if "differing_ranks" not in r
+            else ("yes" if r["differing_ranks"] == 0 else f"NO ({r['differing_ranks']} differ)")
+        )
+        print(
+            f"| {r['protocol']} | {r['n']} | {mine} | {naive} | {r.get('speedup', '-')} | "
+            f"{r.get('memory_ratio', '-')} | {same} |"
+        )
 
 
 def main() -> None:
@@ -208,9 +249,17 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as work:
         comparisons = [compare(p, n, args, device, Path(work)) for n in args.sizes for p in PROTOCOLS]
-    result = {"query_tokens": QUERY_TOKENS, "embed_dim": EMBED_DIM, "chunk": args.chunk, "batch": args.batch,
-              "device": _device_name(device), "precision": "fp32", "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "comparisons": comparisons}
+    result = {
+        "query_tokens": QUERY_TOKENS,
+        "embed_dim": EMBED_DIM,
+        "chunk": args.chunk,
+        "batch": args.batch,
+        "device": _device_name(device),
+        "precision": "fp32",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "comparisons": comparisons,
+    }
     _print(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -40,8 +40,15 @@ PAPER_BERT = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads"
 SHAPES = {
     "default": [],
     "default-all-losses": ALL_LOSSES,
-    "paper": ALL_LOSSES + ["encoder.preset=base", "projector.pretrained=false", "~projector.num_layers",
-                           "projector.text_pooling=cls", "~projector.dropout", "data.batch_size=64"],
+    "paper": ALL_LOSSES
+    + [
+        "encoder.preset=base",
+        "projector.pretrained=false",
+        "~projector.num_layers",
+        "projector.text_pooling=cls",
+        "~projector.dropout",
+        "data.batch_size=64",
+    ],
 }
 
 
@@ -145,13 +152,23 @@ def _baseline(model, batch, steps: int, timer: Timer) -> None:
     from molbridge.core import batch as keys
 
     shape = model.projector.bert.shape
-    common = dict(vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_hidden_layers,
-                  num_attention_heads=shape.num_attention_heads, intermediate_size=shape.intermediate_size,
-                  hidden_dropout_prob=shape.hidden_dropout_prob,
-                  attention_probs_dropout_prob=shape.attention_probs_dropout_prob)
+    common = dict(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        intermediate_size=shape.intermediate_size,
+        hidden_dropout_prob=shape.hidden_dropout_prob,
+        attention_probs_dropout_prob=shape.attention_probs_dropout_prob,
+    )
     device = next(model.parameters()).device
-    qformer = Blip2QFormerModel(Blip2QFormerConfig(**common, encoder_hidden_size=model.encoder.output_dim,
-                                                   cross_attention_frequency=2)).to(device).train()
+    qformer = (
+        Blip2QFormerModel(
+            Blip2QFormerConfig(**common, encoder_hidden_size=model.encoder.output_dim, cross_attention_frequency=2)
+        )
+        .to(device)
+        .train()
+    )
     bert = BertModel(BertConfig(**common), add_pooling_layer=False).to(device).train()
     with torch.no_grad():
         encoded = model.encoder(batch[keys.ENCODER_INPUT])
@@ -159,12 +176,16 @@ def _baseline(model, batch, steps: int, timer: Timer) -> None:
     queries = model.projector.query_tokens.detach().expand(memory.shape[0], -1, -1).clone().requires_grad_()
     for _ in range(steps):
         with timer.part("query pass"):
-            out = qformer(query_embeds=queries, encoder_hidden_states=memory,
-                          encoder_attention_mask=(~encoded.padding_mask).long()).last_hidden_state
+            out = qformer(
+                query_embeds=queries,
+                encoder_hidden_states=memory,
+                encoder_attention_mask=(~encoded.padding_mask).long(),
+            ).last_hidden_state
             out.float().sum().backward()
         with timer.part("text pass"):
-            bert(input_ids=batch[keys.TEXT_INPUT_IDS],
-                 attention_mask=batch[keys.TEXT_ATTENTION_MASK]).last_hidden_state.float().sum().backward()
+            bert(
+                input_ids=batch[keys.TEXT_INPUT_IDS], attention_mask=batch[keys.TEXT_ATTENTION_MASK]
+            ).last_hidden_state.float().sum().backward()
 
 
 def _ours_forward_backward(model, batch, steps: int, timer: Timer) -> None:
@@ -188,8 +209,9 @@ def measure(shape: str, steps: int, batch_size: int | None) -> dict:
     model, size = _build(shape, batch_size)
     model = model.to(device).train()
     batch = _batch(model, size)
-    batch = {k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v.to(device))
-             for k, v in batch.items()}
+    batch = {
+        k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v.to(device)) for k, v in batch.items()
+    }
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
@@ -201,8 +223,11 @@ def measure(shape: str, steps: int, batch_size: int | None) -> dict:
         timer = Timer(cuda)
         for _ in range(steps):
             _step(model, batch, optimizer, timer)
-        peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda
-                   else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024)
+        peak_mb = (
+            torch.cuda.max_memory_allocated() / 2**20
+            if cuda
+            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+        )
         model.projector.requires_grad_(True)  # like for like with transformers: the whole tower trains
         ours, theirs = Timer(cuda), Timer(cuda)
         _ours_forward_backward(model, batch, 1, Timer(cuda))  # warm-up
@@ -211,18 +236,26 @@ def measure(shape: str, steps: int, batch_size: int | None) -> dict:
         _baseline(model, batch, steps, theirs)
     step_s = sum(timer.parts.values()) / steps
     return {
-        "shape": shape, "batch": size, "steps": steps,
-        "mol_per_s": round(size / step_s, 2), "step_s": round(step_s, 3),
+        "shape": shape,
+        "batch": size,
+        "steps": steps,
+        "mol_per_s": round(size / step_s, 2),
+        "step_s": round(step_s, 3),
         "parts_s": {k: round(v / steps, 4) for k, v in timer.parts.items()},
         "peak_mb": round(peak_mb, 1),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "trainable_m": round(trainable / 1e6, 2),
-        "vs_transformers": {part: {"ours_s": round(ours.parts[part] / steps, 4),
-                                   "transformers_s": round(theirs.parts[part] / steps, 4),
-                                   "speedup": round(theirs.parts[part] / ours.parts[part], 2)}
-                            for part in ("query pass", "text pass")},
+        "vs_transformers": {
+            part: {
+                "ours_s": round(ours.parts[part] / steps, 4),
+                "transformers_s": round(theirs.parts[part] / steps, 4),
+                "speedup": round(theirs.parts[part] / ours.parts[part], 2),
+            }
+            for part in ("query pass", "text pass")
+        },
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)",
-        "precision": "bf16-autocast" if cuda else "fp32", "torch": torch.__version__,
+        "precision": "bf16-autocast" if cuda else "fp32",
+        "torch": torch.__version__,
     }
 
 
@@ -231,8 +264,10 @@ def _print(results: list[dict]) -> None:
         if "error" in r:
             print(f"\n## {r['shape']}: not measured: {r['error']}")
             continue
-        print(f"\n## {r['shape']}: batch {r['batch']}, {r['params_m']} M parameters ({r['trainable_m']} M trained), "
-              f"{r['device']}, {r['precision']}")
+        print(
+            f"\n## {r['shape']}: batch {r['batch']}, {r['params_m']} M parameters ({r['trainable_m']} M trained), "
+            f"{r['device']}, {r['precision']}"
+        )
         print(f"{r['mol_per_s']} molecules/s ({r['step_s']} s/step), peak memory growth {r['peak_mb']} MB\n")
         print("| part | s/step | share |\n|---|---|---|")
         for part, seconds in r["parts_s"].items():
@@ -256,8 +291,9 @@ def main() -> None:
     results = []
     for shape in SHAPES if args.shape == "all" else [args.shape]:
         command = [sys.executable, __file__, "--one", "--shape", shape, "--steps", str(args.steps)]
-        out = subprocess.run(command + (["--batch", str(args.batch)] if args.batch else []),
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            command + (["--batch", str(args.batch)] if args.batch else []), capture_output=True, text=True
+        )
         if out.returncode == 0:
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         else:  # e.g. the paper's shape on a small machine: say so and go on with the other shapes

@@ -81,12 +81,28 @@ class Benchmark:
 
 # -- rows from each benchmark's JSON ------------------------------------------------------------------------
 def conformer_rows(r: dict) -> list[Row]:
-    base = dict(benchmark="conformers", unit="mol/s", baseline="plain RDKit loop, 1 process",
-                baseline_value=r["plain_rdkit_mol_per_s"])
-    return [Row(measurement="molbridge make_record, 1 process", value=r["molbridge_1proc_mol_per_s"],
-                peak_mb=r["peak_rss_mb"], note="peak: the process's absolute peak RSS", **base),
-            Row(measurement=f"molbridge prepare, {r['workers']} processes", value=r["molbridge_pool_mol_per_s"],
-                peak_mb=r["pool_worker_peak_rss_mb"], note="peak: the largest worker's absolute peak RSS", **base)]
+    base = dict(
+        benchmark="conformers",
+        unit="mol/s",
+        baseline="plain RDKit loop, 1 process",
+        baseline_value=r["plain_rdkit_mol_per_s"],
+    )
+    return [
+        Row(
+            measurement="molbridge make_record, 1 process",
+            value=r["molbridge_1proc_mol_per_s"],
+            peak_mb=r["peak_rss_mb"],
+            note="peak: the process's absolute peak RSS",
+            **base,
+        ),
+        Row(
+            measurement=f"molbridge prepare, {r['workers']} processes",
+            value=r["molbridge_pool_mol_per_s"],
+            peak_mb=r["pool_worker_peak_rss_mb"],
+            note="peak: the largest worker's absolute peak RSS",
+            **base,
+        ),
+    ]
 
 
 def encoder_rows(results: list[dict]) -> list[Row]:
@@ -94,12 +110,22 @@ def encoder_rows(results: list[dict]) -> list[Row]:
     rows = []
     for r in results:
         if r is not ref:
-            rows.append(Row("encoders", f"{r['model']} forward ({r['params_m']} M, {r['precision']})", r["mol_per_s"],
-                            "mol/s", "unimol-tools Uni-Mol base" if ref else None, ref and ref["mol_per_s"],
-                            peak_mb=r["peak_mb"], note="" if ref else "unimol-tools not installed: no baseline"))
+            rows.append(
+                Row(
+                    "encoders",
+                    f"{r['model']} forward ({r['params_m']} M, {r['precision']})",
+                    r["mol_per_s"],
+                    "mol/s",
+                    "unimol-tools Uni-Mol base" if ref else None,
+                    ref and ref["mol_per_s"],
+                    peak_mb=r["peak_mb"],
+                    note="" if ref else "unimol-tools not installed: no baseline",
+                )
+            )
     if ref:
-        rows.append(Row("encoders", "unimol-tools Uni-Mol base (baseline)", ref["mol_per_s"], "mol/s",
-                        peak_mb=ref["peak_mb"]))
+        rows.append(
+            Row("encoders", "unimol-tools Uni-Mol base (baseline)", ref["mol_per_s"], "mol/s", peak_mb=ref["peak_mb"])
+        )
     return rows
 
 
@@ -110,19 +136,44 @@ def stage1_rows(results: list[dict]) -> list[Row]:
             rows.append(Row("stage1", f"{r['shape']}: training step", 0, "mol/s", error=r["error"]))
             continue
         shape = f"{r['shape']} (batch {r['batch']})"
-        rows.append(Row("stage1", f"{shape}: training step", r["mol_per_s"], "mol/s", peak_mb=r["peak_mb"],
-                        note="whole step; transformers has no counterpart"))
+        rows.append(
+            Row(
+                "stage1",
+                f"{shape}: training step",
+                r["mol_per_s"],
+                "mol/s",
+                peak_mb=r["peak_mb"],
+                note="whole step; transformers has no counterpart",
+            )
+        )
         for part, v in r["vs_transformers"].items():
-            rows.append(Row("stage1", f"{shape}: {part} fwd+bwd", v["ours_s"], "s", f"transformers {part}",
-                            v["transformers_s"], higher_is_better=False))
+            rows.append(
+                Row(
+                    "stage1",
+                    f"{shape}: {part} fwd+bwd",
+                    v["ours_s"],
+                    "s",
+                    f"transformers {part}",
+                    v["transformers_s"],
+                    higher_is_better=False,
+                )
+            )
     return rows
 
 
 def generation_rows(r: dict) -> list[Row]:
-    return [Row("generation", f"one left-padded batch of {r['prompts']}, {r['params_m']} M LLM",
-                r["batched"]["tokens_per_s"], "new tokens/s", "one prompt at a time",
-                r["one_at_a_time"]["tokens_per_s"], peak_mb=r.get("peak_mb"),
-                note="identical texts")]  # llm.py fails the run when they differ
+    return [
+        Row(
+            "generation",
+            f"one left-padded batch of {r['prompts']}, {r['params_m']} M LLM",
+            r["batched"]["tokens_per_s"],
+            "new tokens/s",
+            "one prompt at a time",
+            r["one_at_a_time"]["tokens_per_s"],
+            peak_mb=r.get("peak_mb"),
+            note="identical texts",
+        )
+    ]  # llm.py fails the run when they differ
 
 
 def step_rows(results: list[dict]) -> list[Row]:
@@ -132,13 +183,22 @@ def step_rows(results: list[dict]) -> list[Row]:
         if "error" in r:
             rows.append(Row("stage3-step", r["variant"], 0, "tokens/s", error=r["error"]))
         elif r is not base:
-            rows.append(Row("stage3-step", f"{r['variant']} ({r['params_m']} M, batch {r['batch']}x{r['length']})",
-                            r["tokens_per_s"], "tokens/s", "eager attention" if base else None,
-                            base and base["tokens_per_s"], peak_mb=r["step_mb"],
-                            note=f"memory vs eager {r.get('step_memory_vs_eager')}" if base else ""))
+            rows.append(
+                Row(
+                    "stage3-step",
+                    f"{r['variant']} ({r['params_m']} M, batch {r['batch']}x{r['length']})",
+                    r["tokens_per_s"],
+                    "tokens/s",
+                    "eager attention" if base else None,
+                    base and base["tokens_per_s"],
+                    peak_mb=r["step_mb"],
+                    note=f"memory vs eager {r.get('step_memory_vs_eager')}" if base else "",
+                )
+            )
     if base:
-        rows.append(Row("stage3-step", "eager attention (baseline)", base["tokens_per_s"], "tokens/s",
-                        peak_mb=base["step_mb"]))
+        rows.append(
+            Row("stage3-step", "eager attention (baseline)", base["tokens_per_s"], "tokens/s", peak_mb=base["step_mb"])
+        )
     return rows
 
 
@@ -151,55 +211,129 @@ def retrieval_rows(r: dict) -> list[Row]:
             rows.append(Row("retrieval", what, 0, "queries/s", error=ours["error"]))
             continue
         if "skipped" in naive or "error" in naive:
-            rows.append(Row("retrieval", what, ours["queries_per_s"], "queries/s", peak_mb=ours["peak_mb"],
-                            note=f"naive way skipped: {naive['skipped']}" if "skipped" in naive else "",
-                            error=naive.get("error") and f"naive way: {naive['error']}"))
+            rows.append(
+                Row(
+                    "retrieval",
+                    what,
+                    ours["queries_per_s"],
+                    "queries/s",
+                    peak_mb=ours["peak_mb"],
+                    note=f"naive way skipped: {naive['skipped']}" if "skipped" in naive else "",
+                    error=naive.get("error") and f"naive way: {naive['error']}",
+                )
+            )
             continue
-        rows.append(Row("retrieval", what, ours["queries_per_s"], "queries/s", "naive: whole similarity + argsort",
-                        naive["queries_per_s"], peak_mb=ours["peak_mb"],
-                        note=f"identical ranks; naive peak {naive['peak_mb']} MB",
-                        error=f"{c['differing_ranks']} ranks differ from naive" if c["differing_ranks"] else None))
+        rows.append(
+            Row(
+                "retrieval",
+                what,
+                ours["queries_per_s"],
+                "queries/s",
+                "naive: whole similarity + argsort",
+                naive["queries_per_s"],
+                peak_mb=ours["peak_mb"],
+                note=f"identical ranks; naive peak {naive['peak_mb']} MB",
+                error=f"{c['differing_ranks']} ranks differ from naive" if c["differing_ranks"] else None,
+            )
+        )
     return rows
 
 
 def _mode_args(script: str, tiny: list[str], quick: list[str], default: list[str], common=()) -> dict:
     path = str(HERE / script)
-    return {mode: [path, *common, *extra, "--json", "{json}"]
-            for mode, extra in zip(MODES, (tiny, quick, default), strict=True)}
+    return {
+        mode: [path, *common, *extra, "--json", "{json}"]
+        for mode, extra in zip(MODES, (tiny, quick, default), strict=True)
+    }
 
 
 def benchmarks() -> list[Benchmark]:
     """The suite, in running order, with each benchmark's sizes per mode (tiny, quick, default)."""
     stage1 = ["--steps", "1"], ["--steps", "1"], ["--steps", "3"]
     return [
-        Benchmark("conformers", _mode_args("conformers.py", ["--molecules", "10"], ["--molecules", "60"],
-                                           ["--molecules", "300"], ["--workers", "2"]), conformer_rows),
-        Benchmark("encoders", _mode_args("encoders.py", ["--molecules", "8", "--batch", "4"],
-                                         ["--molecules", "32"], ["--molecules", "256"], ["--batch", "32"]),
-                  encoder_rows),
+        Benchmark(
+            "conformers",
+            _mode_args(
+                "conformers.py",
+                ["--molecules", "10"],
+                ["--molecules", "60"],
+                ["--molecules", "300"],
+                ["--workers", "2"],
+            ),
+            conformer_rows,
+        ),
+        Benchmark(
+            "encoders",
+            _mode_args(
+                "encoders.py",
+                ["--molecules", "8", "--batch", "4"],
+                ["--molecules", "32"],
+                ["--molecules", "256"],
+                ["--batch", "32"],
+            ),
+            encoder_rows,
+        ),
         Benchmark("stage1-default", _mode_args("stage1.py", *stage1, ["--shape", "default"]), stage1_rows),
-        Benchmark("stage1-all-losses", _mode_args("stage1.py", *stage1, ["--shape", "default-all-losses"]),
-                  stage1_rows),
+        Benchmark(
+            "stage1-all-losses", _mode_args("stage1.py", *stage1, ["--shape", "default-all-losses"]), stage1_rows
+        ),
         # The paper's batch of 64 does not fit a 24 GiB CPU machine: batch 8 there, 64 on a GPU.
-        Benchmark("stage1-paper", _mode_args("stage1.py", ["--steps", "1", "--batch", "2"],
-                                             ["--steps", "1", "--batch", "4"], ["--steps", "2", "--batch", "8"],
-                                             ["--shape", "paper"]), stage1_rows,
-                  cuda_args=_mode_args("stage1.py", ["--steps", "1", "--batch", "2"], ["--steps", "1"],
-                                       ["--steps", "3"], ["--shape", "paper"])),
-        Benchmark("generation", _mode_args("llm.py", ["--prompts", "4", "--max-new-tokens", "4"],
-                                           ["--prompts", "16", "--max-new-tokens", "16"],
-                                           ["--prompts", "64", "--max-new-tokens", "32"], ["generation"]),
-                  generation_rows),
-        Benchmark("stage3-step", _mode_args("llm.py", ["--batch", "1", "--length", "32", "--steps", "1"],
-                                            ["--batch", "4", "--steps", "1"], ["--steps", "3"],
-                                            ["step", "--shape", "small"]), step_rows,
-                  cuda_args=_mode_args("llm.py", ["--batch", "1", "--length", "32", "--steps", "1"],
-                                       ["--steps", "1"], ["--steps", "3"], ["step", "--shape", "7b"])),
+        Benchmark(
+            "stage1-paper",
+            _mode_args(
+                "stage1.py",
+                ["--steps", "1", "--batch", "2"],
+                ["--steps", "1", "--batch", "4"],
+                ["--steps", "2", "--batch", "8"],
+                ["--shape", "paper"],
+            ),
+            stage1_rows,
+            cuda_args=_mode_args(
+                "stage1.py", ["--steps", "1", "--batch", "2"], ["--steps", "1"], ["--steps", "3"], ["--shape", "paper"]
+            ),
+        ),
+        Benchmark(
+            "generation",
+            _mode_args(
+                "llm.py",
+                ["--prompts", "4", "--max-new-tokens", "4"],
+                ["--prompts", "16", "--max-new-tokens", "16"],
+                ["--prompts", "64", "--max-new-tokens", "32"],
+                ["generation"],
+            ),
+            generation_rows,
+        ),
+        Benchmark(
+            "stage3-step",
+            _mode_args(
+                "llm.py",
+                ["--batch", "1", "--length", "32", "--steps", "1"],
+                ["--batch", "4", "--steps", "1"],
+                ["--steps", "3"],
+                ["step", "--shape", "small"],
+            ),
+            step_rows,
+            cuda_args=_mode_args(
+                "llm.py",
+                ["--batch", "1", "--length", "32", "--steps", "1"],
+                ["--steps", "1"],
+                ["--steps", "3"],
+                ["step", "--shape", "7b"],
+            ),
+        ),
         # Last, the 100k ranking apart: it is most of the suite's time, and the rest is saved if it is cut short.
-        Benchmark("retrieval", _mode_args("retrieval.py", ["--sizes", "300", "--chunk", "128"], ["--sizes", "2000"],
-                                          ["--sizes", "10000"]), retrieval_rows),
-        Benchmark("retrieval-large", _mode_args("retrieval.py", ["--sizes", "600", "--chunk", "128"],
-                                                ["--sizes", "5000"], ["--sizes", "100000"]), retrieval_rows),
+        Benchmark(
+            "retrieval",
+            _mode_args("retrieval.py", ["--sizes", "300", "--chunk", "128"], ["--sizes", "2000"], ["--sizes", "10000"]),
+            retrieval_rows,
+        ),
+        Benchmark(
+            "retrieval-large",
+            _mode_args(
+                "retrieval.py", ["--sizes", "600", "--chunk", "128"], ["--sizes", "5000"], ["--sizes", "100000"]
+            ),
+            retrieval_rows,
+        ),
     ]
 
 
@@ -246,16 +380,27 @@ def machine(cuda: bool, command: list[str]) -> dict:
     gpu = None
     if cuda:
         props = torch.cuda.get_device_properties(0)
-        gpu = {"name": props.name, "capability": f"{props.major}.{props.minor}",
-               "memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda}
+        gpu = {
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda,
+        }
     status = _git("status", "--porcelain")
     return {
-        "host": socket.gethostname(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+        "host": socket.gethostname(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "ram_gib": _ram_gib(), "os": _os_name(), "python": platform.python_version(),
+        "ram_gib": _ram_gib(),
+        "os": _os_name(),
+        "python": platform.python_version(),
         "versions": {p: _version(p) for p in ("torch", "transformers", "rdkit", "numpy", "molbridge")},
-        "torch_threads": torch.get_num_threads(), "device": gpu["name"] if gpu else "cpu", "gpu": gpu,
-        "git_commit": _git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
+        "torch_threads": torch.get_num_threads(),
+        "device": gpu["name"] if gpu else "cpu",
+        "gpu": gpu,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
         "command": shlex.join(command),
@@ -279,8 +424,13 @@ def run_one(bench: Benchmark, mode: str, cuda: bool, folder: Path) -> dict:
     command = bench.command(mode, cuda, json_path)
     start = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, env=_env(cuda), cwd=REPO)
-    record = {"benchmark": bench.name, "command": shlex.join(command), "returncode": out.returncode,
-              "seconds": round(time.perf_counter() - start, 1), "ok": out.returncode == 0}
+    record = {
+        "benchmark": bench.name,
+        "command": shlex.join(command),
+        "returncode": out.returncode,
+        "seconds": round(time.perf_counter() - start, 1),
+        "ok": out.returncode == 0,
+    }
     result = json.loads(json_path.read_text()) if json_path.exists() else None
     json_path.unlink(missing_ok=True)
     try:
@@ -310,21 +460,28 @@ def _fmt(x) -> str:
 def summary_markdown(info: dict, records: list[dict]) -> str:
     """One table over every benchmark's rows; failed benchmarks listed under it."""
     gpu = info["gpu"]
-    lines = [f"# Performance suite, {info['started_utc']} ({info['mode']} sizes)", "",
-             f"{info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM"
-             + (f"; GPU {gpu['name']} (compute capability {gpu['capability']})" if gpu else "; no GPU")
-             + f"; torch {info['versions']['torch']}; commit {(info['git_commit'] or '?')[:10]}"
-             + (" (dirty)" if info["git_dirty"] else "")
-             + f"; load average {info['load_average_start']} at start, {info['load_average_end']} at end.", "",
-             "Ratio: speed against the baseline measured in the same run (>1: faster than it). Peak memory: growth "
-             "of peak RSS on CPU, max allocated on GPU, as each benchmark measures it.", "",
-             "| benchmark | measurement | value | baseline | baseline value | ratio | peak MB | note |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Performance suite, {info['started_utc']} ({info['mode']} sizes)",
+        "",
+        f"{info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM"
+        + (f"; GPU {gpu['name']} (compute capability {gpu['capability']})" if gpu else "; no GPU")
+        + f"; torch {info['versions']['torch']}; commit {(info['git_commit'] or '?')[:10]}"
+        + (" (dirty)" if info["git_dirty"] else "")
+        + f"; load average {info['load_average_start']} at start, {info['load_average_end']} at end.",
+        "",
+        "Ratio: speed against the baseline measured in the same run (>1: faster than it). Peak memory: growth "
+        "of peak RSS on CPU, max allocated on GPU, as each benchmark measures it.",
+        "",
+        "| benchmark | measurement | value | baseline | baseline value | ratio | peak MB | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for rec in records:
         for r in rec["rows"]:
-            lines.append(f"| {r['benchmark']} | {r['measurement']} | {_fmt(r['value'])} {r['unit']} | "
-                         f"{_fmt(r['baseline'])} | {_fmt(r['baseline_value'])} | {_fmt(r['ratio'])} | "
-                         f"{_fmt(r['peak_mb'])} | {'FAILED: ' + r['error'] if r['error'] else r['note']} |")
+            lines.append(
+                f"| {r['benchmark']} | {r['measurement']} | {_fmt(r['value'])} {r['unit']} | "
+                f"{_fmt(r['baseline'])} | {_fmt(r['baseline_value'])} | {_fmt(r['ratio'])} | "
+                f"{_fmt(r['peak_mb'])} | {'FAILED: ' + r['error'] if r['error'] else r['note']} |"
+            )
     failed = [rec for rec in records if not rec["ok"]]
     if failed:
         lines += ["", "## Failed", ""]
@@ -350,8 +507,11 @@ def run_suite(selected: list[Benchmark], mode: str, cuda: bool, out: Path, comma
     info = machine(cuda, command) | {"mode": mode}
     folder = _folder(out, info["host"])
     (folder / "machine.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"results: {folder}\nmachine: {info['cpu']}, {info['cores']} cores, device {info['device']}, "
-          f"load average {info['load_average_start']}", flush=True)
+    print(
+        f"results: {folder}\nmachine: {info['cpu']}, {info['cores']} cores, device {info['device']}, "
+        f"load average {info['load_average_start']}",
+        flush=True,
+    )
     records = []
     for i, bench in enumerate(selected, 1):
         print(f"[{i}/{len(selected)}] {bench.name} ...", end=" ", flush=True)
@@ -362,9 +522,11 @@ def run_suite(selected: list[Benchmark], mode: str, cuda: bool, out: Path, comma
     info["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     (folder / "machine.json").write_text(json.dumps(info, indent=2) + "\n")
     ok = all(rec["ok"] for rec in records)
-    summary = {"machine": info, "ok": ok,
-               "benchmarks": [{k: rec.get(k) for k in ("benchmark", "ok", "seconds", "error", "rows")}
-                              for rec in records]}
+    summary = {
+        "machine": info,
+        "ok": ok,
+        "benchmarks": [{k: rec.get(k) for k in ("benchmark", "ok", "seconds", "error", "rows")} for rec in records],
+    }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "summary.md").write_text(summary_markdown(info, records))
     return folder, ok

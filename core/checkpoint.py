@@ -50,9 +50,7 @@ def list_checkpoints(root: Path) -> list[Path]:
     """
     if not root.is_dir():
         return []
-    found = [
-        p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / STATE_FILE).exists()
-    ]
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / STATE_FILE).exists()]
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
@@ -139,9 +137,11 @@ def load(fabric: Fabric, folder: Path, state: dict[str, Any]) -> dict[str, Any]:
 def _state_file(source: str | Path) -> Path:
     path = Path(source)
     if not path.exists():
-        raise CheckpointError(f"train.init_from: {source} does not exist; run the previous stage first (its run "
-                              "writes there; see the recipe's description), or set train.init_from=null to start "
-                              "from scratch")
+        raise CheckpointError(
+            f"train.init_from: {source} does not exist; run the previous stage first (its run "
+            "writes there; see the recipe's description), or set train.init_from=null to start "
+            "from scratch"
+        )
     if (path / CHECKPOINTS).is_dir():  # a run's output directory: its latest checkpoint
         latest = latest_checkpoint(path / CHECKPOINTS)
         if latest is None:
@@ -174,18 +174,26 @@ def init_weights(model: torch.nn.Module, source: str | Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
         raise CheckpointError(f"train.init_from: cannot read {path}: {type(exc).__name__}: {exc}") from exc
     own = model.state_dict()
-    mismatched = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in weights.items() if k in own and v.shape != own[k].shape]
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in weights.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if mismatched:
         raise CheckpointError(f"train.init_from: {path} does not fit the model: " + "; ".join(mismatched[:5]))
     loaded = {k: v for k, v in weights.items() if k in own}
     if not loaded:
         theirs, ours = ", ".join(_prefixes(weights, 1)), ", ".join(_prefixes(own, 1))
-        raise CheckpointError(f"train.init_from: no weight of {path} matches the model "
-                              f"(it holds {theirs}; the model has {ours})")
+        raise CheckpointError(
+            f"train.init_from: no weight of {path} matches the model (it holds {theirs}; the model has {ours})"
+        )
     model.load_state_dict(loaded, strict=False)
-    return {"source": str(path), "loaded": len(loaded), "new": _prefixes(set(own) - set(loaded)),
-            "unused": _prefixes(set(weights) - set(own))}
+    return {
+        "source": str(path),
+        "loaded": len(loaded),
+        "new": _prefixes(set(own) - set(loaded)),
+        "unused": _prefixes(set(weights) - set(own)),
+    }
 
 
 # --- the best checkpoint and pruning -------------------------------------------------------------

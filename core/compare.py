@@ -56,21 +56,33 @@ def _matches(run, filters: dict[str, str]) -> bool:
     return True
 
 
-def gather_runs(*, experiments: list[str] | None = None, task: str | None = None, dataset: str | None = None,
-                filters: dict[str, str] | None = None, metrics: tuple[str, ...] = DEFAULT_METRICS,
-                latest: bool = True, uri: str | None = None) -> list[RunRow]:
+def gather_runs(
+    *,
+    experiments: list[str] | None = None,
+    task: str | None = None,
+    dataset: str | None = None,
+    filters: dict[str, str] | None = None,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    latest: bool = True,
+    uri: str | None = None,
+) -> list[RunRow]:
     """Runs matching the selection, newest first; with ``latest`` one per run name."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri(uri))
     known = {e.name: e.experiment_id for e in client.search_experiments()}
-    names = experiments or [n for n in known if (task is None or n.startswith(f"{task}-"))
-                            and (dataset is None or n.endswith(f"-{dataset}"))]
+    names = experiments or [
+        n
+        for n in known
+        if (task is None or n.startswith(f"{task}-")) and (dataset is None or n.endswith(f"-{dataset}"))
+    ]
     missing = [n for n in names if n not in known]
     if missing or not names:
         listed = ", ".join(sorted(known)) or "none (no run has been logged to this store yet)"
-        raise MolbridgeError(f"no MLflow experiment {', '.join(missing) or 'matches'} at {tracking_uri(uri)}; "
-                             f"experiments there: {listed}")
+        raise MolbridgeError(
+            f"no MLflow experiment {', '.join(missing) or 'matches'} at {tracking_uri(uri)}; "
+            f"experiments there: {listed}"
+        )
     found = client.search_runs([known[n] for n in names], order_by=["attributes.start_time DESC"])
     by_id = {v: k for k, v in known.items()}
     rows, seen = [], set()
@@ -81,9 +93,18 @@ def gather_runs(*, experiments: list[str] | None = None, task: str | None = None
             continue
         seen.add(run.info.run_name)
         kept = {k: v for k, v in run.data.metrics.items() if any(fnmatch.fnmatch(k, p) for p in metrics)}
-        rows.append(RunRow(run.info.run_name, run.info.run_id, by_id[run.info.experiment_id], run.info.status,
-                           run.info.start_time, {k: run.data.tags.get(k, "") for k in IDENTITY}, kept,
-                           run.data.tags.get(PARENT_TAG)))
+        rows.append(
+            RunRow(
+                run.info.run_name,
+                run.info.run_id,
+                by_id[run.info.experiment_id],
+                run.info.status,
+                run.info.start_time,
+                {k: run.data.tags.get(k, "") for k in IDENTITY},
+                kept,
+                run.data.tags.get(PARENT_TAG),
+            )
+        )
     if not rows:
         raise MolbridgeError(f"no run in {', '.join(names)} matches the filters {filters or {}}")
     return rows
@@ -122,9 +143,15 @@ def select_metrics(rows: list[RunRow], patterns: tuple[str, ...], *, strict: boo
     names = {m for r in rows for m in r.metrics}
     if strict:
         check_patterns(patterns, names, "--metrics")
-    return [RunRow(**(r.__dict__ | {"metrics": {k: v for k, v in r.metrics.items()
-                                                if any(fnmatch.fnmatch(k, p) for p in patterns)}}))
-            for r in rows]
+    return [
+        RunRow(
+            **(
+                r.__dict__
+                | {"metrics": {k: v for k, v in r.metrics.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}}
+            )
+        )
+        for r in rows
+    ]
 
 
 def check_patterns(patterns: tuple[str, ...], names: set[str], option: str) -> None:
@@ -132,11 +159,14 @@ def check_patterns(patterns: tuple[str, ...], names: set[str], option: str) -> N
     unmatched = [p for p in patterns if not fnmatch.filter(names, p)]
     if unmatched:
         listed = ", ".join(sorted(names)[:40]) + (" ..." if len(names) > 40 else "")
-        raise MolbridgeError(f"{option} {' '.join(unmatched)}: no metric of the selected runs matches; "
-                             f"they have: {listed or 'no metrics'}")
+        raise MolbridgeError(
+            f"{option} {' '.join(unmatched)}: no metric of the selected runs matches; "
+            f"they have: {listed or 'no metrics'}"
+        )
 
 
 # --- aggregation over seeds -----------------------------------------------------------------------------
+
 
 @dataclass
 class Stat:
@@ -185,9 +215,11 @@ def group_runs(rows: list[RunRow]) -> list[Group]:
     for row in rows:
         group = groups.setdefault((row.experiment, row.config), Group(row.experiment, row.config, []))
         if any(r.name == row.name for r in group.runs):
-            raise MolbridgeError(f"run {row.name} appears twice in {row.experiment} ({row.run_id} and "
-                                 f"{next(r.run_id for r in group.runs if r.name == row.name)}); aggregate over "
-                                 f"seeds with one run per name (drop --no-latest)")
+            raise MolbridgeError(
+                f"run {row.name} appears twice in {row.experiment} ({row.run_id} and "
+                f"{next(r.run_id for r in group.runs if r.name == row.name)}); aggregate over "
+                f"seeds with one run per name (drop --no-latest)"
+            )
         group.runs.append(row)
     several = len({g.experiment for g in groups.values()}) > 1
     ordered = [groups[key] for key in sorted(groups)]
@@ -221,15 +253,31 @@ def render_aggregate(groups: list[Group], fmt: str = "markdown") -> str:
     """
     labels, metrics, stats = _aggregate_table(groups)
     if fmt == "json":
-        return json.dumps([{"experiment": g.experiment, "configuration": g.config, "seeds": g.seeds,
-                            "run_ids": [r.run_id for r in g.runs],
-                            "metrics": {m: s.__dict__ for m, s in zip(metrics, row, strict=True) if s}}
-                           for g, row in zip(groups, stats, strict=True)], indent=2)
+        return json.dumps(
+            [
+                {
+                    "experiment": g.experiment,
+                    "configuration": g.config,
+                    "seeds": g.seeds,
+                    "run_ids": [r.run_id for r in g.runs],
+                    "metrics": {m: s.__dict__ for m, s in zip(metrics, row, strict=True) if s},
+                }
+                for g, row in zip(groups, stats, strict=True)
+            ],
+            indent=2,
+        )
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["configuration", "experiment", "seeds", "n",
-                         *(f"{m} {part}" for m in metrics for part in ("mean", "std", "n"))])
+        writer.writerow(
+            [
+                "configuration",
+                "experiment",
+                "seeds",
+                "n",
+                *(f"{m} {part}" for m in metrics for part in ("mean", "std", "n")),
+            ]
+        )
         for group, row in zip(groups, stats, strict=True):
             cells = [_csv_number(part) for s in row for part in ((s.mean, s.std, s.n) if s else (None,) * 3)]
             writer.writerow([group.config, group.experiment, " ".join(group.seeds), len(group.runs), *cells])

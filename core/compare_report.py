@@ -68,9 +68,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+=-]+", "_", text).strip("_")
 
 
-def write_report(rows: list[RunRow], folder: str | Path, *, table_metrics: tuple[str, ...],
-                 plot_metrics: tuple[str, ...] | None = None, uri: str | None = None,
-                 command: str = "bench compare") -> Report:
+def write_report(
+    rows: list[RunRow],
+    folder: str | Path,
+    *,
+    table_metrics: tuple[str, ...],
+    plot_metrics: tuple[str, ...] | None = None,
+    uri: str | None = None,
+    command: str = "bench compare",
+) -> Report:
     """Tables (per run and per configuration, markdown and CSV), figures and ``README.md`` into ``folder``.
 
     ``rows`` carry every metric of their runs (gather with ``metrics=("*",)``); ``table_metrics`` picks the
@@ -103,8 +109,7 @@ def log_report(report: Report, run_id: str, uri: str | None = None, artifact_pat
     try:
         client.get_run(run_id)
     except MlflowException as exc:
-        raise MolbridgeError(f"cannot log the comparison to run {run_id}: no such run at "
-                             f"{tracking_uri(uri)}") from exc
+        raise MolbridgeError(f"cannot log the comparison to run {run_id}: no such run at {tracking_uri(uri)}") from exc
     for path in report.files:
         client.log_artifact(run_id, str(path), artifact_path)
 
@@ -117,17 +122,23 @@ def sweep_parent(rows: list[RunRow]) -> str | None:
 
 # --- tables ----------------------------------------------------------------------------------------------
 
+
 def _tables(rows: list[RunRow], patterns: tuple[str, ...], report: Report) -> None:
     shown = select_metrics(rows, patterns)
     groups = group_runs(shown)
-    for name, text in (("runs.md", render(shown)), ("runs.csv", render(shown, "csv")),
-                       ("aggregate.md", render_aggregate(groups)), ("aggregate.csv", render_aggregate(groups, "csv"))):
+    for name, text in (
+        ("runs.md", render(shown)),
+        ("runs.csv", render(shown, "csv")),
+        ("aggregate.md", render_aggregate(groups)),
+        ("aggregate.csv", render_aggregate(groups, "csv")),
+    ):
         path = report.folder / name
         path.write_text(text)
         report.tables.append(path)
 
 
 # --- bars: a metric per configuration ------------------------------------------------------------------------
+
 
 def plot_metric_names(groups: list[Group], patterns: tuple[str, ...] | None) -> list[str]:
     """Metrics to draw as bars: those matching ``patterns`` (each must match one), else the tasks' defaults."""
@@ -143,16 +154,18 @@ def plot_metric_names(groups: list[Group], patterns: tuple[str, ...] | None) -> 
 def _bars(groups: list[Group], patterns: tuple[str, ...] | None, report: Report) -> None:
     metrics = plot_metric_names(groups, patterns)
     if not metrics:
-        report.notes.append("no bar chart: none of the selected runs has a default metric of its task "
-                            "(choose some with --plot-metrics)")
+        report.notes.append(
+            "no bar chart: none of the selected runs has a default metric of its task (choose some with --plot-metrics)"
+        )
     for metric in metrics:
         values = {g.label: g.values(metric) for g in groups}
         baseline = pooled(groups, baseline_metric(metric))
         dashed = f"; dashed: the baseline's {baseline_metric(metric)}, mean over {baseline.n} runs" if baseline else ""
-        caption = (f"{metric}; bar = mean over seeds, error bar = sample std, dots = single seeds{dashed}. "
-                   f"Runs: {runs_caption(groups, metric)}.")
-        report.add(plots.metric_bars(values, metric, caption, baseline.mean if baseline else None),
-                   f"bars-{metric}")
+        caption = (
+            f"{metric}; bar = mean over seeds, error bar = sample std, dots = single seeds{dashed}. "
+            f"Runs: {runs_caption(groups, metric)}."
+        )
+        report.add(plots.metric_bars(values, metric, caption, baseline.mean if baseline else None), f"bars-{metric}")
 
 
 def baseline_metric(metric: str) -> str:
@@ -172,6 +185,7 @@ def runs_caption(groups: list[Group], metric: str | None = None) -> str:
 
 
 # --- artifacts ---------------------------------------------------------------------------------------------
+
 
 class Artifacts:
     """A run's artifacts by file name pattern, downloaded into a scratch folder."""
@@ -196,11 +210,13 @@ def _load_json(path: Path, run: RunRow) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise MolbridgeError(f"artifact {path.name} of run {run.name} ({run.run_id}) is not readable JSON: "
-                             f"{exc}") from exc
+        raise MolbridgeError(
+            f"artifact {path.name} of run {run.name} ({run.run_id}) is not readable JSON: {exc}"
+        ) from exc
 
 
 # --- retrieval: Recall@k curves ----------------------------------------------------------------------------
+
 
 def _recall(groups: list[Group], artifacts: Artifacts, report: Report) -> None:
     retrieval = [g for g in groups if any(r.identity.get("task") == "retrieval" for r in g.runs)]
@@ -218,15 +234,20 @@ def _recall(groups: list[Group], artifacts: Artifacts, report: Report) -> None:
                 if "baseline" in content:
                     baselines.setdefault(split, []).append(content["baseline"])
     if missing:
-        report.notes.append(f"no Recall@k curve for {', '.join(missing)}: no ranks-<split>.json artifact "
-                            f"(the retrieval task logs one; older runs have none)")
+        report.notes.append(
+            f"no Recall@k curve for {', '.join(missing)}: no ranks-<split>.json artifact "
+            f"(the retrieval task logs one; older runs have none)"
+        )
     for split, ranks in sorted(by_split.items()):
         runs = "; ".join(f"{config} ({len(r)} run{'s' if len(r) > 1 else ''})" for config, r in ranks.items())
         dashed = "; dashed: the fingerprint baseline, mean over all runs" if baselines.get(split) else ""
-        caption = (f"Full-set Recall@k on {split} from ranks-{split}.json, k = 1..N (log scale); line = mean over "
-                   f"seeds, band = min..max over seeds{dashed}. Runs: {runs}.")
-        report.add(plots.recall_curves(ranks, caption, baseline=baselines.get(split, []), split=split),
-                   f"recall-{split}")
+        caption = (
+            f"Full-set Recall@k on {split} from ranks-{split}.json, k = 1..N (log scale); line = mean over "
+            f"seeds, band = min..max over seeds{dashed}. Runs: {runs}."
+        )
+        report.add(
+            plots.recall_curves(ranks, caption, baseline=baselines.get(split, []), split=split), f"recall-{split}"
+        )
 
 
 def _ranks(content: Any, path: Path, run: RunRow) -> dict:
@@ -235,15 +256,20 @@ def _ranks(content: Any, path: Path, run: RunRow) -> dict:
         if who == "baseline" and who not in content:
             continue
         part = content.get(who) if isinstance(content, dict) else None
-        ok = isinstance(part, dict) and all(isinstance(part.get(d), list) and part[d] and
-                                            all(isinstance(x, int) for x in part[d]) for d in plots.DIRECTIONS)
+        ok = isinstance(part, dict) and all(
+            isinstance(part.get(d), list) and part[d] and all(isinstance(x, int) for x in part[d])
+            for d in plots.DIRECTIONS
+        )
         if not ok:
-            raise MolbridgeError(f"artifact {path.name} of run {run.name} ({run.run_id}): '{who}' needs "
-                                 f"non-empty integer lists {' and '.join(plots.DIRECTIONS)}")
+            raise MolbridgeError(
+                f"artifact {path.name} of run {run.name} ({run.run_id}): '{who}' needs "
+                f"non-empty integer lists {' and '.join(plots.DIRECTIONS)}"
+            )
     return content
 
 
 # --- QA: parity plots --------------------------------------------------------------------------------------
+
 
 def _parities(groups: list[Group], artifacts: Artifacts, report: Report) -> None:
     """One figure per configuration and split of the qa task: predicted against true per numeric property."""
@@ -258,12 +284,18 @@ def _parities(groups: list[Group], artifacts: Artifacts, report: Report) -> None
                 continue
             unparsed = sum(p.unparsed for p in properties.values())
             total = unparsed + sum(len(p.true) for p in properties.values())
-            caption = (f"{group.label}, {split}: numeric answers of answers-{split}.jsonl parsed with the qa task's "
-                       f"parser (molbridge.plugins.tasks.numbers.parse_number); {unparsed} of {total} answers "
-                       f"held no number and are left out. Runs: {runs_caption([group])}.")
+            caption = (
+                f"{group.label}, {split}: numeric answers of answers-{split}.jsonl parsed with the qa task's "
+                f"parser (molbridge.plugins.tasks.numbers.parse_number); {unparsed} of {total} answers "
+                f"held no number and are left out. Runs: {runs_caption([group])}."
+            )
             fig = plots.parity_plot(properties, f"{group.label}: predicted vs true ({split})", caption)
-            report.add(fig, f"parity-{group.config}-{split}" if group.label == group.config else
-                       f"parity-{group.experiment}-{group.config}-{split}")
+            report.add(
+                fig,
+                f"parity-{group.config}-{split}"
+                if group.label == group.config
+                else f"parity-{group.experiment}-{group.config}-{split}",
+            )
 
 
 def parse_answers(path: Path, run: RunRow, into: dict[str, plots.Parity]) -> None:
@@ -279,8 +311,10 @@ def parse_answers(path: Path, run: RunRow, into: dict[str, plots.Parity]) -> Non
             continue
         truth = parse_number(record["reference"])
         if truth is None:
-            raise MolbridgeError(f"{path.name} of run {run.name} ({run.run_id}), line {number}: the reference "
-                                 f"{record['reference']!r} holds no number")
+            raise MolbridgeError(
+                f"{path.name} of run {run.name} ({run.run_id}), line {number}: the reference "
+                f"{record['reference']!r} holds no number"
+            )
         entry = into.setdefault(prop, plots.Parity([], [], []))
         answer = parse_number(record["answer"])
         if answer is None:
@@ -298,16 +332,19 @@ def _jsonl(path: Path, run: RunRow) -> Iterable[tuple[int, dict]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise MolbridgeError(f"{path.name} of run {run.name} ({run.run_id}), line {number}: not JSON ({exc})") \
-                from exc
+            raise MolbridgeError(
+                f"{path.name} of run {run.name} ({run.run_id}), line {number}: not JSON ({exc})"
+            ) from exc
         missing = [k for k in ("task", "reference", "answer") if not isinstance(record.get(k), str)]
         if missing:
-            raise MolbridgeError(f"{path.name} of run {run.name} ({run.run_id}), line {number}: no text "
-                                 f"{', '.join(missing)}")
+            raise MolbridgeError(
+                f"{path.name} of run {run.name} ({run.run_id}), line {number}: no text {', '.join(missing)}"
+            )
         yield number, record
 
 
 # --- training curves ---------------------------------------------------------------------------------------
+
 
 def curve_metrics(groups: list[Group]) -> list[str]:
     """``train/loss`` and each monitored validation metric (``best/valid/X`` -> ``valid/X``) the runs have."""
@@ -336,18 +373,28 @@ def _curves(client: Any, groups: list[Group], report: Report) -> None:
             for run in group.runs:
                 if metric in run.metrics:
                     steps, values = history(client, run.run_id, metric)
-                    curves.append(plots.Curve(group.label, f"{group.label} s{run.identity.get('seed', '')}",
-                                              steps, values))
-        caption = (f"{metric} against training step, from the MLflow metric history; colour = configuration, "
-                   f"line style = seed. Runs: {runs_caption(groups, metric)}.")
+                    curves.append(
+                        plots.Curve(group.label, f"{group.label} s{run.identity.get('seed', '')}", steps, values)
+                    )
+        caption = (
+            f"{metric} against training step, from the MLflow metric history; colour = configuration, "
+            f"line style = seed. Runs: {runs_caption(groups, metric)}."
+        )
         report.add(plots.training_curves(curves, metric, caption, configs), f"curve-{metric}")
 
 
 # --- the index -------------------------------------------------------------------------------------------
 
+
 def _index(report: Report, groups: list[Group], command: str) -> None:
-    lines = [f"# {command}", "", f"{sum(len(g.runs) for g in groups)} runs in {len(groups)} configurations: "
-             f"{runs_caption(groups)}.", "", "## Tables", ""]
+    lines = [
+        f"# {command}",
+        "",
+        f"{sum(len(g.runs) for g in groups)} runs in {len(groups)} configurations: {runs_caption(groups)}.",
+        "",
+        "## Tables",
+        "",
+    ]
     lines += [f"- [{p.name}]({p.name})" for p in report.tables]
     lines += ["", "## Figures", ""]
     for path, caption in report.figures:

@@ -111,13 +111,13 @@ class LanguageModel(nn.Module, ABC):
         """Left-padded prompts (``input_ids``, ``attention_mask``) for :meth:`generate`."""
 
     @abstractmethod
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor,
-                labels: Tensor | None = None) -> Any:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor, labels: Tensor | None = None
+    ) -> Any:
         """Teacher-forced pass; returns an object with ``.loss`` when ``labels`` is given."""
 
     @abstractmethod
-    def generate(self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor,
-                 **generation: Any) -> list[str]:
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor, **generation: Any) -> list[str]:
         """Decode answers for a left-padded batch of prompts."""
 
 
@@ -145,8 +145,9 @@ class Task(ABC):
         """The model to train (frozen parts included; the recipe's ``train.trainable`` selects)."""
 
     @classmethod
-    def assemble(cls, config: Any, encoder: nn.Module | None, projector: nn.Module | None,
-                 llm: nn.Module | None) -> nn.Module:
+    def assemble(
+        cls, config: Any, encoder: nn.Module | None, projector: nn.Module | None, llm: nn.Module | None
+    ) -> nn.Module:
         """The model :meth:`build_model` returns, from components already built, without data: the
         task's own freezing (unused heads, locked towers) included. ``bench recipes validate`` calls it
         on the meta device to size a recipe. Optional: sizing falls back to the bare components."""
@@ -176,4 +177,3 @@ class Task(ABC):
         """Files of the last :meth:`evaluate` worth keeping beside ``metrics.json`` (e.g. generated answers),
         written into ``folder``; they are logged to MLflow as artifacts. Returns their paths."""
         return []
-

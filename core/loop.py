@@ -145,9 +145,7 @@ def apply_freezing(
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, source: str = "recipe"
-) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, source: str = "recipe") -> torch.optim.AdamW:
     """AdamW over trainable parameters; biases and norm weights (the 1-D ones) get no weight decay."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
@@ -256,8 +254,12 @@ class Loop:
         if train.init_from and resume_from is None:  # resuming restores this run's own weights instead
             self.init_report = checkpoint.init_weights(model, train.init_from)
             if fabric.is_global_zero:
-                log.info("initialised %d tensors from %s; new: %s", self.init_report["loaded"],
-                         self.init_report["source"], ", ".join(self.init_report["new"]) or "none")
+                log.info(
+                    "initialised %d tensors from %s; new: %s",
+                    self.init_report["loaded"],
+                    self.init_report["source"],
+                    ", ".join(self.init_report["new"]) or "none",
+                )
         n_train, n_total = apply_freezing(model, train.trainable, train.frozen, self.recipe.recipe)
         if fabric.is_global_zero:
             log.info(
@@ -272,9 +274,7 @@ class Loop:
         self.scheduler = build_scheduler(self.optimizer, train)
         splits = self.task.datasets()
         if "train" not in splits:
-            raise MolbridgeError(
-                f"task '{self.recipe.task.name}' has no 'train' split (it has: {', '.join(splits)})"
-            )
+            raise MolbridgeError(f"task '{self.recipe.task.name}' has no 'train' split (it has: {', '.join(splits)})")
         self.has_valid = "valid" in splits
         self.train_dataset = splits["train"]
         self.loader, self.sampler = _train_loader(fabric, self.task, self.train_dataset, self.recipe)
@@ -300,9 +300,7 @@ class Loop:
 
     def save(self) -> Path:
         """Checkpoint the current step (all ranks) and prune old periodic checkpoints."""
-        self.last_checkpoint = checkpoint.save(
-            self.fabric, self.ckpt_root, self.step, self._state(), self.recipe
-        )
+        self.last_checkpoint = checkpoint.save(self.fabric, self.ckpt_root, self.step, self._state(), self.recipe)
         if self.fabric.is_global_zero:
             checkpoint.prune(self.ckpt_root, self.train.keep_checkpoints)
         self.fabric.barrier()
@@ -393,9 +391,7 @@ class Loop:
         value = float(metrics[name])
         named = {f"valid/{k}": float(v) for k, v in metrics.items()}
         self.history.append({"step": self.step, **named})
-        better = self.best is None or (
-            value > self.best["value"] if mode == "max" else value < self.best["value"]
-        )
+        better = self.best is None or (value > self.best["value"] if mode == "max" else value < self.best["value"])
         if better and math.isfinite(value):
             self.best = {"metric": f"valid/{name}", "value": value, "step": self.step}
             self.save()
@@ -441,19 +437,13 @@ class Loop:
                     break
                 if train.checkpoint_every and self.step % train.checkpoint_every == 0:
                     self._save_once()
-        if (
-            status == "completed"
-            and self.has_valid
-            and not (train.eval_every and self.step % train.eval_every == 0)
-        ):
+        if status == "completed" and self.has_valid and not (train.eval_every and self.step % train.eval_every == 0):
             self._log_eval(self.evaluate())
         self._save_once()
         return FitResult(status, self.step, self.best, self.last_checkpoint, self.history)
 
     def _save_once(self) -> None:
-        if self.last_checkpoint is None or self.last_checkpoint != checkpoint.step_dir(
-            self.ckpt_root, self.step
-        ):
+        if self.last_checkpoint is None or self.last_checkpoint != checkpoint.step_dir(self.ckpt_root, self.step):
             self.save()
 
     def _log_eval(self, metrics: Mapping[str, float]) -> None:

@@ -68,8 +68,10 @@ def save(fig: Figure, path: str | Path) -> Path:
 
 # --- a metric per configuration ----------------------------------------------------------------------------
 
-def metric_bars(values: Mapping[str, Sequence[tuple[str, float]]], metric: str, caption: str,
-                baseline: float | None = None) -> Figure:
+
+def metric_bars(
+    values: Mapping[str, Sequence[tuple[str, float]]], metric: str, caption: str, baseline: float | None = None
+) -> Figure:
     """A bar per configuration at the mean over seeds, error bar the sample std, a point per seed.
 
     ``values`` maps a configuration to its (seed, value) pairs; a configuration without values gets no bar.
@@ -82,10 +84,24 @@ def metric_bars(values: Mapping[str, Sequence[tuple[str, float]]], metric: str, 
     for x, config in enumerate(configs):
         seeds = np.array([v for _, v in values[config]], dtype=float)
         std = seeds.std(ddof=1) if len(seeds) > 1 else None
-        ax.bar(x, seeds.mean(), yerr=std, color=colors[config], alpha=0.75, capsize=5, width=0.6,
-               label="mean ± sample std" if x == 0 else None)
-        ax.scatter(np.full(len(seeds), x) + _jitter(len(seeds)), seeds, color="black", s=14, zorder=3,
-                   label="one seed" if x == 0 else None)
+        ax.bar(
+            x,
+            seeds.mean(),
+            yerr=std,
+            color=colors[config],
+            alpha=0.75,
+            capsize=5,
+            width=0.6,
+            label="mean ± sample std" if x == 0 else None,
+        )
+        ax.scatter(
+            np.full(len(seeds), x) + _jitter(len(seeds)),
+            seeds,
+            color="black",
+            s=14,
+            zorder=3,
+            label="one seed" if x == 0 else None,
+        )
     if baseline is not None:
         ax.axhline(baseline, color="0.3", linestyle="--", linewidth=1.2, label=f"baseline ({baseline:.3g})")
     ax.set_xticks(range(len(configs)), configs, rotation=20, ha="right")
@@ -105,6 +121,7 @@ def _jitter(n: int) -> np.ndarray:
 
 # --- retrieval: Recall@k over k ----------------------------------------------------------------------------
 
+
 def recall_at_k(ranks: Sequence[int], n: int | None = None) -> np.ndarray:
     """Recall@k for k = 1..n (default: the number of ranks): the share of ranks below k (rank 0 = first)."""
     ranks = np.asarray(ranks, dtype=np.int64)
@@ -116,8 +133,13 @@ def recall_at_k(ranks: Sequence[int], n: int | None = None) -> np.ndarray:
 DIRECTIONS = {"m2t": "molecule → text", "t2m": "text → molecule"}
 
 
-def recall_curves(ranks: Mapping[str, Sequence[Mapping[str, Sequence[int]]]], caption: str, *,
-                  baseline: Sequence[Mapping[str, Sequence[int]]] = (), split: str = "test") -> Figure:
+def recall_curves(
+    ranks: Mapping[str, Sequence[Mapping[str, Sequence[int]]]],
+    caption: str,
+    *,
+    baseline: Sequence[Mapping[str, Sequence[int]]] = (),
+    split: str = "test",
+) -> Figure:
     """Full-set Recall@k against k (log scale), one panel per direction, one line per configuration.
 
     ``ranks`` maps a configuration to one ``{"m2t": ranks, "t2m": ranks}`` per seed; the line is the mean
@@ -131,8 +153,13 @@ def recall_curves(ranks: Mapping[str, Sequence[Mapping[str, Sequence[int]]]], ca
         for config, runs in ranks.items():
             _band(ax, [r[direction] for r in runs], colors[config], f"{config} (n={len(runs)})")
         if baseline:
-            _band(ax, [r[direction] for r in baseline], "0.35", f"fingerprint baseline (n={len(baseline)})",
-                  linestyle="--")
+            _band(
+                ax,
+                [r[direction] for r in baseline],
+                "0.35",
+                f"fingerprint baseline (n={len(baseline)})",
+                linestyle="--",
+            )
         ax.set_xscale("log")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("k (candidates retrieved)")
@@ -156,6 +183,7 @@ def _band(ax, runs: Sequence[Sequence[int]], color, label: str, linestyle: str =
 
 # --- QA: predicted against true ----------------------------------------------------------------------------
 
+
 @dataclass
 class Parity:
     """One property's answers: true and predicted values of the parsed answers, with each one's seed."""
@@ -178,7 +206,7 @@ def parity_plot(properties: Mapping[str, Parity], title: str, caption: str) -> F
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
     for ax, (prop, data) in zip(axes, properties.items(), strict=False):
         _parity_panel(ax, prop, data)
-    for ax in axes[len(properties):]:
+    for ax in axes[len(properties) :]:
         ax.set_visible(False)
     fig.suptitle(title)
     return fig
@@ -212,6 +240,7 @@ def _parity_panel(ax, prop: str, data: Parity) -> None:
 
 # --- training curves ---------------------------------------------------------------------------------------
 
+
 def training_curves(curves: Sequence[Curve], metric: str, caption: str, configs: Sequence[str] = ()) -> Figure:
     """``metric`` against step, one line per run: colour by configuration, line style by seed."""
     colors = palette(list(configs) or list(dict.fromkeys(c.config for c in curves)))
@@ -220,8 +249,14 @@ def training_curves(curves: Sequence[Curve], metric: str, caption: str, configs:
     seen: dict[str, int] = {}
     for curve in curves:
         index = seen[curve.config] = seen.get(curve.config, -1) + 1
-        ax.plot(curve.steps, curve.values, color=colors[curve.config], label=curve.label,
-                linestyle=LINESTYLES[index % len(LINESTYLES)], marker="." if len(curve.steps) < 30 else None)
+        ax.plot(
+            curve.steps,
+            curve.values,
+            color=colors[curve.config],
+            label=curve.label,
+            linestyle=LINESTYLES[index % len(LINESTYLES)],
+            marker="." if len(curve.steps) < 30 else None,
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.set_ylabel(metric)

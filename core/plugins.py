@@ -90,8 +90,10 @@ def molbridge_version() -> str | None:
 def _candidates(external: bool, extra: Iterable[Any]) -> list[tuple[PluginInfo, Callable[[], Any]]]:
     """(info, loader) pairs; nothing is imported yet, so one plugin's import error stays its own."""
     version = molbridge_version()
-    found = [(PluginInfo(m.rsplit(".", 1)[-1], m, "molbridge", version, True),
-              functools.partial(importlib.import_module, m)) for m in BUILTIN_PLUGINS]
+    found = [
+        (PluginInfo(m.rsplit(".", 1)[-1], m, "molbridge", version, True), functools.partial(importlib.import_module, m))
+        for m in BUILTIN_PLUGINS
+    ]
     if external:
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
@@ -121,8 +123,9 @@ def _register_components(manager: pluggy.PluginManager, plugin: Any, info: Plugi
     return own
 
 
-def load_plugins(*, strict: bool | None = None, external: bool | None = None,
-                 extra: Iterable[Any] = ()) -> LoadedPlugins:
+def load_plugins(
+    *, strict: bool | None = None, external: bool | None = None, extra: Iterable[Any] = ()
+) -> LoadedPlugins:
     """Load built-in, entry-point and ``extra`` plugins (modules or objects with hook implementations)."""
     strict = _env_flag(ENV_STRICT) if strict is None else strict
     external = not _env_flag(ENV_NO_EXTERNAL) if external is None else external

@@ -130,6 +130,7 @@ REQUIRED_SECTIONS = ("task",)
 
 # --- finding and reading recipe files -------------------------------------------------------------
 
+
 def packaged_recipes() -> dict[str, Path]:
     root = importlib.resources.files("molbridge.core.recipes")
     return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
@@ -191,6 +192,7 @@ def _merge(base: dict, top: dict) -> dict:
 
 # --- overrides --------------------------------------------------------------------------------------
 
+
 def apply_overrides(data: dict, overrides: list[str], origin: dict[str, str]) -> dict:
     """Apply ``key=value`` and ``~key`` overrides; record them as coming from the command line."""
     problems = []
@@ -249,6 +251,7 @@ def replace_component(data: dict, kind: str, name: str, registry: Registry | Non
 
 # --- validation -------------------------------------------------------------------------------------
 
+
 def _where(dotted: str, origin: dict[str, str]) -> str:
     while dotted:
         if dotted in origin:
@@ -268,8 +271,10 @@ def _check_section(schema: type, data: Any, path: str, origin: dict[str, str], p
         dotted = f"{path}.{key}" if path else str(key)
         if key not in fields:
             section = f"'{path}' section" if path else "top level"
-            problems.append(f"{dotted} ({_where(dotted, origin)}): unknown key in the {section}"
-                            f"{suggest(str(key), fields)}; valid keys: {', '.join(fields)}")
+            problems.append(
+                f"{dotted} ({_where(dotted, origin)}): unknown key in the {section}"
+                f"{suggest(str(key), fields)}; valid keys: {', '.join(fields)}"
+            )
             continue
         if dataclasses.is_dataclass(hints[key]):
             _check_section(hints[key], value, dotted, origin, problems)
@@ -281,16 +286,19 @@ def _check_section(schema: type, data: Any, path: str, origin: dict[str, str], p
             continue
         choices = fields[key].metadata.get("choices")
         if choices and value not in choices:
-            problems.append(f"{dotted} ({_where(dotted, origin)}): '{value}' is not one of {', '.join(choices)}"
-                            f"{suggest(str(value), choices)}")
+            problems.append(
+                f"{dotted} ({_where(dotted, origin)}): '{value}' is not one of {', '.join(choices)}"
+                f"{suggest(str(value), choices)}"
+            )
 
 
-def _component_schema(kind: str, section: Any, registry: Registry, origin: dict[str, str],
-                      problems: list[str]) -> type:
+def _component_schema(kind: str, section: Any, registry: Registry, origin: dict[str, str], problems: list[str]) -> type:
     name = section.get("name") if isinstance(section, dict) else None
     if not name:
-        problems.append(f"{kind}.name ({_where(kind, origin)}): the {kind} section needs a name; "
-                        f"registered: {', '.join(registry.names(kind)) or 'none'}")
+        problems.append(
+            f"{kind}.name ({_where(kind, origin)}): the {kind} section needs a name; "
+            f"registered: {', '.join(registry.names(kind)) or 'none'}"
+        )
         return ComponentConfig
     try:
         return registry.get(kind, name).config_schema
@@ -299,8 +307,9 @@ def _component_schema(kind: str, section: Any, registry: Registry, origin: dict[
         return ComponentConfig  # still check the other keys against the common part
 
 
-def validate(data: dict, registry: Registry, origin: dict[str, str] | None = None,
-             source: str = "recipe") -> DictConfig:
+def validate(
+    data: dict, registry: Registry, origin: dict[str, str] | None = None, source: str = "recipe"
+) -> DictConfig:
     """Validate a merged recipe dict; return it as a struct-mode DictConfig or raise every problem."""
     origin = origin or {}
     problems: list[str] = []
@@ -311,8 +320,9 @@ def validate(data: dict, registry: Registry, origin: dict[str, str] | None = Non
         section = data.get(kind)
         if section is None:
             if kind in REQUIRED_SECTIONS:
-                problems.append(f"{kind}: required section missing; registered {kind}s: "
-                                f"{', '.join(registry.names(kind)) or 'none'}")
+                problems.append(
+                    f"{kind}: required section missing; registered {kind}s: {', '.join(registry.names(kind)) or 'none'}"
+                )
             continue
         schemas[kind] = _component_schema(kind, section, registry, origin, problems)
         _check_section(schemas[kind], section, kind, origin, problems)
@@ -328,11 +338,16 @@ def validate(data: dict, registry: Registry, origin: dict[str, str] | None = Non
     return recipe
 
 
-def load_recipe(name_or_path: str | Path, overrides: list[str] = (), registry: Registry | None = None,
-                components: dict[str, str] | None = None) -> DictConfig:
+def load_recipe(
+    name_or_path: str | Path,
+    overrides: list[str] = (),
+    registry: Registry | None = None,
+    components: dict[str, str] | None = None,
+) -> DictConfig:
     """Read, extend, override and validate a recipe. ``components`` maps kind -> name (``--encoder``)."""
     if registry is None:
         from molbridge.core.plugins import get_registry
+
         registry = get_registry()
     path = find_recipe(name_or_path)
     data, origin = _read_with_bases(path)
@@ -362,6 +377,7 @@ def to_yaml(recipe: DictConfig) -> str:
 
 
 # --- names shared by tracking and output folders -------------------------------------------------
+
 
 def _component_name(recipe: DictConfig, kind: str) -> str:
     section = recipe.get(kind)

@@ -76,12 +76,14 @@ class Registry:
 def make_register(registry: Registry, kind: str, plugin: str, distribution: str | None, version: str | None):
     """The ``register`` callback handed to one plugin's hook for one kind."""
 
-    def register(name: str, factory: Callable[..., Any], config_schema: type | None = None,
-                 description: str = "") -> None:
+    def register(
+        name: str, factory: Callable[..., Any], config_schema: type | None = None, description: str = ""
+    ) -> None:
         schema = config_schema or ComponentConfig
         if not dataclasses.is_dataclass(schema) or "name" not in {f.name for f in dataclasses.fields(schema)}:
-            raise PluginError(f"plugin '{plugin}': config schema of {kind} '{name}' must be a dataclass "
-                              "with a 'name' field")
+            raise PluginError(
+                f"plugin '{plugin}': config schema of {kind} '{name}' must be a dataclass with a 'name' field"
+            )
         registry.add(Component(kind, name, factory, schema, description, plugin, distribution, version))
 
     return register

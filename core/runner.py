@@ -72,8 +72,14 @@ def _device(fabric: Fabric) -> str:
     return f"{fabric.device.type} ({platform.processor() or platform.machine()})"
 
 
-def _start_tracker(recipe: DictConfig, registry: Registry, out: Path, resume: bool, fabric: Fabric,
-                   tags: Mapping[str, str] | None = None):
+def _start_tracker(
+    recipe: DictConfig,
+    registry: Registry,
+    out: Path,
+    resume: bool,
+    fabric: Fabric,
+    tags: Mapping[str, str] | None = None,
+):
     """The MLflow tracker on rank 0 (a no-op elsewhere or when tracking is disabled)."""
     from molbridge.core import tracking  # lazy: MLflow takes a second to import
 
@@ -155,9 +161,7 @@ def _run(
     return summary
 
 
-def _final_evaluation(
-    fabric: Fabric, task, loop: training.Loop, result: training.FitResult
-) -> dict[str, Any]:
+def _final_evaluation(fabric: Fabric, task, loop: training.Loop, result: training.FitResult) -> dict[str, Any]:
     splits = task.datasets()
     split = "test" if "test" in splits else "valid" if "valid" in splits else None
     metrics: dict[str, float] = {}

@@ -30,8 +30,15 @@ TRAIN_STATE_BYTES = 16
 #: Options that only say where weights come from, and their "no weights" value.
 WEIGHT_OPTIONS = {"checkpoint": None, "pretrained": False}
 #: allenai/scibert_scivocab_uncased: BERT-base with the SciBERT vocabulary.
-SCIBERT_SHAPE = {"model_type": "bert", "vocab_size": 31090, "hidden_size": 768, "num_hidden_layers": 12,
-                 "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512}
+SCIBERT_SHAPE = {
+    "model_type": "bert",
+    "vocab_size": 31090,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+}
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -72,17 +79,21 @@ class Sizing:
         head = f"{'component':<22}{'parameters':>16}{'trainable':>16}{'bf16 weights':>14}{'AdamW state':>13}"
         lines = [head, "-" * len(head)]
         for r in [*self.rows, self.total]:
-            lines.append(f"{r.name:<22}{r.parameters:>16,}{r.trainable:>16,}{r.bf16_gib:>10.2f} GiB"
-                         f"{r.train_state_gib:>9.2f} GiB")
+            lines.append(
+                f"{r.name:<22}{r.parameters:>16,}{r.trainable:>16,}{r.bf16_gib:>10.2f} GiB{r.train_state_gib:>9.2f} GiB"
+            )
         total = self.total
-        lines.append(f"weights (bf16) + AdamW state (fp32 master, grad, 2 moments; trainable only): "
-                     f"{total.bf16_gib + total.train_state_gib:.2f} GiB per device, activations not included")
+        lines.append(
+            f"weights (bf16) + AdamW state (fp32 master, grad, 2 moments; trainable only): "
+            f"{total.bf16_gib + total.train_state_gib:.2f} GiB per device, activations not included"
+        )
         if self.llm_base is not None:
             lines.append(f"base LLM as loaded: {self.llm_base:,} parameters")
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
 # --- building the components on the meta device ------------------------------------------------------
+
 
 def _plain(section: DictConfig) -> DictConfig:
     """A resolved, editable copy of a validated recipe section (env interpolations applied)."""
@@ -115,8 +126,10 @@ def _scibert_stand_in(folder: Path) -> Path:
 def _projector_section(section: DictConfig, scratch: Path, notes: list[str]) -> DictConfig:
     bert = section.get("bert")
     if bert and not (Path(bert).expanduser() / "config.json").is_file():
-        notes.append(f"projector.bert {bert}: NOT FOUND on this machine; sized as SciBERT's shape "
-                     f"(BERT-base, vocab {SCIBERT_SHAPE['vocab_size']:,})")
+        notes.append(
+            f"projector.bert {bert}: NOT FOUND on this machine; sized as SciBERT's shape "
+            f"(BERT-base, vocab {SCIBERT_SHAPE['vocab_size']:,})"
+        )
         section.bert = str(_scibert_stand_in(scratch / "scibert"))
     elif bert:
         notes.append(f"projector: shape from {bert}/config.json")
@@ -140,8 +153,10 @@ def _build_llm(section: DictConfig, registry: Registry, input_dim: int, notes: l
     else:
         folder = Path(config.path).expanduser()
         if not (folder / "config.json").is_file():
-            notes.append(f"llm.path {config.path}: NOT FOUND on this machine; sized as Llama-2-7B's shape "
-                         "(plugins/llms/sizing.py LLAMA2_7B)")
+            notes.append(
+                f"llm.path {config.path}: NOT FOUND on this machine; sized as Llama-2-7B's shape "
+                "(plugins/llms/sizing.py LLAMA2_7B)"
+            )
             return meta_llama(config, input_dim, LLAMA2_7B)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -152,16 +167,19 @@ def _build_llm(section: DictConfig, registry: Registry, input_dim: int, notes: l
     return SoftPromptLM(config, model, tokenizer, input_dim), base
 
 
-def _assemble(recipe: DictConfig, registry: Registry, parts: dict[str, nn.Module | None],
-              notes: list[str]) -> nn.Module:
+def _assemble(
+    recipe: DictConfig, registry: Registry, parts: dict[str, nn.Module | None], notes: list[str]
+) -> nn.Module:
     assemble = getattr(registry.get("task", recipe.task.name).factory, "assemble", None)
     try:
         if assemble is None:
             raise NotImplementedError
         return assemble(recipe.task, parts["encoder"], parts["projector"], parts["llm"])
     except NotImplementedError:
-        notes.append(f"task '{recipe.task.name}' does not say how it assembles its model; sized as the bare "
-                     "components with the recipe's train.trainable/train.frozen only")
+        notes.append(
+            f"task '{recipe.task.name}' does not say how it assembles its model; sized as the bare "
+            "components with the recipe's train.trainable/train.frozen only"
+        )
         return nn.ModuleDict({kind: part for kind, part in parts.items() if part is not None})
 
 
@@ -194,12 +212,14 @@ def size_recipe(recipe: DictConfig, registry: Registry) -> Sizing:
             projector = _projector_section(_plain(recipe.projector), Path(scratch), notes)
             width = parts["encoder"].output_dim
             parts["projector"] = _on_meta(
-                "projector", lambda: registry.build("projector", projector, input_dim=width), notes)
+                "projector", lambda: registry.build("projector", projector, input_dim=width), notes
+            )
         with torch.device("meta"):
             if recipe.get("llm") is not None and parts["projector"] is not None:
                 try:
-                    parts["llm"], llm_base = _build_llm(_plain(recipe.llm), registry, parts["projector"].output_dim,
-                                                        notes)
+                    parts["llm"], llm_base = _build_llm(
+                        _plain(recipe.llm), registry, parts["projector"].output_dim, notes
+                    )
                 except NotImplementedError as exc:
                     notes.append(f"{exc}: the LLM is not sized")
             model = _assemble(recipe, registry, parts, notes)

@@ -47,8 +47,12 @@ log = logging.getLogger(__name__)
 COMPONENTS = ("encoder", "projector", "llm")
 FILE_KEYS = ("name", "description", "task", "recipe", "overrides", "grid", "seeds")
 #: Keys the sweep sets itself for every child.
-RESERVED = {"seed": "use seeds", "task": "a sweep runs one task", "output_dir": "the sweep sets each child's",
-            "tracking.run_name": "the sweep names each child"}
+RESERVED = {
+    "seed": "use seeds",
+    "task": "a sweep runs one task",
+    "output_dir": "the sweep sets each child's",
+    "tracking.run_name": "the sweep names each child",
+}
 SWEEP_FILE = "sweep.json"
 CHILD_FILE = "sweep_child.json"
 FOLDER_NAME = re.compile(r"[A-Za-z0-9_.+=-]+")
@@ -95,6 +99,7 @@ class Child:
 
 # --- reading a sweep ------------------------------------------------------------------------------------
 
+
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file; every problem in it is reported at once."""
     path = Path(path)
@@ -106,17 +111,25 @@ def load_sweep(path: str | Path) -> Sweep:
         raise SweepError(str(path), [f"not valid YAML: {exc}"]) from exc
     if not isinstance(data, dict):
         raise SweepError(str(path), ["a sweep file is a mapping with task/recipe, overrides, grid and seeds"])
-    problems = [f"{key}: unknown key{suggest(str(key), FILE_KEYS)}; valid keys: {', '.join(FILE_KEYS)}"
-                for key in data if key not in FILE_KEYS]
+    problems = [
+        f"{key}: unknown key{suggest(str(key), FILE_KEYS)}; valid keys: {', '.join(FILE_KEYS)}"
+        for key in data
+        if key not in FILE_KEYS
+    ]
     task, base = data.get("task"), data.get("recipe")
     if not task and not base:
         problems.append("task/recipe: name the task (its packaged recipe is the base) or a recipe")
     if base and str(base).endswith((".yaml", ".yml")) and (path.parent / str(base)).is_file():
         base = str((path.parent / str(base)).resolve())  # relative to the sweep file, like extends:
-    sweep = Sweep(name=str(data.get("name") or path.stem), base=str(base or task), task=task,
-                  overrides=_overrides(data.get("overrides"), problems),
-                  grid=_grid(data.get("grid"), problems), seeds=parse_seeds(data.get("seeds"), problems),
-                  source=str(path))
+    sweep = Sweep(
+        name=str(data.get("name") or path.stem),
+        base=str(base or task),
+        task=task,
+        overrides=_overrides(data.get("overrides"), problems),
+        grid=_grid(data.get("grid"), problems),
+        seeds=parse_seeds(data.get("seeds"), problems),
+        source=str(path),
+    )
     problems += _grid_key_problems(sweep)
     if problems:
         raise SweepError(str(path), problems)
@@ -128,8 +141,9 @@ def _overrides(value: Any, problems: list[str]) -> list[str]:
         return []
     if isinstance(value, dict):
         return [f"{key}={value_text(item)}" for key, item in _dotted(value).items()]
-    if isinstance(value, list) and all(isinstance(item, str) and ("=" in item or item.startswith("~"))
-                                       for item in value):
+    if isinstance(value, list) and all(
+        isinstance(item, str) and ("=" in item or item.startswith("~")) for item in value
+    ):
         return list(value)
     problems.append(f"overrides: expected a mapping of keys to values or a list of key=value, got {value!r}")
     return []
@@ -155,8 +169,9 @@ def _grid(value: Any, problems: list[str]) -> dict[str, list[Any]]:
     grid = {}
     for key, values in _dotted(value).items():
         if not isinstance(values, list) or not values:
-            problems.append(f"grid.{key}: expected a non-empty list of values, got {values!r} "
-                            f"(a single value belongs in overrides)")
+            problems.append(
+                f"grid.{key}: expected a non-empty list of values, got {values!r} (a single value belongs in overrides)"
+            )
             continue
         grid[key] = values
     return grid
@@ -180,6 +195,7 @@ def value_text(value: Any) -> str:
 
 
 # --- planning: expand and validate everything before anything runs ------------------------------------
+
 
 def sweep_dir(root: str | Path, name: str) -> Path:
     return Path(root) / f"sweep-{name}"
@@ -224,8 +240,11 @@ def _sweep_terms(problem: str, sweep: Sweep, assignment: Mapping[str, Any]) -> s
 
 
 def _grid_key_problems(sweep: Sweep) -> list[str]:
-    problems = [] if FOLDER_NAME.fullmatch(sweep.name) else [
-        f"name: '{sweep.name}' names a folder; use letters, digits and _ . + = - only"]
+    problems = (
+        []
+        if FOLDER_NAME.fullmatch(sweep.name)
+        else [f"name: '{sweep.name}' names a folder; use letters, digits and _ . + = - only"]
+    )
     keys = [key for key in sweep.grid] + [item.split("=", 1)[0] for item in sweep.overrides]
     problems += [f"{key}: set by the sweep ({RESERVED[key]})" for key in dict.fromkeys(keys) if key in RESERVED]
     for key, values in sweep.grid.items():
@@ -256,23 +275,31 @@ def _check_labels(configurations: list[tuple[str, dict]], problems: list[str]) -
     seen: dict[str, dict] = {}
     for label, assignment in configurations:
         if label in seen:
-            problems.append(f"configurations {seen[label]} and {assignment} would share the folder name "
-                            f"'{label}'; make the values differ in more than punctuation")
+            problems.append(
+                f"configurations {seen[label]} and {assignment} would share the folder name "
+                f"'{label}'; make the values differ in more than punctuation"
+            )
         seen.setdefault(label, assignment)
 
 
 def _child(sweep: Sweep, registry, root, label: str, assignment: dict[str, Any], seed: int | None) -> Child:
     components = {kind: str(assignment[kind]) for kind in COMPONENTS if kind in assignment}
-    overrides = sweep.overrides + [f"{key}={value_text(value)}" for key, value in assignment.items()
-                                   if key not in COMPONENTS]
+    overrides = sweep.overrides + [
+        f"{key}={value_text(value)}" for key, value in assignment.items() if key not in COMPONENTS
+    ]
     overrides += [f"seed={seed}"] if seed is not None else []
     recipe = load_recipe(sweep.base, overrides, registry, components)
     if sweep.task and recipe.task.name != sweep.task:
         raise SweepError(sweep.name, [f"the recipe {sweep.base} is for task '{recipe.task.name}', not '{sweep.task}'"])
     train = recipe.train
     if (isinstance(train.devices, int) and train.devices > 1) or train.num_nodes > 1:
-        raise SweepError(sweep.name, [f"train.devices={train.devices}, train.num_nodes={train.num_nodes}: a sweep "
-                                      f"runs its children in this process; run multi-device jobs with bench run"])
+        raise SweepError(
+            sweep.name,
+            [
+                f"train.devices={train.devices}, train.num_nodes={train.num_nodes}: a sweep "
+                f"runs its children in this process; run multi-device jobs with bench run"
+            ],
+        )
     output_dir = sweep_dir(root, sweep.name) / f"{label}-s{recipe.seed}"
     OmegaConf.update(recipe, "output_dir", str(output_dir))
     OmegaConf.update(recipe, "tracking.run_name", _run_name(recipe, assignment))
@@ -292,14 +319,18 @@ def _consistency_problems(children: list[Child]) -> list[str]:
     problems = []
     stores = {(c.recipe.tracking.enabled, tracking_uri_of(c.recipe)) for c in children}
     if len(stores) > 1:
-        problems.append(f"tracking.enabled/tracking.uri differ between configurations ({sorted(stores, key=str)}); "
-                        f"a sweep logs to one MLflow store")
+        problems.append(
+            f"tracking.enabled/tracking.uri differ between configurations ({sorted(stores, key=str)}); "
+            f"a sweep logs to one MLflow store"
+        )
     for child in children:
         recorded = _read_json(child.output_dir / CHILD_FILE)
         if recorded is not None and recorded != child.definition:
-            problems.append(f"{child.key}: {child.output_dir} was run with other settings "
-                            f"({_difference(recorded, child.definition)}); give the sweep another name, "
-                            f"or delete that folder to redo it")
+            problems.append(
+                f"{child.key}: {child.output_dir} was run with other settings "
+                f"({_difference(recorded, child.definition)}); give the sweep another name, "
+                f"or delete that folder to redo it"
+            )
     return problems
 
 
@@ -313,6 +344,7 @@ def tracking_uri_of(recipe: DictConfig) -> str:
 
 
 # --- MLflow: the parent run and its children -----------------------------------------------------------
+
 
 class NullParent:
     """Tracking switched off: children carry no parent tags and failures are only in sweep.json."""
@@ -361,20 +393,29 @@ class ParentRun(NullParent):
         return run_id
 
     def child_tags(self, child: Child, invocation: str) -> dict[str, str]:
-        return {"mlflow.parentRunId": self.run_id, "sweep.name": child.definition["sweep"],
-                "sweep.config": child.config, "sweep.child": child.key, "sweep.invocation": invocation}
+        return {
+            "mlflow.parentRunId": self.run_id,
+            "sweep.name": child.definition["sweep"],
+            "sweep.config": child.config,
+            "sweep.child": child.key,
+            "sweep.invocation": invocation,
+        }
 
     def record_failure(self, child: Child, invocation: str, error: str, registry) -> str:
         """Tag the failed child's run with its error; create a FAILED run when it failed before opening one."""
         experiment_id = tracking._experiment_id(self.client, experiment_name(child.recipe))
-        found = self.client.search_runs([experiment_id], max_results=1, filter_string=(
-            f"tags.`sweep.child` = '{child.key}' and tags.`sweep.invocation` = '{invocation}'"))
+        found = self.client.search_runs(
+            [experiment_id],
+            max_results=1,
+            filter_string=(f"tags.`sweep.child` = '{child.key}' and tags.`sweep.invocation` = '{invocation}'"),
+        )
         if found:
             run_id = found[0].info.run_id
         else:
             tags = tracking.run_tags(child.recipe, registry) | self.child_tags(child, invocation)
-            run_id = self.client.create_run(experiment_id, run_name=child.recipe.tracking.run_name,
-                                            tags=tags).info.run_id
+            run_id = self.client.create_run(
+                experiment_id, run_name=child.recipe.tracking.run_name, tags=tags
+            ).info.run_id
         self.client.set_tag(run_id, "error", error[:MAX_TAG_LENGTH])
         self.client.set_terminated(run_id, status="FAILED")
         return run_id
@@ -386,13 +427,20 @@ class ParentRun(NullParent):
 
 def _parent_tags(sweep: Sweep, children: list[Child]) -> dict[str, str]:
     first = children[0].recipe
-    return {"sweep.name": sweep.name, "sweep.recipe": sweep.base, "sweep.grid": json.dumps(sweep.grid),
-            "sweep.seeds": json.dumps(sorted({c.seed for c in children})),
-            "sweep.overrides": json.dumps(sweep.overrides),
-            "sweep.children": str(len(children)), "task": first.task.name, "dataset": first.data.name}
+    return {
+        "sweep.name": sweep.name,
+        "sweep.recipe": sweep.base,
+        "sweep.grid": json.dumps(sweep.grid),
+        "sweep.seeds": json.dumps(sorted({c.seed for c in children})),
+        "sweep.overrides": json.dumps(sweep.overrides),
+        "sweep.children": str(len(children)),
+        "task": first.task.name,
+        "dataset": first.data.name,
+    }
 
 
 # --- running ---------------------------------------------------------------------------------------------
+
 
 def run_sweep(sweep: Sweep, registry, *, root: str | Path = "runs", callbacks: Sequence = ()) -> dict[str, Any]:
     """Plan (validate all), then run every child not yet completed; write and return ``sweep.json``'s content.
@@ -424,16 +472,24 @@ def run_sweep(sweep: Sweep, registry, *, root: str | Path = "runs", callbacks: S
 
 def _initial_state(sweep: Sweep, children: list[Child], parent: NullParent) -> dict[str, Any]:
     return {
-        "name": sweep.name, "source": sweep.source, "recipe": sweep.base, "task": children[0].recipe.task.name,
-        "overrides": sweep.overrides, "grid": sweep.grid, "seeds": sorted({c.seed for c in children}),
-        "status": "running", "parent_run_id": parent.run_id, "experiment": parent.experiment,
+        "name": sweep.name,
+        "source": sweep.source,
+        "recipe": sweep.base,
+        "task": children[0].recipe.task.name,
+        "overrides": sweep.overrides,
+        "grid": sweep.grid,
+        "seeds": sorted({c.seed for c in children}),
+        "status": "running",
+        "parent_run_id": parent.run_id,
+        "experiment": parent.experiment,
         "tracking_uri": tracking_uri_of(children[0].recipe) if parent.run_id else None,
         "children": [_record(child, "pending") for child in children],
     }
 
 
-def _run_child(child: Child, registry, parent: NullParent, invocation: str, callbacks: Sequence,
-               prefix: str) -> dict[str, Any]:
+def _run_child(
+    child: Child, registry, parent: NullParent, invocation: str, callbacks: Sequence, prefix: str
+) -> dict[str, Any]:
     from molbridge.core.runner import run  # lazy: torch and Lightning take seconds to import
 
     done = completed_metrics(child.output_dir)
@@ -444,8 +500,13 @@ def _run_child(child: Child, registry, parent: NullParent, invocation: str, call
     _write_json(child.output_dir / CHILD_FILE, child.definition)
     started = time.time()
     try:
-        result = run(child.recipe, registry, output=child.output_dir, callbacks=callbacks,
-                     tracking_tags=parent.child_tags(child, invocation))
+        result = run(
+            child.recipe,
+            registry,
+            output=child.output_dir,
+            callbacks=callbacks,
+            tracking_tags=parent.child_tags(child, invocation),
+        )
     except Exception as exc:  # noqa: BLE001 - whatever one child raises, the others still run
         error = f"{type(exc).__name__}: {exc}"
         log.debug("%s failed", child.key, exc_info=True)
@@ -465,14 +526,28 @@ def completed_metrics(folder: Path) -> dict[str, Any] | None:
     return metrics if metrics and metrics.get("status") == "completed" else None
 
 
-def _record(child: Child, status: str, result: Mapping[str, Any] | None = None, error: str | None = None,
-            trace: str | None = None) -> dict[str, Any]:
+def _record(
+    child: Child,
+    status: str,
+    result: Mapping[str, Any] | None = None,
+    error: str | None = None,
+    trace: str | None = None,
+) -> dict[str, Any]:
     result = result or {}
     return {
-        "key": child.key, "config": child.config, "seed": child.seed, "assignment": child.assignment,
-        "status": status, "output_dir": str(child.output_dir), "run_id": result.get("tracking_run_id"),
-        "monitor": monitor_metric(result), "metrics": result.get("metrics", {}), "best": result.get("best"),
-        "error": error, "traceback": trace, "command": reproduce_command(child),
+        "key": child.key,
+        "config": child.config,
+        "seed": child.seed,
+        "assignment": child.assignment,
+        "status": status,
+        "output_dir": str(child.output_dir),
+        "run_id": result.get("tracking_run_id"),
+        "monitor": monitor_metric(result),
+        "metrics": result.get("metrics", {}),
+        "best": result.get("best"),
+        "error": error,
+        "traceback": trace,
+        "command": reproduce_command(child),
     }
 
 
@@ -490,15 +565,22 @@ def reproduce_command(child: Child) -> str:
     """The ``bench run`` command line that runs this child alone."""
     words = ["bench", "run", child.recipe.task.name, "--recipe", child.definition["recipe"]]
     words += [word for kind, name in child.definition["components"].items() for word in (f"--{kind}", name)]
-    words += child.definition["overrides"] + [f"output_dir={child.output_dir}",
-                                              f"tracking.run_name={child.recipe.tracking.run_name}"]
+    words += child.definition["overrides"] + [
+        f"output_dir={child.output_dir}",
+        f"tracking.run_name={child.recipe.tracking.run_name}",
+    ]
     return shlex.join(words)
 
 
 def _finish(state: dict[str, Any], parent: NullParent, summary_file: Path, forced: str | None = None) -> dict:
     statuses = [c["status"] for c in state["children"]]
-    state["status"] = forced or ("failed" if "failed" in statuses else
-                                 "completed" if all(s in ("completed", "skipped") for s in statuses) else "interrupted")
+    state["status"] = forced or (
+        "failed"
+        if "failed" in statuses
+        else "completed"
+        if all(s in ("completed", "skipped") for s in statuses)
+        else "interrupted"
+    )
     state["failures"] = [c["key"] for c in state["children"] if c["status"] == "failed"]
     _write_json(summary_file, state)
     parent.finish({"completed": "FINISHED", "failed": "FAILED"}.get(state["status"], "KILLED"), summary_file)
@@ -507,6 +589,7 @@ def _finish(state: dict[str, Any], parent: NullParent, summary_file: Path, force
 
 
 # --- reporting ------------------------------------------------------------------------------------------
+
 
 def progress_line(record: Mapping[str, Any]) -> str:
     """``key: status, metric=value (wall time)`` or the error of a failed child."""
@@ -534,8 +617,11 @@ def summary_table(state: Mapping[str, Any]) -> str:
     lines = [f"| configuration | seed | status | {header} |", "|---|---|---|---|"]
     for child in children:
         monitor = child.get("monitor")
-        cell = "" if not monitor else (f"{monitor['value']:.4f}" if header != "monitor"
-                                       else f"{monitor['name']} {monitor['value']:.4f}")
+        cell = (
+            ""
+            if not monitor
+            else (f"{monitor['value']:.4f}" if header != "monitor" else f"{monitor['name']} {monitor['value']:.4f}")
+        )
         lines.append(f"| {child['config']} | {child['seed']} | {child['status']} | {cell} |")
     failed = [c for c in children if c["status"] == "failed"]
     if failed:
@@ -545,6 +631,7 @@ def summary_table(state: Mapping[str, Any]) -> str:
 
 
 # --- files ----------------------------------------------------------------------------------------------
+
 
 def _read_json(path: Path, strict: bool = True) -> dict | None:
     if not path.is_file():

@@ -119,8 +119,9 @@ def check_encoder(encoder: Encoder, molecules: Sequence[Molecule] | None = None,
     check_permutation_equivariance(encoder, molecules, atol)
 
 
-def synthetic_encoder_output(sizes: Sequence[int], width: int, pad_to: int | None = None,
-                             seed: int = 0) -> EncoderOutput:
+def synthetic_encoder_output(
+    sizes: Sequence[int], width: int, pad_to: int | None = None, seed: int = 0
+) -> EncoderOutput:
     """Random per-position features for molecules of ``sizes`` positions, padded with garbage (not zeros)."""
     generator = torch.Generator().manual_seed(seed)
     n = pad_to or max(sizes)
@@ -139,7 +140,8 @@ def check_projector(projector: Projector, input_dim: int, atol: float = 1e-5) ->
         extra.atom_embeddings[:, :9] = synthetic_encoder_output(sizes, input_dim).atom_embeddings
         extra.atom_embeddings[extra.padding_mask] = 1e3  # garbage a correct mask ignores
         padded = projector(extra)
-    assert tight.shape == (len(sizes), projector.num_tokens, projector.output_dim), \
+    assert tight.shape == (len(sizes), projector.num_tokens, projector.output_dim), (
         f"projector output must be (B, num_tokens, output_dim), got {tuple(tight.shape)}"
+    )
     assert torch.isfinite(tight).all(), "projector output has non-finite values"
     _close(tight, padded, atol, "projector output with extra padding")

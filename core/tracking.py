@@ -66,7 +66,7 @@ class Tracker(NullTracker):
         now = int(time.time() * 1000)
         batch = [Metric(metric_name(k), v, now, step or 0) for k, v in _finite(metrics).items()]
         for start in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[start:start + 1000])
+            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
 
     def log_summary(self, metrics: Mapping[str, float]) -> None:
         self.log_metrics(metrics, step=None)
@@ -109,8 +109,14 @@ def _git(*args: str) -> str | None:
 
 def run_tags(recipe: DictConfig, registry: Registry) -> dict[str, str]:
     """What people filter runs on, plus what is needed to reproduce them."""
-    tags = {"task": recipe.task.name, "recipe": recipe.recipe, "dataset": recipe.data.name,
-            "split": recipe.data.split, "seed": str(recipe.seed), "host": socket.gethostname()}
+    tags = {
+        "task": recipe.task.name,
+        "recipe": recipe.recipe,
+        "dataset": recipe.data.name,
+        "split": recipe.data.split,
+        "seed": str(recipe.seed),
+        "host": socket.gethostname(),
+    }
     for kind in (*COMPONENT_KINDS, "task"):
         section = recipe.get(kind)
         tags[kind] = section.name if section is not None else "none"
@@ -131,7 +137,7 @@ def _params(recipe: DictConfig) -> dict[str, str]:
     params = {}
     for key, value in flatten(recipe).items():
         text = str(value)
-        params[key] = text if len(text) <= MAX_PARAM_LENGTH else text[:MAX_PARAM_LENGTH - 14] + "...[truncated]"
+        params[key] = text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 14] + "...[truncated]"
     return params
 
 
@@ -146,8 +152,9 @@ def _experiment_id(client: Any, name: str) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
-def start_run(recipe: DictConfig, registry: Registry, output_dir: Path, *, resume: bool,
-              tags: Mapping[str, str] | None = None) -> NullTracker:
+def start_run(
+    recipe: DictConfig, registry: Registry, output_dir: Path, *, resume: bool, tags: Mapping[str, str] | None = None
+) -> NullTracker:
     """Open the run for ``recipe`` (rank 0 only); on resume, reopen the run recorded in ``output_dir``.
 
     ``tags`` are added to the run's own (a sweep passes ``mlflow.parentRunId`` this way)."""
@@ -164,12 +171,15 @@ def start_run(recipe: DictConfig, registry: Registry, output_dir: Path, *, resum
         return Tracker(client, run_id)
     from mlflow.entities import Param
 
-    run = client.create_run(_experiment_id(client, experiment_name(recipe)), run_name=run_name(recipe),
-                            tags=run_tags(recipe, registry) | dict(tags or {}))
+    run = client.create_run(
+        _experiment_id(client, experiment_name(recipe)),
+        run_name=run_name(recipe),
+        tags=run_tags(recipe, registry) | dict(tags or {}),
+    )
     run_id = run.info.run_id
     params = [Param(k, v) for k, v in _params(recipe).items()]
     for start in range(0, len(params), MAX_PARAMS_PER_CALL):
-        client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_CALL])
+        client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
     with tempfile.TemporaryDirectory() as tmp:
         resolved = Path(tmp) / "recipe.yaml"
         resolved.write_text(to_yaml(recipe))
@@ -177,8 +187,13 @@ def start_run(recipe: DictConfig, registry: Registry, output_dir: Path, *, resum
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     id_file.write_text(run_id + "\n")
     client.set_tag(run_id, "output_dir", str(Path(output_dir).resolve()))
-    log.info("MLflow run %s (%s) in experiment %s at %s", run_name(recipe), run_id, experiment_name(recipe),
-             tracking_uri(recipe.tracking.uri))
+    log.info(
+        "MLflow run %s (%s) in experiment %s at %s",
+        run_name(recipe),
+        run_id,
+        experiment_name(recipe),
+        tracking_uri(recipe.tracking.uri),
+    )
     return Tracker(client, run_id)
 
 

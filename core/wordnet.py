@@ -44,14 +44,20 @@ _MARKER = "molbridge-source.txt"
 # lexname; the order matters because data files store the number.
 LEXNAMES = (
     ["adj.all", "adj.pert", "adv.all"]
-    + [f"noun.{n}" for n in (
-        "Tops act animal artifact attribute body cognition communication event feeling food group location "
-        "motive object person phenomenon plant possession process quantity relation shape state substance time"
-    ).split()]
-    + [f"verb.{n}" for n in (
-        "body change cognition communication competition consumption contact creation emotion motion perception "
-        "possession social stative weather"
-    ).split()]
+    + [
+        f"noun.{n}"
+        for n in (
+            "Tops act animal artifact attribute body cognition communication event feeling food group location "
+            "motive object person phenomenon plant possession process quantity relation shape state substance time"
+        ).split()
+    ]
+    + [
+        f"verb.{n}"
+        for n in (
+            "body change cognition communication competition consumption contact creation emotion motion perception "
+            "possession social stative weather"
+        ).split()
+    ]
     + ["adj.ppl"]
 )
 _POS_NUMBER = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}

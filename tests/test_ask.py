@@ -21,9 +21,19 @@ from molbridge.plugins.llms.demo import demo_model_path
 from molbridge.plugins.tasks.ask import Asker, from_sdf
 
 # the smallest qa run that trains and checkpoints: one step, numeric answers only (no METEOR to load)
-TINY = ["encoder.preset=small", "projector.num_layers=1", "data.batch_size=2", "data.limit=2", "data.eval_limit=1",
-        "train.max_steps=1", "train.warmup_steps=0", "tracking.enabled=false", "train.init_from=null",
-        "task.tasks=[LogP]", "task.max_new_tokens=3"]
+TINY = [
+    "encoder.preset=small",
+    "projector.num_layers=1",
+    "data.batch_size=2",
+    "data.limit=2",
+    "data.eval_limit=1",
+    "train.max_steps=1",
+    "train.warmup_steps=0",
+    "tracking.enabled=false",
+    "train.init_from=null",
+    "task.tasks=[LogP]",
+    "task.max_new_tokens=3",
+]
 ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
 QUESTION = "What is the LogP of this molecule?"
 TOKENS = 5
@@ -52,8 +62,16 @@ def direct(run_dir):
     model.eval()
 
     def generate(question, records):
-        samples = [{keys.INSTRUCTION: question, keys.SMILES: r.smiles, keys.MOL_ID: r.id,
-                    keys.ATOMIC_NUMBERS: r.atomic_numbers, keys.POSITIONS: r.conformers[0]} for r in records]
+        samples = [
+            {
+                keys.INSTRUCTION: question,
+                keys.SMILES: r.smiles,
+                keys.MOL_ID: r.id,
+                keys.ATOMIC_NUMBERS: r.atomic_numbers,
+                keys.POSITIONS: r.conformers[0],
+            }
+            for r in records
+        ]
         return model.generate(task.collate_prompts(samples), max_new_tokens=TOKENS)
 
     return generate
@@ -110,7 +128,7 @@ def test_sdf_records_keep_their_coordinates_and_are_answered_one_by_one(run_dir,
     records = from_sdf(tmp_path / "two.sdf", ConformerConfig())
     for record, given in zip(records, coordinates, strict=True):
         # the file's atoms come first with their coordinates as written; missing hydrogens are appended
-        np.testing.assert_allclose(record.conformers[0][:len(given)], given, atol=1e-4)
+        np.testing.assert_allclose(record.conformers[0][: len(given)], given, atol=1e-4)
     assert [r.smiles for r in records] == ["CC(=O)Oc1ccccc1C(=O)O", "Oc1ccccc1"]
     assert [len(r.atomic_numbers) for r in records] == [21, 13]  # every hydrogen, as in the training data
     assert ask(run_dir, "--sdf", str(tmp_path / "two.sdf"), QUESTION) == 0
@@ -154,19 +172,30 @@ def bad_inputs(run_dir, tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize(("where", "molecule", "message"), [
-    ("run", ["--smiles", "C1CC"], "SMILES 'C1CC': the SMILES or MOL block could not be parsed"),
-    ("run", ["--smiles", "C[U]"], "SMILES 'C[U]': an atom is a dummy/query atom or an element outside"),
-    ("run", ["--smiles", "F[Xe]F"], "SMILES 'F[Xe]F': MMFF94 has no parameters for an atom type"),
-    ("run", ["--sdf", "none.sdf"], "--sdf none.sdf: no such file"),
-    ("run", ["--sdf", "bad.sdf"], "--sdf bad.sdf: 1 unusable record(s):\n  record 1 (broken): the SMILES or MOL block"),
-    ("run", ["--sdf", "bad.sdf", "--record", "2"], "--record 2: bad.sdf has records 0..1"),
-    ("retrieval", ["--smiles", "C"], "step-000001/recipe.yaml: a 'retrieval' run has no language model to answer "
-                                     "with; bench ask needs a captioning or qa run"),
-    ("corrupt", ["--smiles", "C"], "cannot read ...corrupt/state.ckpt: "),
-    ("empty", ["--smiles", "C"], "empty: neither a run directory (with checkpoints/) nor a checkpoint folder"),
-    ("missing", ["--smiles", "C"], "missing: no such file or directory"),
-])
+@pytest.mark.parametrize(
+    ("where", "molecule", "message"),
+    [
+        ("run", ["--smiles", "C1CC"], "SMILES 'C1CC': the SMILES or MOL block could not be parsed"),
+        ("run", ["--smiles", "C[U]"], "SMILES 'C[U]': an atom is a dummy/query atom or an element outside"),
+        ("run", ["--smiles", "F[Xe]F"], "SMILES 'F[Xe]F': MMFF94 has no parameters for an atom type"),
+        ("run", ["--sdf", "none.sdf"], "--sdf none.sdf: no such file"),
+        (
+            "run",
+            ["--sdf", "bad.sdf"],
+            "--sdf bad.sdf: 1 unusable record(s):\n  record 1 (broken): the SMILES or MOL block",
+        ),
+        ("run", ["--sdf", "bad.sdf", "--record", "2"], "--record 2: bad.sdf has records 0..1"),
+        (
+            "retrieval",
+            ["--smiles", "C"],
+            "step-000001/recipe.yaml: a 'retrieval' run has no language model to answer "
+            "with; bench ask needs a captioning or qa run",
+        ),
+        ("corrupt", ["--smiles", "C"], "cannot read ...corrupt/state.ckpt: "),
+        ("empty", ["--smiles", "C"], "empty: neither a run directory (with checkpoints/) nor a checkpoint folder"),
+        ("missing", ["--smiles", "C"], "missing: no such file or directory"),
+    ],
+)
 def test_bad_input_exits_2_naming_the_problem(run_dir, bad_inputs, where, molecule, message, capsys, monkeypatch):
     monkeypatch.chdir(bad_inputs)
     assert ask(run_dir if where == "run" else where, *molecule, QUESTION) == 2

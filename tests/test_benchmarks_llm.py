@@ -1,6 +1,5 @@
 """benchmarks/llm.py on a tiny Llama: output structure, batched == one-at-a-time answers, the step variants."""
 
-
 import pytest
 import torch
 
@@ -8,8 +7,15 @@ from molbridge.core.errors import MolbridgeError
 from molbridge.plugins.llms.base import IGNORE_INDEX
 from molbridge.plugins.llms.demo import build_demo_model
 
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
-        "intermediate_size": 128, "max_position_embeddings": 512, "vocab_size": 400}
+TINY = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 512,
+    "vocab_size": 400,
+}
 CORPUS = [f"The molecule has {n} carbon atoms and a ring. Describe it. Is it aromatic?" for n in range(40)]
 INSTRUCTIONS = ["Describe it.", "Is it aromatic? Answer yes or no, with one short reason.", "Ring?", "Describe."]
 SMILES = ["CCO", "c1ccccc1O", "C", "CC(=O)Oc1ccccc1C(=O)O"]

@@ -6,8 +6,24 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-MACHINE_FIELDS = ("host", "cpu", "cores", "ram_gib", "os", "python", "versions", "device", "gpu", "git_commit",
-                  "git_dirty", "started_utc", "finished_utc", "load_average_start", "load_average_end", "command")
+MACHINE_FIELDS = (
+    "host",
+    "cpu",
+    "cores",
+    "ram_gib",
+    "os",
+    "python",
+    "versions",
+    "device",
+    "gpu",
+    "git_commit",
+    "git_dirty",
+    "started_utc",
+    "finished_utc",
+    "load_average_start",
+    "load_average_end",
+    "command",
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +76,20 @@ def test_row_ratio_direction(suite):
 
 
 def test_failing_benchmark_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, suite):
-    broken = suite.Benchmark("broken", {"tiny": ["-c", "import sys; sys.exit('boom: no such model')"]},
-                             rows=lambda result: [])
-    fine = suite.Benchmark("fine", {"tiny": ["-c", "import json, sys; open(sys.argv[1], 'w').write(json.dumps("
-                                             "{'ours': 4.0, 'theirs': 2.0}))", "{json}"]},
-                           rows=lambda r: [suite.Row("fine", "ours", r["ours"], "mol/s", "theirs", r["theirs"])])
+    broken = suite.Benchmark(
+        "broken", {"tiny": ["-c", "import sys; sys.exit('boom: no such model')"]}, rows=lambda result: []
+    )
+    fine = suite.Benchmark(
+        "fine",
+        {
+            "tiny": [
+                "-c",
+                "import json, sys; open(sys.argv[1], 'w').write(json.dumps({'ours': 4.0, 'theirs': 2.0}))",
+                "{json}",
+            ]
+        },
+        rows=lambda r: [suite.Row("fine", "ours", r["ours"], "mol/s", "theirs", r["theirs"])],
+    )
     monkeypatch.setattr(suite, "benchmarks", lambda: [broken, fine])
     assert suite.main(["--tiny", "--device", "cpu", "--out", str(tmp_path)]) == 1
     (folder,) = tmp_path.iterdir()

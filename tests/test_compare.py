@@ -17,11 +17,21 @@ EXPERIMENT = "retrieval-molbridge-mini"
 
 
 def _log(client, experiment_id, encoder, *, lr, acc, seed="0"):
-    tags = {"task": "retrieval", "dataset": "molbridge-mini", "encoder": encoder, "projector": "qformer",
-            "llm": "none", "seed": seed, "recipe": "stage1"}
+    tags = {
+        "task": "retrieval",
+        "dataset": "molbridge-mini",
+        "encoder": encoder,
+        "projector": "qformer",
+        "llm": "none",
+        "seed": seed,
+        "recipe": "stage1",
+    }
     run = client.create_run(experiment_id, run_name=f"{encoder}-qformer-none-s{seed}", tags=tags)
-    metrics = [Metric("test/m2t_acc", acc, 0, 0), Metric("best/valid/m2t_acc", acc + 0.01, 0, 0),
-               Metric("train/loss", 1.0, 0, 0)]
+    metrics = [
+        Metric("test/m2t_acc", acc, 0, 0),
+        Metric("best/valid/m2t_acc", acc + 0.01, 0, 0),
+        Metric("train/loss", 1.0, 0, 0),
+    ]
     client.log_batch(run.info.run_id, metrics=metrics, params=[Param("train.lr", lr)])
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -53,8 +63,7 @@ def test_default_metrics_are_test_and_best_and_globs_select(store):
 
 
 def test_filters_match_tags_and_params(store):
-    assert [r.name for r in gather_runs(task="retrieval", filters={"encoder": "schnet"})] == \
-        ["schnet-qformer-none-s0"]
+    assert [r.name for r in gather_runs(task="retrieval", filters={"encoder": "schnet"})] == ["schnet-qformer-none-s0"]
     old = gather_runs(task="retrieval", filters={"train.lr": "0.001"}, latest=False)
     assert [r.run_id for r in old] == [store["old"]]
     with pytest.raises(MolbridgeError, match="matches the filters"):

@@ -26,14 +26,22 @@ from molbridge.core.errors import MolbridgeError
 RETRIEVAL, QA = "retrieval-molbridge-mini", "qa-molbridge-mini"
 CONFIGS = ("unimol-qformer-none", "schnet-linear-none")
 # (configuration, seed) -> (test/full_m2t_acc, test/full_t2m_acc)
-FINAL = {("unimol-qformer-none", 0): (0.50, 0.40), ("unimol-qformer-none", 1): (0.70, 0.45),
-         ("schnet-linear-none", 0): (0.20, 0.25), ("schnet-linear-none", 1): (0.30, 0.10)}
+FINAL = {
+    ("unimol-qformer-none", 0): (0.50, 0.40),
+    ("unimol-qformer-none", 1): (0.70, 0.45),
+    ("schnet-linear-none", 0): (0.20, 0.25),
+    ("schnet-linear-none", 1): (0.30, 0.10),
+}
 N_MOLECULES = 10
 ANSWERS = [  # (property, reference, answer of seed 0, answer of seed 1)
     ("LogP", "The LogP for the input molecule is 1.20.", "The LogP is 1.5.", "It is 0.9"),
     ("LogP", "The LogP for the input molecule is -0.40.", "I cannot tell.", "The LogP is -0.2."),
-    ("Molecular Weight", "The Molecular Weight for the input molecule is 180.16 g/mol.", "About 170 g/mol.",
-     "The value is 1.9e2"),
+    (
+        "Molecular Weight",
+        "The Molecular Weight for the input molecule is 180.16 g/mol.",
+        "About 170 g/mol.",
+        "The value is 1.9e2",
+    ),
     ("Description", "It is an acid with 2 rings.", "A molecule with 3 rings.", "An acid."),
 ]
 
@@ -60,14 +68,23 @@ def _ranks(seed: int, shift: int) -> str:
         return {d: np.minimum(rng.geometric(p, N_MOLECULES) - 1, N_MOLECULES - 1).tolist() for d in ("m2t", "t2m")}
 
     model, baseline = ranks(0.5 / (1 + shift)), ranks(0.15)
-    return json.dumps({"split": "test", "ids": [f"m{i}" for i in range(N_MOLECULES)], "model": model,
-                       "baseline": baseline})
+    return json.dumps(
+        {"split": "test", "ids": [f"m{i}" for i in range(N_MOLECULES)], "model": model, "baseline": baseline}
+    )
 
 
 def _identity(task, config, seed, **extra):
     encoder, projector, llm = config.split("-")
-    return {"task": task, "dataset": "molbridge-mini", "encoder": encoder, "projector": projector, "llm": llm,
-            "seed": str(seed), "recipe": task, **extra}
+    return {
+        "task": task,
+        "dataset": "molbridge-mini",
+        "encoder": encoder,
+        "projector": projector,
+        "llm": llm,
+        "seed": str(seed),
+        "recipe": task,
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +94,9 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
     retrieval = client.create_experiment(RETRIEVAL, artifact_location=str(root / "artifacts-r"))
-    parent = client.create_run(retrieval, run_name="sweep-arch", tags={
-        "sweep.name": "arch", "sweep.children": "4", "task": "retrieval"}).info.run_id
+    parent = client.create_run(
+        retrieval, run_name="sweep-arch", tags={"sweep.name": "arch", "sweep.children": "4", "task": "retrieval"}
+    ).info.run_id
     ids = {"parent": parent}
     for (config, seed), (m2t, t2m) in FINAL.items():
         shift = CONFIGS.index(config)
@@ -87,18 +105,48 @@ def store(tmp_path_factory):
         history = [("train/loss", step, 2.0 / step + shift + 0.1 * seed) for step in range(1, 6)]
         history += [("valid/full_acc", step, 0.1 * step + 0.05 * seed) for step in (2, 4)]
         tags = _identity("retrieval", config, seed, **{"mlflow.parentRunId": parent, "sweep.name": "arch"})
-        ids[config, seed] = _log_run(client, retrieval, f"{config}-s{seed}", tags, final=final, history=history,
-                                     artifacts=[("ranks-test.json", _ranks(seed, shift))], folder=root)
-    ids["outside"] = _log_run(client, retrieval, "egnn-qformer-none-s0", _identity("retrieval", "egnn-qformer-none", 0),
-                              final=[("test/full_m2t_acc", 0.1), ("test/full_t2m_acc", 0.1)])
+        ids[config, seed] = _log_run(
+            client,
+            retrieval,
+            f"{config}-s{seed}",
+            tags,
+            final=final,
+            history=history,
+            artifacts=[("ranks-test.json", _ranks(seed, shift))],
+            folder=root,
+        )
+    ids["outside"] = _log_run(
+        client,
+        retrieval,
+        "egnn-qformer-none-s0",
+        _identity("retrieval", "egnn-qformer-none", 0),
+        final=[("test/full_m2t_acc", 0.1), ("test/full_t2m_acc", 0.1)],
+    )
     qa = client.create_experiment(QA, artifact_location=str(root / "artifacts-q"))
     for seed in (0, 1):
-        lines = [json.dumps({"id": f"m{i}", "smiles": "C", "task": prop, "instruction": "?", "reference": ref,
-                             "answer": answers[seed]}) for i, (prop, ref, *answers) in enumerate(ANSWERS)]
+        lines = [
+            json.dumps(
+                {
+                    "id": f"m{i}",
+                    "smiles": "C",
+                    "task": prop,
+                    "instruction": "?",
+                    "reference": ref,
+                    "answer": answers[seed],
+                }
+            )
+            for i, (prop, ref, *answers) in enumerate(ANSWERS)
+        ]
         final = [("test/LogP/mae", 0.3 + seed), ("test/Molecular Weight/mae", 10.0 - seed)]
-        ids["qa", seed] = _log_run(client, qa, f"unimol-qformer-vicuna-s{seed}",
-                                   _identity("qa", "unimol-qformer-vicuna", seed), final=final,
-                                   artifacts=[("answers-test.jsonl", "\n".join(lines) + "\n")], folder=root)
+        ids["qa", seed] = _log_run(
+            client,
+            qa,
+            f"unimol-qformer-vicuna-s{seed}",
+            _identity("qa", "unimol-qformer-vicuna", seed),
+            final=final,
+            artifacts=[("answers-test.jsonl", "\n".join(lines) + "\n")],
+            folder=root,
+        )
     return {"uri": uri, "ids": ids, "root": root}
 
 
@@ -108,10 +156,13 @@ def _sweep_rows(store):
 
 # --- aggregation -------------------------------------------------------------------------------------------
 
+
 def test_aggregate_is_mean_and_sample_std_over_seeds(store):
     groups = group_runs(_sweep_rows(store))
-    assert [(g.config, g.seeds) for g in groups] == [("schnet-linear-none", ["0", "1"]),
-                                                     ("unimol-qformer-none", ["0", "1"])]
+    assert [(g.config, g.seeds) for g in groups] == [
+        ("schnet-linear-none", ["0", "1"]),
+        ("unimol-qformer-none", ["0", "1"]),
+    ]
     table = list(csv.DictReader(io.StringIO(render_aggregate(groups, "csv"))))
     for row in table:
         for i, metric in enumerate(("test/full_m2t_acc", "test/full_t2m_acc")):
@@ -126,10 +177,21 @@ def test_aggregate_is_mean_and_sample_std_over_seeds(store):
 def test_aggregate_csv_columns_and_markdown_rows(store):
     groups = group_runs(_sweep_rows(store))
     header = next(csv.reader(io.StringIO(render_aggregate(groups, "csv"))))
-    metrics = ["best/valid/full_acc", "test/full_m2t_acc", "test/full_t2m_acc", "test/only_seed0", "train/loss",
-               "valid/full_acc"]
-    assert header == ["configuration", "experiment", "seeds", "n",
-                      *(f"{m} {part}" for m in metrics for part in ("mean", "std", "n"))]
+    metrics = [
+        "best/valid/full_acc",
+        "test/full_m2t_acc",
+        "test/full_t2m_acc",
+        "test/only_seed0",
+        "train/loss",
+        "valid/full_acc",
+    ]
+    assert header == [
+        "configuration",
+        "experiment",
+        "seeds",
+        "n",
+        *(f"{m} {part}" for m in metrics for part in ("mean", "std", "n")),
+    ]
     markdown = render_aggregate(groups).splitlines()
     assert markdown[0].startswith("| configuration | seeds | n | best/valid/full_acc |")
     unimol = next(line for line in markdown if line.startswith("| unimol-qformer-none |"))
@@ -145,6 +207,7 @@ def test_two_runs_of_one_name_are_not_two_seeds():
 
 
 # --- figures on synthetic data -------------------------------------------------------------------------
+
 
 def test_bars_show_the_mean_per_configuration_and_a_point_per_seed():
     fig = plots.metric_bars({"a": [("0", 1.0), ("1", 2.0)], "b": [("0", 3.0)], "c": []}, "test/x", "caption x")
@@ -203,8 +266,10 @@ def test_training_curves_colour_runs_by_configuration():
 
 
 def test_parity_panels_have_the_identity_line_and_mae():
-    data = {"LogP": plots.Parity([1.0, 2.0], [1.5, 2.0], ["0", "1"], unparsed=1),
-            "Weight": plots.Parity([100.0], [90.0], ["0"])}
+    data = {
+        "LogP": plots.Parity([1.0, 2.0], [1.5, 2.0], ["0", "1"], unparsed=1),
+        "Weight": plots.Parity([100.0], [90.0], ["0"]),
+    }
     fig = plots.parity_plot(data, "title", "caption")
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 2
@@ -214,13 +279,19 @@ def test_parity_panels_have_the_identity_line_and_mae():
 
 # --- the report and the CLI --------------------------------------------------------------------------------
 
+
 def test_plots_for_a_sweep_are_written_and_logged_to_its_parent(store, tmp_path, capsys):
     out = tmp_path / "plots"
     assert main(["compare", "--uri", store["uri"], "--sweep", "arch", "--aggregate", "--plots", str(out)]) == 0
     printed = capsys.readouterr()
     assert printed.out.startswith("| configuration | seeds | n |") and "egnn" not in printed.out
-    figures = {"bars-test_full_m2t_acc.png", "bars-test_full_t2m_acc.png", "recall-test.png",
-               "curve-train_loss.png", "curve-valid_full_acc.png"}
+    figures = {
+        "bars-test_full_m2t_acc.png",
+        "bars-test_full_t2m_acc.png",
+        "recall-test.png",
+        "curve-train_loss.png",
+        "curve-valid_full_acc.png",
+    }
     tables = {"runs.md", "runs.csv", "aggregate.md", "aggregate.csv"}
     assert {p.name for p in out.iterdir()} == figures | tables | {"README.md"}
     for name in figures:
@@ -238,8 +309,24 @@ def test_runs_from_outside_a_sweep_are_logged_only_where_asked(store, tmp_path, 
     assert sweep_parent(rows) is None  # the egnn run has no parent: nowhere to log by default
     assert sweep_parent([r for r in rows if r.parent_run_id]) == store["ids"]["parent"]
     target = store["ids"]["outside"]
-    assert main(["compare", "--uri", store["uri"], "--experiment", RETRIEVAL, "--plots", str(tmp_path),
-                 "--plot-metrics", "test/full_m2t_acc", "--log-to", target]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--uri",
+                store["uri"],
+                "--experiment",
+                RETRIEVAL,
+                "--plots",
+                str(tmp_path),
+                "--plot-metrics",
+                "test/full_m2t_acc",
+                "--log-to",
+                target,
+            ]
+        )
+        == 0
+    )
     assert "compare/README.md" in {a.path for a in MlflowClient(store["uri"]).list_artifacts(target, "compare")}
     assert "note: no Recall@k curve for egnn-qformer-none-s0" in capsys.readouterr().err
 
@@ -248,8 +335,11 @@ def test_parity_plots_leave_out_answers_without_a_number(store, tmp_path):
     rows = gather_runs(experiments=[QA], metrics=("*",), uri=store["uri"])
     report = write_report(rows, tmp_path, table_metrics=DEFAULT_METRICS, uri=store["uri"])
     captions = {path.name: caption for path, caption in report.figures}
-    assert set(captions) == {"bars-test_LogP_mae.png", "bars-test_Molecular_Weight_mae.png",
-                             "parity-unimol-qformer-vicuna-test.png"}
+    assert set(captions) == {
+        "bars-test_LogP_mae.png",
+        "bars-test_Molecular_Weight_mae.png",
+        "parity-unimol-qformer-vicuna-test.png",
+    }
     # 3 numeric answers per seed; seed 0's second LogP answer has no number; descriptions are not numeric
     assert "1 of 6 answers held no number and are left out" in captions["parity-unimol-qformer-vicuna-test.png"]
 
@@ -285,8 +375,15 @@ def test_a_malformed_ranks_artifact_names_the_run(store, tmp_path):
     client = MlflowClient(store["uri"])
     experiment = client.create_experiment("retrieval-broken", artifact_location=str(tmp_path / "artifacts"))
     ranks = json.dumps({"model": {"m2t": [0, 1], "t2m": "no"}})
-    _log_run(client, experiment, "unimol-qformer-none-s0", _identity("retrieval", "unimol-qformer-none", 0),
-             final=[("test/full_m2t_acc", 0.5)], artifacts=[("ranks-test.json", ranks)], folder=tmp_path)
+    _log_run(
+        client,
+        experiment,
+        "unimol-qformer-none-s0",
+        _identity("retrieval", "unimol-qformer-none", 0),
+        final=[("test/full_m2t_acc", 0.5)],
+        artifacts=[("ranks-test.json", ranks)],
+        folder=tmp_path,
+    )
     rows = gather_runs(experiments=["retrieval-broken"], metrics=("*",), uri=store["uri"])
     with pytest.raises(MolbridgeError, match=r"ranks-test.json of run unimol-qformer-none-s0 .*'model' needs"):
         write_report(rows, tmp_path / "out", table_metrics=DEFAULT_METRICS, uri=store["uri"])
@@ -294,12 +391,23 @@ def test_a_malformed_ranks_artifact_names_the_run(store, tmp_path):
 
 # --- end to end --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_real_retrieval_sweep_compares_with_ranks_and_curves(tmp_cwd, capsys):
     """Tiny retrieval training, 2 encoders x 2 seeds; the ranks artifact agrees with the logged metrics."""
-    small = ["encoder.preset=small", "projector.num_layers=1", "projector.max_text_length=32", "data.batch_size=4",
-             "data.limit=24", "data.eval_limit=12", "data.eval_batch_size=8", "train.max_steps=4",
-             "train.eval_every=2", "train.log_every=1", "train.warmup_steps=0"]
+    small = [
+        "encoder.preset=small",
+        "projector.num_layers=1",
+        "projector.max_text_length=32",
+        "data.batch_size=4",
+        "data.limit=24",
+        "data.eval_limit=12",
+        "data.eval_batch_size=8",
+        "train.max_steps=4",
+        "train.eval_every=2",
+        "train.log_every=1",
+        "train.warmup_steps=0",
+    ]
     assert main(["sweep", "retrieval", "--encoder", "unimol,schnet", "--seeds", "2", *small]) == 0
     assert main(["compare", "--task", "retrieval", "--aggregate", "--plots", "plots"]) == 0
     names = set(os.listdir(tmp_cwd / "plots"))
@@ -308,7 +416,9 @@ def test_a_real_retrieval_sweep_compares_with_ranks_and_curves(tmp_cwd, capsys):
     for row in gather_runs(task="retrieval", metrics=("*",)):
         ranks = json.loads(open(client.download_artifacts(row.run_id, "ranks-test.json", str(tmp_cwd))).read())
         for direction in ("m2t", "t2m"):
-            assert np.mean(np.array(ranks["model"][direction]) == 0) == \
-                pytest.approx(row.metrics[f"test/full_{direction}_acc"])
-            assert np.mean(np.array(ranks["baseline"][direction]) < 20) == \
-                pytest.approx(row.metrics[f"test/baseline_full_{direction}_r20"])
+            assert np.mean(np.array(ranks["model"][direction]) == 0) == pytest.approx(
+                row.metrics[f"test/full_{direction}_acc"]
+            )
+            assert np.mean(np.array(ranks["baseline"][direction]) < 20) == pytest.approx(
+                row.metrics[f"test/baseline_full_{direction}_r20"]
+            )

@@ -25,8 +25,10 @@ def test_prepare_keeps_valid_and_lists_each_bad_one(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["molecules"] == 3 and info["unexplained_drops"] == 0
     assert [(f["id"], f["reason"]) for f in info["failure_list"]] == [
-        ("invalid_smiles", "invalid_input"), ("unknown_element_bond", "mmff_missing_params"),
-        ("dummy_element", "unknown_element")]
+        ("invalid_smiles", "invalid_input"),
+        ("unknown_element_bond", "mmff_missing_params"),
+        ("dummy_element", "unknown_element"),
+    ]
     assert main(["data", "info", str(out)]) == 0
     assert "unexplained drops 0" in capsys.readouterr().out
     # re-running resumes: nothing to redo, same result

@@ -55,15 +55,18 @@ def test_cage_molecules_embed():
         assert isinstance(build(cage), MoleculeRecord)
 
 
-@pytest.mark.parametrize(("smiles", "options", "reason", "stage"), [
-    ("C1CC", {}, "invalid_input", "parse"),
-    ("C(C)(C)(C)(C)C", {}, "invalid_input", "parse"),
-    ("", {}, "invalid_input", "parse"),
-    ("[U]=O", {}, "unknown_element", "check"),
-    ("*c1ccccc1", {}, "unknown_element", "check"),
-    ("CCCCCCCCCCCCCCCCCCCC", {"max_atoms": 20}, "too_many_atoms", "check"),
-    ("c1ccccc1[Te]c1ccccc1", {}, "mmff_missing_params", "forcefield"),
-])
+@pytest.mark.parametrize(
+    ("smiles", "options", "reason", "stage"),
+    [
+        ("C1CC", {}, "invalid_input", "parse"),
+        ("C(C)(C)(C)(C)C", {}, "invalid_input", "parse"),
+        ("", {}, "invalid_input", "parse"),
+        ("[U]=O", {}, "unknown_element", "check"),
+        ("*c1ccccc1", {}, "unknown_element", "check"),
+        ("CCCCCCCCCCCCCCCCCCCC", {"max_atoms": 20}, "too_many_atoms", "check"),
+        ("c1ccccc1[Te]c1ccccc1", {}, "mmff_missing_params", "forcefield"),
+    ],
+)
 def test_unusable_molecules_become_failures_with_reasons(smiles, options, reason, stage):
     failure = build(smiles, **options)
     assert isinstance(failure, Failure)

@@ -13,13 +13,15 @@ from molbridge.core.data.info import dataset_info
 from molbridge.core.data.mini import build_mini
 from molbridge.core.data.properties import xtb_properties
 
-PROPERTY_FIELDS = {"molecular_weight", "logp", "tpsa", "bertz_ct",
-                   "xtb_homo", "xtb_lumo", "xtb_gap", "xtb_energy"}
+PROPERTY_FIELDS = {"molecular_weight", "logp", "tpsa", "bertz_ct", "xtb_homo", "xtb_lumo", "xtb_gap", "xtb_energy"}
 
 
 def digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +82,11 @@ def test_shape_facts_absent_or_inside_other_words_read_as_none():
 
 def test_shape_classes():
     shapes = {}
-    examples = {"rod": "CC#CC#CC#CC", "disc": "c1cc2ccc3ccc4ccc5ccc6ccc1c1c2c3c4c5c61",  # coronene
-                "sphere": "C1C2CC3CC1CC(C2)C3"}  # adamantane
+    examples = {
+        "rod": "CC#CC#CC#CC",
+        "disc": "c1cc2ccc3ccc4ccc5ccc6ccc1c1c2c3c4c5c61",  # coronene
+        "sphere": "C1C2CC3CC1CC(C2)C3",
+    }  # adamantane
     for name, smiles in examples.items():
         shapes[name] = describe.structure_facts(make_record(MoleculeInput(0, name, smiles=smiles)).mol).shape
     assert shapes == {"rod": "rod-like", "disc": "disc-like", "sphere": "sphere-like"}

@@ -21,11 +21,15 @@ def test_smi(tmp_path):
 
 def test_chebi20_tsv(tmp_path):
     path = tmp_path / "train.txt"  # ChEBI-20 ships .txt files that are tab-separated
-    path.write_text("CID\tSMILES\tdescription\n2244\tCC(=O)Oc1ccccc1C(=O)O\tThe molecule is aspirin.\n"
-                    "702\tCCO\tThe molecule is ethanol.\n")
+    path.write_text(
+        "CID\tSMILES\tdescription\n2244\tCC(=O)Oc1ccccc1C(=O)O\tThe molecule is aspirin.\n"
+        "702\tCCO\tThe molecule is ethanol.\n"
+    )
     items = read_inputs(path)
     assert [(i.id, i.smiles, i.texts["description"]) for i in items] == [
-        ("2244", ASPIRIN, "The molecule is aspirin."), ("702", "CCO", "The molecule is ethanol.")]
+        ("2244", ASPIRIN, "The molecule is aspirin."),
+        ("702", "CCO", "The molecule is ethanol."),
+    ]
 
 
 def test_csv_and_jsonl(tmp_path):
@@ -64,10 +68,13 @@ def test_sdf_keeps_unparsable_blocks(tmp_path):
 
 def test_moit_json_groups_records_per_molecule(tmp_path):
     records = [
-        {"instruction": "What is the HOMO of this molecule?", "input": ASPIRIN,
-         "output": "The HOMO for the input molecule is -7.12 eV.", "task": "HOMO"},
-        {"instruction": "Describe this molecule.", "input": ASPIRIN, "output": "Aspirin is ...",
-         "task": "Description"},
+        {
+            "instruction": "What is the HOMO of this molecule?",
+            "input": ASPIRIN,
+            "output": "The HOMO for the input molecule is -7.12 eV.",
+            "task": "HOMO",
+        },
+        {"instruction": "Describe this molecule.", "input": ASPIRIN, "output": "Aspirin is ...", "task": "Description"},
         {"instruction": "What is the LogP?", "input": "CCO", "output": "-0.31", "task": "LogP"},
     ]
     path = tmp_path / "moit.json"
@@ -83,9 +90,14 @@ def test_moit_json_groups_records_per_molecule(tmp_path):
 def _write_molm_lmdb(path):
     lmdb = pytest.importorskip("lmdb")
     env = lmdb.open(str(path), map_size=1 << 24)
-    water = {"atoms": ["O", "H", "H"], "coordinates": [np.array([[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])],
-             "smiles": "O", "description": "Water is an oxygen hydride.", "enriched_description": "Water ...",
-             "cid": "962"}
+    water = {
+        "atoms": ["O", "H", "H"],
+        "coordinates": [np.array([[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])],
+        "smiles": "O",
+        "description": "Water is an oxygen hydride.",
+        "enriched_description": "Water ...",
+        "cid": "962",
+    }
     with env.begin(write=True) as txn:
         txn.put(b"962", pickle.dumps(water))
     env.close()

@@ -34,8 +34,11 @@ CONFIG = ConformerConfig(num_conformers=3, seed=3)
 
 
 def digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +58,20 @@ def prepared(inputs, tmp_path_factory):
 def test_every_input_is_a_molecule_or_a_reported_failure(prepared):
     store = open_dataset(prepared)
     assert len(store) == 8 and store.meta["failed"] == 2
-    assert [(f["id"], f["reason"]) for f in store.failures()] == [("broken", "invalid_input"),
-                                                                   ("uranium", "unknown_element")]
-    assert [m.id for m in store] == ["aspirin", "phenethylamine", "cubane", "hexyloxy", "phenol",
-                                     "naphthalene", "ibuprofen", "ethanol"]
+    assert [(f["id"], f["reason"]) for f in store.failures()] == [
+        ("broken", "invalid_input"),
+        ("uranium", "unknown_element"),
+    ]
+    assert [m.id for m in store] == [
+        "aspirin",
+        "phenethylamine",
+        "cubane",
+        "hexyloxy",
+        "phenol",
+        "naphthalene",
+        "ibuprofen",
+        "ethanol",
+    ]
     assert [s["molecules"] for s in store.meta["shards"]] == [2, 4, 2]  # 3 shards of 4 inputs, less failures
 
 
@@ -79,12 +92,13 @@ def test_output_bytes_do_not_depend_on_process_count(inputs, prepared, tmp_path)
 
 
 def test_resume_skips_finished_shards_and_split_jobs_finish(inputs, prepared, tmp_path):
-    assert prepare(inputs, tmp_path, name="mixed", config=CONFIG, shard_size=4, workers=1, shard=(1, 2),
-                   progress=False) is None  # shard 1 of 3 only: not finished yet
+    assert (
+        prepare(inputs, tmp_path, name="mixed", config=CONFIG, shard_size=4, workers=1, shard=(1, 2), progress=False)
+        is None
+    )  # shard 1 of 3 only: not finished yet
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["part-00001.parquet"]
     stamp = (tmp_path / "shards" / "part-00001.parquet").stat().st_mtime_ns
-    meta = prepare(inputs, tmp_path, name="mixed", config=CONFIG, shard_size=4, workers=1, shard=(0, 2),
-                   progress=False)
+    meta = prepare(inputs, tmp_path, name="mixed", config=CONFIG, shard_size=4, workers=1, shard=(0, 2), progress=False)
     assert meta["molecules"] == 8
     assert (tmp_path / "shards" / "part-00001.parquet").stat().st_mtime_ns == stamp  # skipped, not redone
     assert digest(tmp_path) == digest(prepared)

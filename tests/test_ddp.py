@@ -56,9 +56,7 @@ def test_nan_on_one_rank_stops_both(tmp_path):
     done = run_ddp(tmp_path, "  nan_at_call: 9\n  nan_rank: 1\n")
     assert done.returncode != 0
     assert "rank 1 stopped: non-finite loss at step 5 (rank 1); non-finite terms: loss, mse" in done.stdout
-    assert (
-        "rank 0 stopped: non-finite loss at step 5 (rank 0); non-finite terms: on another rank" in done.stdout
-    )
+    assert "rank 0 stopped: non-finite loss at step 5 (rank 0); non-finite terms: on another rank" in done.stdout
     assert "step-000003" in done.stdout
     assert [p.name for p in (tmp_path / "out" / "checkpoints").glob("step-*")] == ["step-000003"]
 
@@ -79,8 +77,14 @@ def test_retrieval_stage1_under_two_process_ddp(tmp_path):
     recipe = tmp_path / "retrieval.yaml"
     recipe.write_text(RETRIEVAL)
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    done = subprocess.run([sys.executable, str(HELPER), str(recipe), str(tmp_path / "out")], env=env,
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(HELPER), str(recipe), str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 1 finished: completed" in done.stdout and "rank 0 finished: completed" in done.stdout
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -47,8 +47,12 @@ def make(**options) -> SmilesEncoder:
 
 def item(smiles, mol_id="m", positions=None) -> dict:
     n = 3 if positions is None else len(positions)
-    return {keys.MOL_ID: mol_id, keys.SMILES: smiles, keys.ATOMIC_NUMBERS: np.full(n, 6, dtype=np.int64),
-            keys.POSITIONS: np.zeros((n, 3), np.float32) if positions is None else positions}
+    return {
+        keys.MOL_ID: mol_id,
+        keys.SMILES: smiles,
+        keys.ATOMIC_NUMBERS: np.full(n, 6, dtype=np.int64),
+        keys.POSITIONS: np.zeros((n, 3), np.float32) if positions is None else positions,
+    }
 
 
 def encode_items(encoder, smiles_list):
@@ -136,8 +140,7 @@ def test_a_molecule_encodes_the_same_alone_and_in_a_padded_batch():
 def test_outputs_do_not_depend_on_coordinates():
     encoder = make().eval()
     rng = np.random.default_rng(0)
-    a, b = (encoder.featurize_item(item("CCO", positions=rng.normal(size=(9, 3)).astype(np.float32)))
-            for _ in range(2))
+    a, b = (encoder.featurize_item(item("CCO", positions=rng.normal(size=(9, 3)).astype(np.float32))) for _ in range(2))
     assert torch.equal(a["tokens"], b["tokens"]) and set(a) == {"tokens"}
     with torch.no_grad():
         assert torch.equal(encoder(encoder.collate([a])).pooled, encoder(encoder.collate([b])).pooled)

@@ -15,8 +15,22 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "molbridge-example-
 def installed(tmp_path_factory):
     """pip-install the example package into a private directory (the test env itself stays clean)."""
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(EXAMPLE)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return target
 
 
@@ -31,8 +45,11 @@ def test_bench_plugins_lists_the_installed_example(installed):
     assert result.returncode == 0, result.stderr
     listing = json.loads(result.stdout)
     (meanpool,) = [c for c in listing["components"]["projector"] if c["name"] == "meanpool"]
-    assert (meanpool["distribution"], meanpool["version"], meanpool["plugin"]) == \
-        ("molbridge-example-plugin", "0.1.0", "example")
+    assert (meanpool["distribution"], meanpool["version"], meanpool["plugin"]) == (
+        "molbridge-example-plugin",
+        "0.1.0",
+        "example",
+    )
 
 
 def test_external_plugins_can_be_switched_off(installed):
@@ -43,9 +60,22 @@ def test_external_plugins_can_be_switched_off(installed):
 
 def test_a_run_uses_the_example_task_and_projector(installed, tmp_path):
     recipe = EXAMPLE / "recipes" / "property.yaml"
-    result = _bench(["run", "property", "--recipe", str(recipe), "--output", str(tmp_path / "out"),
-                     "train.max_steps=3", "train.eval_every=0", "data.batch_size=8", "data.eval_batch_size=128",
-                     "tracking.enabled=false"], installed)
+    result = _bench(
+        [
+            "run",
+            "property",
+            "--recipe",
+            str(recipe),
+            "--output",
+            str(tmp_path / "out"),
+            "train.max_steps=3",
+            "train.eval_every=0",
+            "data.batch_size=8",
+            "data.eval_batch_size=128",
+            "tracking.enabled=false",
+        ],
+        installed,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["provenance"]["steps"] == 3

@@ -26,8 +26,9 @@ def test_recovers_linear_map(smiles):
     ridge = FingerprintRidge(n_bits=512, alphas=(1e-3, 1, 100))
     x = ridge.fingerprints(smiles).float()
     g = torch.Generator().manual_seed(0)
-    emb = torch.nn.functional.normalize(x @ torch.randn(512, 32, generator=g) + 0.1 * torch.randn(900, 32, generator=g),
-                                        dim=-1)
+    emb = torch.nn.functional.normalize(
+        x @ torch.randn(512, 32, generator=g) + 0.1 * torch.randn(900, 32, generator=g), dim=-1
+    )
     tr_s, tr_e, va_s, va_e, te_s, te_e = split(smiles, emb)
     ridge.fit(tr_s, tr_e, va_s, va_e)
     assert ridge.chosen_alpha in (1e-3, 1.0, 100.0) and set(ridge.validation_scores) == {1e-3, 1.0, 100.0}

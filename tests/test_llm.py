@@ -17,13 +17,24 @@ from molbridge.plugins.llms.sizing import LLAMA2_7B, meta_report, param_report
 from molbridge.plugins.llms.vicuna import VicunaLMConfig
 from molbridge.plugins.llms.vicuna import build as build_vicuna
 
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
-        "intermediate_size": 128, "max_position_embeddings": 512, "vocab_size": 400}
+TINY = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 512,
+    "vocab_size": 400,
+}
 MOL_DIM = 24  # projector width in these tests
-CORPUS = [f"The molecule has {n} carbon atoms and a LogP of {n / 7:.2f}. It is an aromatic alcohol."
-          for n in range(60)] + ["What is the molecular weight? Respond with the numerical value only."]
-INSTRUCTIONS = ["Describe this molecule.", "What is the LogP of this molecule? Respond with the numerical value only.",
-                "Is it aromatic?"]
+CORPUS = [
+    f"The molecule has {n} carbon atoms and a LogP of {n / 7:.2f}. It is an aromatic alcohol." for n in range(60)
+] + ["What is the molecular weight? Respond with the numerical value only."]
+INSTRUCTIONS = [
+    "Describe this molecule.",
+    "What is the LogP of this molecule? Respond with the numerical value only.",
+    "Is it aromatic?",
+]
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O"]
 
 
@@ -64,8 +75,10 @@ def test_prompt_templates(tiny_dir):
     llama = make(tiny_dir)
     assert llama.format_prompt("Describe.", "CCO") == (
         "Below is an instruction that describes a task, paired with an input molecule. Write a response that "
-        "appropriately completes the request.\nInstruction: Describe.\nInput molecule: CCO " + "<mol>" * 8
-        + ".\nResponse: ")
+        "appropriately completes the request.\nInstruction: Describe.\nInput molecule: CCO "
+        + "<mol>" * 8
+        + ".\nResponse: "
+    )
     vicuna = make(tiny_dir, builder=build_vicuna, schema=VicunaLMConfig)
     prompt = vicuna.format_prompt("Describe.", "CCO")
     assert prompt.startswith("A chat between a curious user and an artificial intelligence assistant.")
@@ -88,7 +101,7 @@ def test_every_target_ends_with_eos_and_loss_is_on_the_response_only(tiny_dir):
         assert (labels[~mask.bool()] == IGNORE_INDEX).all()  # padding
         prompt_len = mask.sum() - len(target)
         assert (labels[:prompt_len] == IGNORE_INDEX).all()
-        assert (labels[prompt_len:mask.sum()] == real[prompt_len:]).all()
+        assert (labels[prompt_len : mask.sum()] == real[prompt_len:]).all()
 
 
 def test_truncation_keeps_the_prompt_and_the_eos(tiny_dir):
@@ -152,7 +165,7 @@ def test_left_padded_batch_generation_equals_one_at_a_time(tiny_dir):
     together = lm.generate_ids(**batched, mol_tokens=mol, max_new_tokens=16)
     assert together.shape[1] <= 16  # new tokens only, not the prompt
     for row, prompt in enumerate(prompts):
-        alone = lm.generate_ids(**lm.tokenize_prompts([prompt]), mol_tokens=mol[row:row + 1], max_new_tokens=16)
+        alone = lm.generate_ids(**lm.tokenize_prompts([prompt]), mol_tokens=mol[row : row + 1], max_new_tokens=16)
         assert _until_eos(together[row], eos) == _until_eos(alone[0], eos)
         assert len(_until_eos(alone[0], eos)) >= 2  # something was generated
     texts = lm.generate(**batched, mol_tokens=mol, max_new_tokens=16)
@@ -274,8 +287,11 @@ def test_recipe_section_is_validated_and_builds_through_the_registry(tiny_dir):
     message = str(error.value)
     assert "llm.dtype" in message and "float32, bfloat16" in message
     assert "llm.lora_r" in message and "llm.lora_rank" in message and "did you mean 'lora_r'" in message
-    recipe = validate(base | {"llm": {"name": "llama", "path": str(tiny_dir), "lora_target_modules": ["q_proj"],
-                                      "max_new_tokens": 5}}, registry)
+    recipe = validate(
+        base
+        | {"llm": {"name": "llama", "path": str(tiny_dir), "lora_target_modules": ["q_proj"], "max_new_tokens": 5}},
+        registry,
+    )
     lm = registry.build("llm", recipe.llm, input_dim=MOL_DIM)
     assert {n.split(".")[-4] for n, p in lm.named_parameters() if ".lora_" in n} == {"q_proj"}
     assert lm.generation.max_new_tokens == 5 and lm.format_prompt("a", "C").startswith("Below is an instruction")
@@ -284,8 +300,7 @@ def test_recipe_section_is_validated_and_builds_through_the_registry(tiny_dir):
 def test_weights_do_not_load_under_another_tokenizer_of_the_same_size(tmp_path):
     shape = {**TINY, "vocab_size": 300}  # both corpora have more merges than this: equal shapes
     build_demo_model(CORPUS, tmp_path / "ours", seed=0, shape=shape)
-    build_demo_model([text.replace("molecule", "compound") for text in CORPUS], tmp_path / "other", seed=0,
-                     shape=shape)
+    build_demo_model([text.replace("molecule", "compound") for text in CORPUS], tmp_path / "other", seed=0, shape=shape)
     state = make(tmp_path / "ours", lora=False).state_dict()
     make(tmp_path / "ours", lora=False, seed=3).load_state_dict(state)  # same tokenizer: loads
     stranger = make(tmp_path / "other", lora=False)

@@ -8,8 +8,11 @@ from molbridge.plugins.llms.demo import DEMO_NOTICE, DEMO_SHAPE, build_demo_mode
 from molbridge.plugins.llms.llama import LlamaLMConfig
 from molbridge.plugins.llms.llama import build as build_llama
 
-TEXTS = [f"The molecule is a {kind} with {n} rings; its HOMO-LUMO gap is {n * 0.37:.2f} eV."
-         for n in range(80) for kind in ("carboxylic acid", "secondary amine", "aromatic ether")]
+TEXTS = [
+    f"The molecule is a {kind} with {n} rings; its HOMO-LUMO gap is {n * 0.37:.2f} eV."
+    for n in range(80)
+    for kind in ("carboxylic acid", "secondary amine", "aromatic ether")
+]
 
 
 def test_two_builds_are_identical(tmp_path):
@@ -43,7 +46,10 @@ def test_cached_and_loaded_like_a_real_checkpoint(tmp_path, monkeypatch):
     digits = tok.convert_ids_to_tokens(tok("gap 4.21 and 14.8", add_special_tokens=False)["input_ids"])
     assert [t for t in digits if any(c.isdigit() for c in t)] == list("421148")  # one digit per token
     assert len(tok) <= DEMO_SHAPE["vocab_size"] and {tok.bos_token, tok.eos_token, tok.pad_token} == {
-        "<s>", "</s>", "<pad>"}
+        "<s>",
+        "</s>",
+        "<pad>",
+    }
     batch = lm.tokenize_batch([lm.format_prompt("Describe this molecule.", "CCO")], ["It is a small alcohol."])
     assert lm(**batch, mol_tokens=torch.zeros(1, 8, 32)).loss.isfinite()
 

@@ -13,8 +13,15 @@ from molbridge.plugins.llms.reference import from_stage23, load_stage23, to_stag
 from molbridge.plugins.projectors.qformer import QFormer, QFormerConfig
 
 ATOM_DIM = 16
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
-        "intermediate_size": 128, "max_position_embeddings": 256, "vocab_size": 300}
+TINY = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 256,
+    "vocab_size": 300,
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +65,25 @@ def write_reference(projector, llm, path, extra=None):
 
 def test_synthetic_stage23_checkpoint_round_trip(tiny_dir, tmp_path):
     source = parts(tiny_dir, seed=1)
-    state = write_reference(*source, tmp_path / "stage2.ckpt", extra={
-        "blip2opt.graph_encoder.embed_tokens.weight": torch.zeros(3, 4),  # frozen Uni-Mol, saved by some runs
-        "blip2opt.llm_model.base_model.model.model.norm.weight": torch.ones(64)})  # a frozen base weight
+    state = write_reference(
+        *source,
+        tmp_path / "stage2.ckpt",
+        extra={
+            "blip2opt.graph_encoder.embed_tokens.weight": torch.zeros(3, 4),  # frozen Uni-Mol, saved by some runs
+            "blip2opt.llm_model.base_model.model.model.norm.weight": torch.ones(64),
+        },
+    )  # a frozen base weight
     # their layout: PEFT names under llm_model., the Q-Former query path only, llm_proj
     assert "blip2opt.llm_model.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight" in state
     assert "blip2opt.llm_model.base_model.model.model.layers.1.mlp.down_proj.lora_B.default.weight" in state
-    assert {"blip2opt.llm_proj.weight", "blip2opt.llm_proj.bias", "blip2opt.query_tokens",
-            "blip2opt.ln_graph.weight", "blip2opt.Qformer.bert.encoder.layer.0.crossattention.self.key.weight",
-            "blip2opt.Qformer.bert.encoder.layer.1.output_query.dense.weight"} <= set(state)
+    assert {
+        "blip2opt.llm_proj.weight",
+        "blip2opt.llm_proj.bias",
+        "blip2opt.query_tokens",
+        "blip2opt.ln_graph.weight",
+        "blip2opt.Qformer.bert.encoder.layer.0.crossattention.self.key.weight",
+        "blip2opt.Qformer.bert.encoder.layer.1.output_query.dense.weight",
+    } <= set(state)
     assert not any(".cls." in k or "word_embeddings" in k or ".intermediate." in k or "gtm_head" in k for k in state)
     assert state["blip2opt.llm_proj.weight"].shape == (64, 384)
 

@@ -10,9 +10,18 @@ from molbridge.core.recipe import load_recipe
 from molbridge.plugins.tasks.captioning import shape_fact_metrics
 from molbridge.plugins.tasks.llm_stage import freeze_unused
 
-TINY = ["encoder.preset=small", "projector.num_layers=1", "data.batch_size=4", "data.limit=16",
-        "data.eval_limit=6", "data.eval_batch_size=8", "train.max_steps=2", "train.warmup_steps=0",
-        "tracking.enabled=false", "train.init_from=null"]
+TINY = [
+    "encoder.preset=small",
+    "projector.num_layers=1",
+    "data.batch_size=4",
+    "data.limit=16",
+    "data.eval_limit=6",
+    "data.eval_batch_size=8",
+    "train.max_steps=2",
+    "train.warmup_steps=0",
+    "tracking.enabled=false",
+    "train.init_from=null",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +45,16 @@ def test_captioning_writes_caption_metrics_and_baseline(tmp_cwd):
 
 
 def test_shape_facts_score_the_class_and_the_radius_of_gyration():
-    references = ["It is rod-like, with a radius of gyration of 4.0 \u00c5.",
-                  "Its 3D shape is disc-like (normalised principal moments 0.30, 0.70); radius of gyration 3.0 \u00c5.",
-                  "The MMFF geometry is sphere-like and spans a radius of gyration of 2.0 \u00c5."]
-    predictions = ["It is rod-like, with a radius of gyration of 4.5 \u00c5.",  # right class, 0.5 off
-                   "The MMFF geometry is sphere-like and spans a radius of gyration of 2.0 \u00c5.",  # wrong, 1.0
-                   "It has no stereocentres."]  # states neither: wrong class, no radius
+    references = [
+        "It is rod-like, with a radius of gyration of 4.0 \u00c5.",
+        "Its 3D shape is disc-like (normalised principal moments 0.30, 0.70); radius of gyration 3.0 \u00c5.",
+        "The MMFF geometry is sphere-like and spans a radius of gyration of 2.0 \u00c5.",
+    ]
+    predictions = [
+        "It is rod-like, with a radius of gyration of 4.5 \u00c5.",  # right class, 0.5 off
+        "The MMFF geometry is sphere-like and spans a radius of gyration of 2.0 \u00c5.",  # wrong, 1.0
+        "It has no stereocentres.",
+    ]  # states neither: wrong class, no radius
     metrics = shape_fact_metrics(predictions, references)
     assert metrics == pytest.approx({"shape_acc": 1 / 3, "rg_valid": 2 / 3, "rg_mae": 0.75})
     assert shape_fact_metrics(["x"], ["A caption of another kind."]) == {}
@@ -76,7 +89,7 @@ def test_qa_mixture_follows_size_to_the_quarter():
     for row in molecules.indices:
         for record in molecules.store[int(row)].instructions:
             sizes[record["task"]] = sizes.get(record["task"], 0) + 1
-    weights = {t: n ** 0.25 for t, n in sizes.items()}
+    weights = {t: n**0.25 for t, n in sizes.items()}
     total = sum(sizes.values())
     for t, count in task.train_mixture.items():
         assert abs(count - total * weights[t] / sum(weights.values())) <= 1, t
@@ -88,8 +101,21 @@ def test_qa_mixture_follows_size_to_the_quarter():
 def test_stage2_starts_from_stage1_and_freezes_what_soft_tokens_do_not_use(tmp_cwd):
     stage1 = ["run", "retrieval", "--output", "stage1", *TINY, "task.baseline=false", "projector.max_text_length=32"]
     assert main(stage1) == 0
-    assert main(["run", "captioning", "--output", "stage2", *TINY, "task.max_new_tokens=4", "task.baseline=false",
-                 "train.init_from=stage1"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "captioning",
+                "--output",
+                "stage2",
+                *TINY,
+                "task.max_new_tokens=4",
+                "task.baseline=false",
+                "train.init_from=stage1",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_cwd / "stage2" / "metrics.json").read_text())["provenance"]["init_from"]
     assert report["loaded"] > 0 and report["source"].endswith("state.ckpt")
     assert set(report["new"]) == {"llm.llm_proj", "llm.model", "llm.tokenizer_digest"}  # the rest: stage 1
@@ -101,11 +127,21 @@ def test_freeze_unused_keeps_the_query_path_trainable():
     recipe = load_recipe("captioning", TINY, registry)
     projector = registry.build("projector", recipe.projector, input_dim=16)
     frozen = set(freeze_unused(projector, 16))
-    for name in ("bert.embeddings.word_embeddings.weight", "text_proj.weight", "match_head.weight", "lm_head.bias",
-                 "mol_proj.weight", "bert.encoder.layer.0.intermediate.dense.weight"):
+    for name in (
+        "bert.embeddings.word_embeddings.weight",
+        "text_proj.weight",
+        "match_head.weight",
+        "lm_head.bias",
+        "mol_proj.weight",
+        "bert.encoder.layer.0.intermediate.dense.weight",
+    ):
         assert name in frozen, name
     for name, parameter in projector.named_parameters():
         assert parameter.requires_grad == (name not in frozen), name
         assert parameter.grad is None
-    assert {"query_tokens", "encoder_norm.weight", "bert.encoder.layer.0.crossattention.self.key.weight",
-            "bert.encoder.layer.0.attention.self.query.weight"}.isdisjoint(frozen)
+    assert {
+        "query_tokens",
+        "encoder_norm.weight",
+        "bert.encoder.layer.0.crossattention.self.key.weight",
+        "bert.encoder.layer.0.attention.self.query.weight",
+    }.isdisjoint(frozen)

@@ -142,9 +142,7 @@ def test_keeps_periodic_best_and_last(toy_registry, tmp_path):
     best = checkpoint.read_best(tmp_path / "checkpoints")
     assert best["step"] == result.best["step"] and f"step-{best['step']:06d}" in kept
     assert kept[-2:] == ["step-000010", "step-000012"] and len(kept) <= 3
-    assert (
-        (tmp_path / "checkpoints" / kept[-1] / checkpoint.RECIPE_FILE).read_text().startswith("recipe: toy")
-    )
+    assert (tmp_path / "checkpoints" / kept[-1] / checkpoint.RECIPE_FILE).read_text().startswith("recipe: toy")
 
 
 def test_bench_run_end_to_end(toy_registry, tmp_cwd, monkeypatch, capsys):
@@ -154,9 +152,7 @@ def test_bench_run_end_to_end(toy_registry, tmp_cwd, monkeypatch, capsys):
         "recipe: toy\ntask:\n  name: toy-regression\ndata:\n  batch_size: 8\n"
         "train:\n  max_steps: 5\n  accelerator: cpu\n  eval_every: 2\ntracking:\n  enabled: false\n"
     )
-    code = main(
-        ["run", "toy-regression", "--recipe", str(recipe), "--output", "out", "--seed", "3", "train.lr=0.01"]
-    )
+    code = main(["run", "toy-regression", "--recipe", str(recipe), "--output", "out", "--seed", "3", "train.lr=0.01"])
     assert code == 0
     written = json.loads((tmp_cwd / "out" / "metrics.json").read_text())
     assert set(written["metrics"]) == {"test/mse", "test/mae"} and written["evaluated_split"] == "test"
@@ -225,9 +221,7 @@ def test_run_is_tracked_in_mlflow_and_resume_reopens_the_run(toy_registry, tmp_c
                 loop.request_stop()
 
     uri = f"sqlite:///{tmp_cwd / 'mlflow.db'}"
-    recipe = toy_recipe(
-        toy_registry, train={"max_steps": 4, "log_every": 1, "eval_every": 2}, tracking={"uri": uri}
-    )
+    recipe = toy_recipe(toy_registry, train={"max_steps": 4, "log_every": 1, "eval_every": 2}, tracking={"uri": uri})
     client = MlflowClient(tracking_uri=uri)
     stopped = run(recipe, toy_registry, output=tmp_cwd / "out", callbacks=[StopAfter2()])
     assert client.get_run(stopped["tracking_run_id"]).info.status == "KILLED"

@@ -19,8 +19,10 @@ def table(benchmark_script):
 
 def test_the_three_sweeps_are_one_chain_of_the_same_configurations_and_seeds():
     registry = get_registry()
-    stages = {stage: plan(load_sweep(BENCHMARKS / "mini" / f"{stage}.yaml"), registry)
-              for stage in ("retrieval", "captioning", "qa")}
+    stages = {
+        stage: plan(load_sweep(BENCHMARKS / "mini" / f"{stage}.yaml"), registry)
+        for stage in ("retrieval", "captioning", "qa")
+    }
     keys = {stage: [child.key for child in children] for stage, children in stages.items()}
     assert len(keys["retrieval"]) == 18 and keys["retrieval"] == keys["captioning"] == keys["qa"]
     assert {c.recipe.encoder.name for c in stages["qa"]} == {"unimol", "schnet", "smiles"}
@@ -31,16 +33,27 @@ def test_the_three_sweeps_are_one_chain_of_the_same_configurations_and_seeds():
 
 def _group(encoder: str, projector: str, values: dict[str, list[float]]) -> Group:
     seeds = range(len(next(iter(values.values()))))
-    runs = [RunRow(f"{encoder}-{projector}-none-s{s}", f"id{s}", "qa-molbridge-mini", "FINISHED", 0,
-                   {"encoder": encoder, "projector": projector, "seed": str(s)},
-                   {metric: series[s] for metric, series in values.items() if s < len(series)}) for s in seeds]
+    runs = [
+        RunRow(
+            f"{encoder}-{projector}-none-s{s}",
+            f"id{s}",
+            "qa-molbridge-mini",
+            "FINISHED",
+            0,
+            {"encoder": encoder, "projector": projector, "seed": str(s)},
+            {metric: series[s] for metric, series in values.items() if s < len(series)},
+        )
+        for s in seeds
+    ]
     return Group("qa-molbridge-mini", f"{encoder}-{projector}-none", runs)
 
 
 def test_stage_table_marks_the_best_mean_the_missing_seeds_and_the_baseline(table):
     homo, base = "test/HOMO _GFN2-xTB_/medae", "test/HOMO _GFN2-xTB_/baseline_medae"
-    groups = [_group("unimol", "qformer", {"test/skill": [0.2, 0.4, 0.3], homo: [0.5, 0.7, 0.6], base: [1.0] * 3}),
-              _group("smiles", "linear", {"test/skill": [0.1, 0.3], homo: [0.9, 1.1], base: [1.0] * 2})]
+    groups = [
+        _group("unimol", "qformer", {"test/skill": [0.2, 0.4, 0.3], homo: [0.5, 0.7, 0.6], base: [1.0] * 3}),
+        _group("smiles", "linear", {"test/skill": [0.1, 0.3], homo: [0.9, 1.1], base: [1.0] * 2}),
+    ]
     lines, rows = table.stage_table("qa", groups)
     unimol, smiles, *missing, baseline = lines[2:]
     assert len(missing) == 4 and all(line.count("not run yet") == 7 for line in missing)  # 6 planned, 2 run

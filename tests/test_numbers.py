@@ -91,10 +91,20 @@ def test_property_errors_by_hand():
     targets = [1.0, "The LogP for the input molecule is -1.00.", 0.3, 180.16]
     properties = ["LogP", "LogP", "LogP", "Molecular Weight"]
     report = property_errors(predictions, targets, properties, units={"Molecular Weight": "g/mol"})
-    assert report["LogP"] == {"mae": pytest.approx(0.75), "medae": pytest.approx(0.75),
-                              "valid_rate": pytest.approx(2 / 3), "n": 3, "n_valid": 2}
-    assert report["Molecular Weight"] == {"mae": pytest.approx(0.34), "medae": pytest.approx(0.34), "valid_rate": 1.0,
-                                          "n": 1, "n_valid": 1}
+    assert report["LogP"] == {
+        "mae": pytest.approx(0.75),
+        "medae": pytest.approx(0.75),
+        "valid_rate": pytest.approx(2 / 3),
+        "n": 3,
+        "n_valid": 2,
+    }
+    assert report["Molecular Weight"] == {
+        "mae": pytest.approx(0.34),
+        "medae": pytest.approx(0.34),
+        "valid_rate": 1.0,
+        "n": 1,
+        "n_valid": 1,
+    }
     assert report["overall"] == {"n": 4, "n_valid": 3, "valid_rate": 0.75}
 
 
@@ -102,8 +112,12 @@ def test_property_without_valid_answer_has_no_mae():
     report = property_errors(["unknown", "no idea"], [1.0, 2.0], ["HOMO", "HOMO"])
     assert report["HOMO"] == {"mae": None, "medae": None, "valid_rate": 0.0, "n": 2, "n_valid": 0}
     assert flat_metrics(report, "test/") == {
-        "test/HOMO/valid_rate": 0.0, "test/HOMO/n": 2.0, "test/HOMO/n_valid": 0.0,
-        "test/overall/n": 2.0, "test/overall/n_valid": 0.0, "test/overall/valid_rate": 0.0,
+        "test/HOMO/valid_rate": 0.0,
+        "test/HOMO/n": 2.0,
+        "test/HOMO/n_valid": 0.0,
+        "test/overall/n": 2.0,
+        "test/overall/n_valid": 0.0,
+        "test/overall/valid_rate": 0.0,
     }
 
 

@@ -37,10 +37,29 @@ def test_no_top_level_core_or_plugins_module_is_importable():
 def test_wheel_holds_only_the_molbridge_namespace_and_ships_recipes_and_data(tmp_path):
     # build from a clean copy: an in-tree build/ left by an earlier build would hide missing package data
     source = tmp_path / "src"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "mlruns",
-                                                                "runs", "mlflow.db", "__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(source)], check=True, capture_output=True)
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "mlruns", "runs", "mlflow.db", "__pycache__"
+        ),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("molbridge-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
@@ -49,6 +68,7 @@ def test_wheel_holds_only_the_molbridge_namespace_and_ships_recipes_and_data(tmp
     expected = {f"molbridge/core/recipes/{p.name}" for p in (ROOT / "core" / "recipes").glob("*.yaml")}
     assert packaged == expected
     data = ROOT / "core" / "data" / "molbridge_mini"
-    shipped = {f"molbridge/core/data/molbridge_mini/{p.relative_to(data).as_posix()}"
-               for p in data.rglob("*") if p.is_file()}
+    shipped = {
+        f"molbridge/core/data/molbridge_mini/{p.relative_to(data).as_posix()}" for p in data.rglob("*") if p.is_file()
+    }
     assert shipped <= set(names), f"dataset files missing from the wheel: {sorted(shipped - set(names))}"

@@ -86,8 +86,9 @@ def test_name_clash_names_both_plugins(site):
 def test_misspelled_hook_is_caught_at_start_up_with_a_suggestion(site):
     typo = GOOD.format(name="typo").replace("molbridge_register_encoders", "molbridge_register_encoder")
     make_distribution(site, "typo-dist", "typo_mod", typo)
-    with pytest.warns(PluginLoadWarning, match="unknown hook 'molbridge_register_encoder'.*did you mean "
-                                               "'molbridge_register_encoders'"):
+    with pytest.warns(
+        PluginLoadWarning, match="unknown hook 'molbridge_register_encoder'.*did you mean 'molbridge_register_encoders'"
+    ):
         loaded = load_plugins()
     assert "typo" not in loaded.registry.names("encoder")
     with pytest.raises(PluginError, match="unknown hook"):

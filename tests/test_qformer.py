@@ -46,7 +46,8 @@ def test_blip2_structure(model):
     assert model.tokenizer.bos_token == "[DEC]"
     assert model.bert.embeddings.word_embeddings.num_embeddings == len(model.tokenizer)
     assert qformer(num_query_tokens=4, cross_attention_freq=1, num_layers=2)(
-        synthetic_encoder_output([3], WIDTH)).shape == (1, 4, 384)
+        synthetic_encoder_output([3], WIDTH)
+    ).shape == (1, 4, 384)
 
 
 def test_padding_is_masked(model):
@@ -87,7 +88,7 @@ def test_captioning_mask(model):
         bidirectional = bert(prefix, changed, mask, memory=memory)
     p = prefix.shape[1]
     assert (a[:, : p + 4] - b[:, : p + 4]).abs().max() < 1e-5  # queries and tokens < 4 never see later text
-    assert (a[:, p + 4:] - b[:, p + 4:]).abs().max() > 1e-3
+    assert (a[:, p + 4 :] - b[:, p + 4 :]).abs().max() > 1e-3
     assert (a[:, :p] - queries_alone).abs().max() < 1e-5
     assert (bidirectional[:, :p] - queries_alone).abs().max() > 1e-3  # matching: queries do see text
 
@@ -106,13 +107,18 @@ def test_stage1_interface_shapes(model):
 def test_reference_checkpoint_round_trip(tmp_path, model):
     theirs = to_reference(model.state_dict())
     # names as they appear in 3D-MoLM's stage-1 checkpoints
-    for key in ("blip2qformer.Qformer.bert.encoder.layer.0.crossattention.self.key.weight",
-                "blip2qformer.Qformer.bert.encoder.layer.1.intermediate_query.dense.weight",
-                "blip2qformer.Qformer.bert.embeddings.word_embeddings.weight",
-                "blip2qformer.Qformer.cls.predictions.transform.dense.weight",
-                "blip2qformer.Qformer.cls.predictions.decoder.weight",
-                "blip2qformer.graph_proj.weight", "blip2qformer.text_proj.weight", "blip2qformer.gtm_head.weight",
-                "blip2qformer.ln_graph.weight", "blip2qformer.query_tokens"):
+    for key in (
+        "blip2qformer.Qformer.bert.encoder.layer.0.crossattention.self.key.weight",
+        "blip2qformer.Qformer.bert.encoder.layer.1.intermediate_query.dense.weight",
+        "blip2qformer.Qformer.bert.embeddings.word_embeddings.weight",
+        "blip2qformer.Qformer.cls.predictions.transform.dense.weight",
+        "blip2qformer.Qformer.cls.predictions.decoder.weight",
+        "blip2qformer.graph_proj.weight",
+        "blip2qformer.text_proj.weight",
+        "blip2qformer.gtm_head.weight",
+        "blip2qformer.ln_graph.weight",
+        "blip2qformer.query_tokens",
+    ):
         assert key in theirs, key
     theirs["blip2qformer.temp"] = torch.tensor(0.1)
     theirs["blip2qformer.graph_encoder.embed_tokens.weight"] = torch.zeros(3, 4)

@@ -37,8 +37,10 @@ def recipe_file(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("train:\n  lr: 0.001\n  max_steps: 50\ndata:\n  batch_size: 8\n")
     child = tmp_path / "child.yaml"
-    child.write_text("# bench run toy --recipe child.yaml\nextends: base.yaml\nrecipe: child\n"
-                     "train:\n  max_steps: 7\nencoder:\n  name: enc\n  width: 32\ntask:\n  name: toy\n")
+    child.write_text(
+        "# bench run toy --recipe child.yaml\nextends: base.yaml\nrecipe: child\n"
+        "train:\n  max_steps: 7\nencoder:\n  name: enc\n  width: 32\ntask:\n  name: toy\n"
+    )
     return child
 
 
@@ -52,8 +54,11 @@ def test_extends_merges_over_the_base_and_overrides_win(recipe_file, registry):
 
 def test_every_problem_is_reported_at_once_with_location_and_suggestion(recipe_file, registry):
     with pytest.raises(RecipeError) as info:
-        load_recipe(recipe_file, ["trian.max_steps=3", "encoder.nmae=x", "train.lr=fast",
-                                  "train.precision=bf16"], registry=registry)
+        load_recipe(
+            recipe_file,
+            ["trian.max_steps=3", "encoder.nmae=x", "train.lr=fast", "train.precision=bf16"],
+            registry=registry,
+        )
     problems = info.value.problems
     assert len(problems) == 4
     text = "\n".join(problems)
@@ -71,8 +76,11 @@ def test_problems_in_the_file_name_the_file_and_line(tmp_path, registry):
 
 
 def test_unknown_component_lists_the_registered_ones(recipe_file, registry):
-    with pytest.raises(RecipeError, match=r"unknown encoder 'enk' \(did you mean 'enc'\?\); valid encoders: enc, "
-                                          r"other"):
+    with pytest.raises(
+        RecipeError,
+        match=r"unknown encoder 'enk' \(did you mean 'enc'\?\); valid encoders: enc, "
+        r"other",
+    ):
         load_recipe(recipe_file, ["encoder.name=enk"], registry=registry)
 
 
@@ -92,8 +100,7 @@ def test_switching_component_keeps_shared_options_but_not_weights(registry):
 
     make_register(registry, "encoder", "test", None, None)("weighted", lambda c: c, WeightedCfg)
     data = {"encoder": {"name": "enc", "preset": "base", "checkpoint": "/weights/enc.pt", "width": 8}}
-    assert replace_component(data, "encoder", "weighted", registry)["encoder"] == {"name": "weighted",
-                                                                                   "preset": "base"}
+    assert replace_component(data, "encoder", "weighted", registry)["encoder"] == {"name": "weighted", "preset": "base"}
 
 
 def test_deletion_restores_the_schema_default(recipe_file, registry):
@@ -127,8 +134,11 @@ def test_flatten_keys_are_valid_overrides(recipe_file, registry):
     recipe = load_recipe(recipe_file, registry=registry)
     flat = flatten(recipe)
     assert flat["train.lr"] == 0.001 and flat["encoder.width"] == 32
-    again = load_recipe(recipe_file, [f"{k}={v}" for k, v in flat.items()
-                                      if k.startswith(("train.lr", "encoder.width"))], registry=registry)
+    again = load_recipe(
+        recipe_file,
+        [f"{k}={v}" for k, v in flat.items() if k.startswith(("train.lr", "encoder.width"))],
+        registry=registry,
+    )
     assert flatten(again) == flat
 
 

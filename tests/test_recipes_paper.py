@@ -63,8 +63,15 @@ def test_the_three_paper_recipes_validate_with_the_papers_settings():
     for recipe in (stage2, stage3):
         llm = recipe.llm
         assert (llm.lora, llm.lora_r, llm.lora_alpha, llm.lora_dropout) == (True, 8, 32, 0.1)
-        assert set(llm.lora_target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                "down_proj"}
+        assert set(llm.lora_target_modules) == {
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        }
         assert llm.dtype == "bfloat16" and llm.gradient_checkpointing
     assert (stage1.train.lr, stage2.train.lr, stage3.train.lr) == (1e-4, 1e-4, 1e-5)
     assert (stage2.data.batch_size, stage2.train.grad_accum) == (16, 2)

@@ -45,9 +45,7 @@ class SignalAt:
 
 
 def final_weights(out):
-    state = torch.load(
-        checkpoint.latest_checkpoint(out / "checkpoints") / checkpoint.STATE_FILE, weights_only=False
-    )
+    state = torch.load(checkpoint.latest_checkpoint(out / "checkpoints") / checkpoint.STATE_FILE, weights_only=False)
     return state["step"], state["model"]
 
 
@@ -80,8 +78,9 @@ def test_second_signal_aborts(toy_registry, tmp_cwd):
 
 
 def _final_weights(out):
-    return torch.load(checkpoint.latest_checkpoint(out / checkpoint.CHECKPOINTS) / checkpoint.STATE_FILE,
-                      weights_only=True)["model"]
+    return torch.load(
+        checkpoint.latest_checkpoint(out / checkpoint.CHECKPOINTS) / checkpoint.STATE_FILE, weights_only=True
+    )["model"]
 
 
 def test_init_from_starts_a_run_from_another_runs_weights(toy_registry, tmp_cwd):
@@ -90,8 +89,17 @@ def test_init_from_starts_a_run_from_another_runs_weights(toy_registry, tmp_cwd)
     trained = _final_weights(tmp_cwd / "stage1")
 
     # lr 0: the second run keeps what it was initialised with, so its weights show what loaded
-    second = {**RECIPE, "seed": 99, "train": {**RECIPE["train"], "max_steps": 1, "lr": 0.0, "warmup_steps": 0,
-                                              "init_from": str(tmp_cwd / "stage1")}}
+    second = {
+        **RECIPE,
+        "seed": 99,
+        "train": {
+            **RECIPE["train"],
+            "max_steps": 1,
+            "lr": 0.0,
+            "warmup_steps": 0,
+            "init_from": str(tmp_cwd / "stage1"),
+        },
+    }
     result = run(validate(second, toy_registry), toy_registry, output=tmp_cwd / "stage2")
     report = result["provenance"]["init_from"]
     assert report["loaded"] == len(trained) and report["new"] == {} and report["unused"] == {}
@@ -101,10 +109,16 @@ def test_init_from_starts_a_run_from_another_runs_weights(toy_registry, tmp_cwd)
 
 
 def test_init_from_errors_name_the_problem(toy_registry, tmp_cwd):
-    run(validate({**RECIPE, "train": {**RECIPE["train"], "max_steps": 2}}, toy_registry), toy_registry,
-        output=tmp_cwd / "small")
-    wider = {**RECIPE, "task": {**RECIPE["task"], "hidden": 32},
-             "train": {**RECIPE["train"], "init_from": str(tmp_cwd / "small")}}
+    run(
+        validate({**RECIPE, "train": {**RECIPE["train"], "max_steps": 2}}, toy_registry),
+        toy_registry,
+        output=tmp_cwd / "small",
+    )
+    wider = {
+        **RECIPE,
+        "task": {**RECIPE["task"], "hidden": 32},
+        "train": {**RECIPE["train"], "init_from": str(tmp_cwd / "small")},
+    }
     with pytest.raises(CheckpointError, match=r"does not fit the model: .*\(16.*vs model \(32"):
         run(validate(wider, toy_registry), toy_registry, output=tmp_cwd / "wider")
     missing = {**RECIPE, "train": {**RECIPE["train"], "init_from": str(tmp_cwd / "nowhere")}}

@@ -18,8 +18,9 @@ def dense_ranks(mol, text):
     sim = similarity(mol, text)
     n = sim.shape[0]
     m2t = torch.tensor([torch.sort(sim[i], descending=True, stable=True).indices.tolist().index(i) for i in range(n)])
-    t2m = torch.tensor([torch.sort(sim[:, j], descending=True, stable=True).indices.tolist().index(j)
-                        for j in range(n)])
+    t2m = torch.tensor(
+        [torch.sort(sim[:, j], descending=True, stable=True).indices.tolist().index(j) for j in range(n)]
+    )
     return m2t, t2m
 
 
@@ -104,8 +105,7 @@ def test_rerank_lifts_positives_within_top_k_only():
 def test_rerank_with_zero_scores_keeps_ranks():
     mol, text = quantised(30, 2, 3, seed=3)
     zero = lambda m, t: torch.zeros(len(m))  # noqa: E731
-    assert all(torch.equal(a, b) for a, b in zip(rerank(mol, text, zero, k=8, chunk_size=7),
-                                                 full_set_ranks(mol, text)))
+    assert all(torch.equal(a, b) for a, b in zip(rerank(mol, text, zero, k=8, chunk_size=7), full_set_ranks(mol, text)))
 
 
 def test_report_keys_and_determinism():

@@ -16,13 +16,29 @@ from molbridge.plugins.tasks.stage1 import CACHED_TEXT
 
 # A run sized for a test: tiny models, a slice of each split, the text tower trained, every loss and the
 # re-ranking on (the packaged recipe locks the text tower and trains the contrastive loss only).
-SMALL = ["encoder.preset=small", "projector.num_layers=1", "projector.max_text_length=32",
-         "task.lock_text_tower=false", "task.matching_weight=1", "task.captioning_weight=1", "task.rerank_top_k=4",
-         "data.batch_size=4", "data.limit=24", "data.eval_limit=12", "data.eval_batch_size=8",
-         "train.max_steps=2", "train.eval_every=2", "train.warmup_steps=0"]
+SMALL = [
+    "encoder.preset=small",
+    "projector.num_layers=1",
+    "projector.max_text_length=32",
+    "task.lock_text_tower=false",
+    "task.matching_weight=1",
+    "task.captioning_weight=1",
+    "task.rerank_top_k=4",
+    "data.batch_size=4",
+    "data.limit=24",
+    "data.eval_limit=12",
+    "data.eval_batch_size=8",
+    "train.max_steps=2",
+    "train.eval_every=2",
+    "train.warmup_steps=0",
+]
 LOCKED = ["task.lock_text_tower=true", "task.matching_weight=0", "task.captioning_weight=0", "task.rerank_top_k=0"]
-PROTOCOL = [f"{scope}_{direction}_{metric}" for scope in ("inbatch", "full", "rerank_inbatch", "rerank_full")
-            for direction in ("m2t", "t2m") for metric in ("acc", "r20")]
+PROTOCOL = [
+    f"{scope}_{direction}_{metric}"
+    for scope in ("inbatch", "full", "rerank_inbatch", "rerank_full")
+    for direction in ("m2t", "t2m")
+    for metric in ("acc", "r20")
+]
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +121,13 @@ def test_locked_text_tower_caches_what_the_tower_computes():
     assert "projector.bert.embeddings.word_embeddings.weight" in frozen
     assert "projector.bert.encoder.layer.0.attention.self.query.weight" in frozen
     assert "projector.match_head.weight" in frozen and "projector.lm_head.bias" in frozen  # their losses are off
-    for trains in ("projector.text_proj.weight", "projector.query_tokens",
-                   "projector.bert.encoder.layer.0.crossattention.self.key.weight",
-                   "projector.bert.encoder.layer.0.intermediate_query.dense.weight", "encoder.embed_tokens.weight"):
+    for trains in (
+        "projector.text_proj.weight",
+        "projector.query_tokens",
+        "projector.bert.encoder.layer.0.crossattention.self.key.weight",
+        "projector.bert.encoder.layer.0.intermediate_query.dense.weight",
+        "encoder.embed_tokens.weight",
+    ):
         assert trains not in frozen, trains
     batch = task.collate([task.splits["train"][i] for i in range(3)])
     projector.eval()
@@ -140,7 +160,10 @@ def test_a_projector_without_a_text_side_is_refused(monkeypatch):
     recipe = load_recipe("retrieval", SMALL, registry)
     task = registry.build("task", recipe.task, recipe=recipe, registry=registry)
     build = registry.build
-    monkeypatch.setattr(registry, "build", lambda kind, config, **kwargs: (
-        torch.nn.Identity() if kind == "projector" else build(kind, config, **kwargs)))
+    monkeypatch.setattr(
+        registry,
+        "build",
+        lambda kind, config, **kwargs: torch.nn.Identity() if kind == "projector" else build(kind, config, **kwargs),
+    )
     with pytest.raises(MolbridgeError, match="projector 'qformer' has no stage-1 text side .* qformer or linear"):
         task.build_model()

@@ -47,7 +47,7 @@ def test_contrastive_over_two_ranks_equals_one_big_batch():
     full, _, _ = contrastive_loss(mol, text, mol, text, rank=0, temperature=0.07)
     full_grads = torch.autograd.grad(full, (mol, text))
 
-    shards = [(mol[r * 3:(r + 1) * 3], text[r * 3:(r + 1) * 3]) for r in range(2)]
+    shards = [(mol[r * 3 : (r + 1) * 3], text[r * 3 : (r + 1) * 3]) for r in range(2)]
     world = sum(contrastive_loss(m, t, mol, text, rank=r, temperature=0.07)[0] for r, (m, t) in enumerate(shards)) / 2
     world_grads = torch.autograd.grad(world, (mol, text))
     assert torch.allclose(world, full, atol=1e-6)
@@ -88,8 +88,11 @@ class PassThrough(torch.nn.Module):
 def tiny_batch(projector):
     encoded = synthetic_encoder_output([3, 5, 2, 4], 8)
     ids, mask = projector.tokenize(["a ketone", "an amine with two rings", "neutral", "rod-like and polar"])
-    return {keys.ENCODER_INPUT: {"x": encoded.atom_embeddings, "padding": encoded.padding_mask},
-            keys.TEXT_INPUT_IDS: ids, keys.TEXT_ATTENTION_MASK: mask}
+    return {
+        keys.ENCODER_INPUT: {"x": encoded.atom_embeddings, "padding": encoded.padding_mask},
+        keys.TEXT_INPUT_IDS: ids,
+        keys.TEXT_ATTENTION_MASK: mask,
+    }
 
 
 def test_stage1_model_weights_and_gradients(tiny_model_parts):
@@ -100,8 +103,13 @@ def test_stage1_model_weights_and_gradients(tiny_model_parts):
     assert set(terms) == {"contrastive", "matching", "captioning", "loss"}
     assert torch.allclose(terms["loss"], terms["contrastive"] + terms["matching"] + terms["captioning"])
     terms["loss"].backward()
-    for name in ("encoder.scale", "projector.query_tokens", "projector.match_head.weight",
-                 "projector.lm_head.transform.dense.weight", "projector.text_proj.weight"):
+    for name in (
+        "encoder.scale",
+        "projector.query_tokens",
+        "projector.match_head.weight",
+        "projector.lm_head.transform.dense.weight",
+        "projector.text_proj.weight",
+    ):
         assert dict(model.named_parameters())[name].grad is not None, name
     model.zero_grad()
 

@@ -37,8 +37,9 @@ def write_sweep(folder, name, grid, **extra):
 
 
 def children_of(client, parent_id):
-    return client.search_runs([client.get_run(parent_id).info.experiment_id],
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
 
 
 def test_grid_runs_every_child_under_one_parent_and_a_rerun_skips_them(toy_cli, capsys):
@@ -87,8 +88,12 @@ def test_a_failing_child_is_recorded_and_the_others_finish(toy_cli, capsys):
     out = capsys.readouterr().out
     state = json.loads((toy_cli / "runs/sweep-faulty/sweep.json").read_text())
     status = {c["key"]: c["status"] for c in state["children"]}
-    assert status == {"size32-resumeauto-s0": "completed", "size32-resumenowhere_state.ckpt-s0": "failed",
-                      "size4-resumeauto-s0": "failed", "size4-resumenowhere_state.ckpt-s0": "failed"}
+    assert status == {
+        "size32-resumeauto-s0": "completed",
+        "size32-resumenowhere_state.ckpt-s0": "failed",
+        "size4-resumeauto-s0": "failed",
+        "size4-resumenowhere_state.ckpt-s0": "failed",
+    }
     assert state["status"] == "failed" and state["failures"] == [k for k, s in status.items() if s == "failed"]
     errors = {c["key"]: c["error"] for c in state["children"]}
     assert errors["size4-resumeauto-s0"].startswith("RecipeError: 1 problem(s) in recipe toy:\n  - data.batch_size=8")
@@ -118,8 +123,10 @@ def test_every_bad_key_is_reported_before_anything_runs(toy_cli, toy_registry):
     assert lrr.startswith("train.lrr (grid train.lrr): unknown key in the 'train' section (did you mean 'lr'?)")
     assert lrr.endswith("[in every configuration]")
     assert hiden.startswith("task.hiden (grid task.hiden): unknown key in the 'task' section (did you mean 'hidden'?)")
-    assert encoder == ("encoder.name (grid encoder): unknown encoder 'schnett' (did you mean 'schnet'?); valid "
-                       "encoders: schnet, smiles, unimol [in lrr0.1-hiden4-schnett, lrr0.2-hiden4-schnett]")
+    assert encoder == (
+        "encoder.name (grid encoder): unknown encoder 'schnett' (did you mean 'schnet'?); valid "
+        "encoders: schnet, smiles, unimol [in lrr0.1-hiden4-schnett, lrr0.2-hiden4-schnett]"
+    )
     assert not (toy_cli / "runs").exists() and not (toy_cli / "mlflow.db").exists()
 
     with pytest.raises(sweeps.SweepError) as caught:
@@ -169,8 +176,20 @@ def test_an_interrupted_sweep_resumes_its_child_from_the_checkpoint(toy_cli, toy
 
 
 def test_inline_grid_on_the_command_line(toy_cli, capsys):
-    argv = ["sweep", "toy-regression", "--recipe", "toy.yaml", "--encoder", "unimol,schnet",
-            "--grid", "train.lr=1e-2,5e-2", "--seeds", "3,", "train.max_steps=1", "--dry-run"]
+    argv = [
+        "sweep",
+        "toy-regression",
+        "--recipe",
+        "toy.yaml",
+        "--encoder",
+        "unimol,schnet",
+        "--grid",
+        "train.lr=1e-2,5e-2",
+        "--seeds",
+        "3,",
+        "train.max_steps=1",
+        "--dry-run",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("sweep toy-regression-encoder-lr: 4 children, all valid")

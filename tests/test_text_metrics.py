@@ -25,8 +25,27 @@ def wordnet(tmp_path_factory):
 def test_tokenizer_is_stated_and_shared():
     text = "The molecule is a 2-(acetyloxy)benzoic acid. It weighs 180.16 g/mol; its formula is C9H8O4."
     assert tokenize(text) == [
-        "the", "molecule", "is", "a", "2-", "(", "acetyloxy", ")", "benzoic", "acid", ".",
-        "it", "weighs", "180.16", "g/mol", ";", "its", "formula", "is", "c9h8o4", ".",
+        "the",
+        "molecule",
+        "is",
+        "a",
+        "2-",
+        "(",
+        "acetyloxy",
+        ")",
+        "benzoic",
+        "acid",
+        ".",
+        "it",
+        "weighs",
+        "180.16",
+        "g/mol",
+        ";",
+        "its",
+        "formula",
+        "is",
+        "c9h8o4",
+        ".",
     ]
 
 

@@ -15,8 +15,10 @@ from molbridge.core.tracking import RUN_ID_FILE, NullTracker, default_uri, start
 @pytest.fixture
 def recipe_file(tmp_path):
     path = tmp_path / "toy.yaml"
-    path.write_text("recipe: toy\ntask:\n  name: toy-regression\ndata:\n  batch_size: 8\n"
-                    "train:\n  max_steps: 4\n  accelerator: cpu\n")
+    path.write_text(
+        "recipe: toy\ntask:\n  name: toy-regression\ndata:\n  batch_size: 8\n"
+        "train:\n  max_steps: 4\n  accelerator: cpu\n"
+    )
     return path
 
 
@@ -53,8 +55,9 @@ def test_resume_reopens_the_same_run(toy_registry, tmp_cwd, recipe_file):
 
 
 def test_disabled_tracking_is_a_null_tracker(toy_registry, tmp_cwd, recipe_file):
-    tracker = start_run(_recipe(recipe_file, toy_registry, "tracking.enabled=false"), toy_registry,
-                        tmp_cwd / "out", resume=False)
+    tracker = start_run(
+        _recipe(recipe_file, toy_registry, "tracking.enabled=false"), toy_registry, tmp_cwd / "out", resume=False
+    )
     assert type(tracker) is NullTracker and not (tmp_cwd / "mlflow.db").exists()
 
 

@@ -26,17 +26,26 @@ if os.environ.get("MOLBRIDGE_UNIMOL_TOOLS"):  # asked for (as CI does): a broken
 else:
     unimol_models = pytest.importorskip("unimol_tools.models.unimol", reason="set MOLBRIDGE_UNIMOL_TOOLS")
 
-SMILES = ("CC(=O)Oc1ccccc1C(=O)O", "c1ccc2c(c1)[nH]c1ccccc12", "OC[C@H]1OC(O)[C@H](O)[C@@H](O)[C@@H]1O",
-          "CN1CCC[C@H]1c1cccnc1", "FC(F)(F)c1ccc(Br)cc1Cl")
+SMILES = (
+    "CC(=O)Oc1ccccc1C(=O)O",
+    "c1ccc2c(c1)[nH]c1ccccc12",
+    "OC[C@H]1OC(O)[C@H](O)[C@@H](O)[C@@H]1O",
+    "CN1CCC[C@H]1c1cccnc1",
+    "FC(F)(F)c1ccc(Br)cc1Cl",
+)
 
 
 def reference_model(tmp_path, remove_hs: bool):
     (tmp_path / "dict.txt").write_text("\n".join(DICTIONARY[:-1]) + "\n")
     torch.save({"model": {}}, tmp_path / "empty.pt")
     torch.manual_seed(0)
-    model = unimol_models.UniMolModel(output_dim=1, data_type="molecule", remove_hs=remove_hs,
-                                      pretrained_model_path=str(tmp_path / "empty.pt"),
-                                      pretrained_dict_path=str(tmp_path / "dict.txt"))
+    model = unimol_models.UniMolModel(
+        output_dim=1,
+        data_type="molecule",
+        remove_hs=remove_hs,
+        pretrained_model_path=str(tmp_path / "empty.pt"),
+        pretrained_dict_path=str(tmp_path / "dict.txt"),
+    )
     return model.eval()
 
 
@@ -63,12 +72,14 @@ def test_matches_unimol_tools_within_1e5(tmp_path, hydrogens):
     state = released_format(reference)
     # released files carry pretraining heads and the pair-head LayerNorm, which unimol-tools omits
     state["lm_head.dense.weight"] = torch.zeros(4, 4)
-    state.update({"encoder.final_head_layer_norm.weight": torch.ones(64),
-                  "encoder.final_head_layer_norm.bias": torch.zeros(64)})
+    state.update(
+        {"encoder.final_head_layer_norm.weight": torch.ones(64), "encoder.final_head_layer_norm.bias": torch.zeros(64)}
+    )
     path = tmp_path / f"mol_pre_{hydrogens}_220816.pt"
     torch.save({"model": state}, path)
-    ours = UniMolEncoder(OmegaConf.structured(UniMolConfig(preset="base", hydrogens=hydrogens,
-                                                           checkpoint=str(path)))).eval()
+    ours = UniMolEncoder(
+        OmegaConf.structured(UniMolConfig(preset="base", hydrogens=hydrogens, checkpoint=str(path)))
+    ).eval()
     molecules = example_molecules(SMILES)
     batch = ours.collate([ours.featurize(z, pos) for z, pos in molecules])
     with torch.no_grad():
@@ -76,8 +87,14 @@ def test_matches_unimol_tools_within_1e5(tmp_path, hydrogens):
         ids = reference_ids(reference)
         tokens = ids[batch["src_tokens"]]
         edge_type = tokens[:, :, None] * len(DICTIONARY) + tokens[:, None, :]
-        ref = reference(tokens, batch["src_distance"], torch.zeros(*tokens.shape, 3), edge_type,
-                        return_repr=True, return_atomic_reprs=True)
+        ref = reference(
+            tokens,
+            batch["src_distance"],
+            torch.zeros(*tokens.shape, 3),
+            edge_type,
+            return_repr=True,
+            return_atomic_reprs=True,
+        )
     assert (out.pooled - ref["cls_repr"]).abs().max() <= 1e-5, (out.pooled - ref["cls_repr"]).abs().max()
     for i, atoms in enumerate(ref["atomic_reprs"]):
-        assert (out.atom_embeddings[i, 1:len(atoms) + 1] - atoms).abs().max() <= 1e-5, f"molecule {SMILES[i]}"
+        assert (out.atom_embeddings[i, 1 : len(atoms) + 1] - atoms).abs().max() <= 1e-5, f"molecule {SMILES[i]}"

@@ -54,9 +54,7 @@ class ToyDataset(Dataset):
 class ToyModel(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float):
         super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout)
-        )
+        self.encoder = nn.Sequential(nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout))
         self.head = nn.Linear(hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

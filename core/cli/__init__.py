@@ -25,10 +25,12 @@ MLflow. Components (encoders, projectors, LLMs, tasks) come from plugins; swap o
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--strict-plugins", action="store_true",
-                        help="fail when a plugin cannot be loaded (default: warn and skip it)")
+    parser = argparse.ArgumentParser(
+        prog="bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--strict-plugins", action="store_true", help="fail when a plugin cannot be loaded (default: warn and skip it)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         import os
 
         from molbridge.core.plugins import ENV_STRICT
+
         os.environ[ENV_STRICT] = "1"
     try:
         return int(args.func(args) or 0)

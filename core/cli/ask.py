@@ -35,24 +35,48 @@ STOP_WORDS = {"exit", "quit"}
 
 
 def add_parser(sub) -> None:
-    parser = sub.add_parser("ask", help="ask a trained captioning/qa model about a molecule",
-                            description=DESCRIPTION, epilog=EPILOG,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("question", nargs="?", metavar="QUESTION",
-                        help="the question (the instruction of the prompt); omit it to ask interactively")
-    parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="a captioning/qa run directory, one of its checkpoint folders or a state file")
+    parser = sub.add_parser(
+        "ask",
+        help="ask a trained captioning/qa model about a molecule",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "question",
+        nargs="?",
+        metavar="QUESTION",
+        help="the question (the instruction of the prompt); omit it to ask interactively",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="DIR",
+        help="a captioning/qa run directory, one of its checkpoint folders or a state file",
+    )
     molecule = parser.add_mutually_exclusive_group(required=True)
     molecule.add_argument("--smiles", help="the molecule as a SMILES string")
     molecule.add_argument("--sdf", metavar="FILE", help="an SDF file (.sdf or .sdf.gz): every record, or --record")
     parser.add_argument("--record", type=int, metavar="N", help="only record N of the SDF (0-based)")
-    parser.add_argument("--max-new-tokens", type=_positive, metavar="N",
-                        help="longest answer in tokens (default: the run's llm.max_new_tokens)")
-    parser.add_argument("--num-beams", type=_positive, metavar="N",
-                        help="beam search with N beams (default: the run's llm.num_beams; 1 is greedy)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_positive,
+        metavar="N",
+        help="longest answer in tokens (default: the run's llm.max_new_tokens)",
+    )
+    parser.add_argument(
+        "--num-beams",
+        type=_positive,
+        metavar="N",
+        help="beam search with N beams (default: the run's llm.num_beams; 1 is greedy)",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
-    parser.add_argument("--precision", choices=PRECISIONS, metavar="PRECISION",
-                        help="Lightning Fabric precision, e.g. bf16-mixed (default: the run's train.precision)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        metavar="PRECISION",
+        help="Lightning Fabric precision, e.g. bf16-mixed (default: the run's train.precision)",
+    )
     parser.set_defaults(func=_ask)
 
 

@@ -41,28 +41,45 @@ def add_parser(sub):
     import argparse
 
     parser = sub.add_parser(
-        "compare", help="compare runs side by side (from MLflow); aggregate seeds, draw figures", epilog=EPILOG,
+        "compare",
+        help="compare runs side by side (from MLflow); aggregate seeds, draw figures",
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Print runs as columns (one per run name) with their encoder, projector, LLM, seed and "
-                    "metrics as rows, or with --aggregate one row per configuration over seeds. Reads the "
-                    "MLflow store the runs were logged to: ./mlflow.db by default, or --uri / MLFLOW_TRACKING_URI.")
-    parser.add_argument("filters", nargs="*", metavar="key=value",
-                        help="keep runs whose tag or param KEY equals VALUE (e.g. encoder=unimol, train.lr=0.0001)")
+        "metrics as rows, or with --aggregate one row per configuration over seeds. Reads the "
+        "MLflow store the runs were logged to: ./mlflow.db by default, or --uri / MLFLOW_TRACKING_URI.",
+    )
+    parser.add_argument(
+        "filters",
+        nargs="*",
+        metavar="key=value",
+        help="keep runs whose tag or param KEY equals VALUE (e.g. encoder=unimol, train.lr=0.0001)",
+    )
     parser.add_argument("--experiment", action="append", help="experiment name (repeatable)")
     parser.add_argument("--task", help="all experiments of this task")
     parser.add_argument("--dataset", help="only experiments on this dataset")
     parser.add_argument("--sweep", metavar="NAME", help="only the children of sweep NAME (its sweep.name tag)")
-    parser.add_argument("--metrics", nargs="+", metavar="GLOB",
-                        help=f"metric name patterns for the tables (default: {' '.join(DEFAULT_METRICS)}); "
-                             f"one that matches no metric is an error")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="GLOB",
+        help=f"metric name patterns for the tables (default: {' '.join(DEFAULT_METRICS)}); "
+        f"one that matches no metric is an error",
+    )
     parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
-    parser.add_argument("--aggregate", action="store_true",
-                        help="one row per configuration: mean ± sample std over seeds (see below)")
-    parser.add_argument("--latest", action=argparse.BooleanOptionalAction, default=True,
-                        help="keep only the newest run of each run name (default); --no-latest keeps all")
+    parser.add_argument(
+        "--aggregate", action="store_true", help="one row per configuration: mean ± sample std over seeds (see below)"
+    )
+    parser.add_argument(
+        "--latest",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep only the newest run of each run name (default); --no-latest keeps all",
+    )
     parser.add_argument("--plots", metavar="DIR", help="write tables, figures and README.md into DIR (see below)")
-    parser.add_argument("--plot-metrics", nargs="+", metavar="GLOB",
-                        help="metrics drawn as bars (default: a few per task, see below)")
+    parser.add_argument(
+        "--plot-metrics", nargs="+", metavar="GLOB", help="metrics drawn as bars (default: a few per task, see below)"
+    )
     parser.add_argument("--log-to", metavar="RUN_ID", help="log DIR's files to this MLflow run under compare/")
     parser.add_argument("--no-log", action="store_true", help="do not log DIR's files to a sweep's parent run")
     parser.add_argument("--uri", help="MLflow tracking URI")
@@ -75,8 +92,15 @@ def compare(args) -> int:
         filters["sweep.name"] = args.sweep
     if (args.log_to or args.plot_metrics) and not args.plots:
         raise MolbridgeError("--log-to and --plot-metrics go with --plots DIR")
-    rows = gather_runs(experiments=args.experiment, task=args.task, dataset=args.dataset, filters=filters,
-                       metrics=("*",), latest=args.latest, uri=args.uri)
+    rows = gather_runs(
+        experiments=args.experiment,
+        task=args.task,
+        dataset=args.dataset,
+        filters=filters,
+        metrics=("*",),
+        latest=args.latest,
+        uri=args.uri,
+    )
     shown = select_metrics(rows, tuple(args.metrics or DEFAULT_METRICS), strict=bool(args.metrics))
     print(render_aggregate(group_runs(shown), args.format) if args.aggregate else render(shown, args.format), end="")
     if args.plots:
@@ -97,11 +121,19 @@ def _filters(items: list[str]) -> dict[str, str]:
 def _plots(args, rows) -> None:
     from molbridge.core.compare_report import log_report, sweep_parent, write_report
 
-    report = write_report(rows, args.plots, table_metrics=tuple(args.metrics or DEFAULT_METRICS),
-                          plot_metrics=tuple(args.plot_metrics) if args.plot_metrics else None, uri=args.uri,
-                          command=_command(args))
-    print(f"{len(report.figures)} figures and {len(report.tables)} tables in {report.folder}; index: "
-          f"{report.folder / 'README.md'}", file=sys.stderr)
+    report = write_report(
+        rows,
+        args.plots,
+        table_metrics=tuple(args.metrics or DEFAULT_METRICS),
+        plot_metrics=tuple(args.plot_metrics) if args.plot_metrics else None,
+        uri=args.uri,
+        command=_command(args),
+    )
+    print(
+        f"{len(report.figures)} figures and {len(report.tables)} tables in {report.folder}; index: "
+        f"{report.folder / 'README.md'}",
+        file=sys.stderr,
+    )
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     target = args.log_to or (None if args.no_log else sweep_parent(rows))

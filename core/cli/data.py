@@ -17,41 +17,50 @@ examples:
 
 
 def add_parser(sub) -> None:
-    parser = sub.add_parser("data", help="prepare datasets, build molbridge-mini, summarise a dataset",
-                            description=__doc__, epilog=EPILOG,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser(
+        "data",
+        help="prepare datasets, build molbridge-mini, summarise a dataset",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
-    prep = commands.add_parser("prepare",
-                               help="molecules (SMILES/SDF/CSV/TSV/JSONL/3D-MoIT JSON/LMDB) to 3D shards")
+    prep = commands.add_parser("prepare", help="molecules (SMILES/SDF/CSV/TSV/JSONL/3D-MoIT JSON/LMDB) to 3D shards")
     prep.add_argument("input", help="input file (format by extension; see molbridge.core.data.readers)")
     prep.add_argument("--out", required=True, help="dataset directory to write (re-run to resume)")
     prep.add_argument("--name", help="dataset name stored in dataset.json (default: the input file's stem)")
-    prep.add_argument("--shard", default="0/1",
-                      help="i/N: process only shards k with k %% N == i (default 0/1)")
-    prep.add_argument("--shard-size", type=int, default=10_000,
-                      help="molecules per shard file (default 10000)")
+    prep.add_argument("--shard", default="0/1", help="i/N: process only shards k with k %% N == i (default 0/1)")
+    prep.add_argument("--shard-size", type=int, default=10_000, help="molecules per shard file (default 10000)")
     prep.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     prep.add_argument("--conformers", type=int, default=1, help="conformers per molecule (default 1)")
     prep.add_argument("--seed", type=int, default=42, help="embedding and split seed (default 42)")
     prep.add_argument("--max-iters", type=int, default=2000, help="MMFF iterations (default 2000)")
-    prep.add_argument("--hydrogens", choices=("all", "heavy"), default="all",
-                      help="keep hydrogens (default all)")
-    prep.add_argument("--fragments", choices=("all", "largest"), default="all",
-                      help="salts and mixtures: keep all fragments (default) or only the largest")
+    prep.add_argument("--hydrogens", choices=("all", "heavy"), default="all", help="keep hydrogens (default all)")
+    prep.add_argument(
+        "--fragments",
+        choices=("all", "largest"),
+        default="all",
+        help="salts and mixtures: keep all fragments (default) or only the largest",
+    )
     prep.add_argument("--max-atoms", type=int, default=256, help="largest molecule, hydrogens included")
     prep.add_argument("--timeout", type=float, default=60.0, help="seconds per molecule (default 60)")
-    prep.add_argument("--require-text", action="append", default=[], metavar="FIELD",
-                      help="reject molecules whose text FIELD is empty (repeatable), e.g. description")
-    prep.add_argument("--trust-pickle", action="store_true",
-                      help="allow reading the 3D-MoLM LMDB, whose pickled values can run code")
+    prep.add_argument(
+        "--require-text",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="reject molecules whose text FIELD is empty (repeatable), e.g. description",
+    )
+    prep.add_argument(
+        "--trust-pickle", action="store_true", help="allow reading the 3D-MoLM LMDB, whose pickled values can run code"
+    )
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=_prepare)
 
     mini = commands.add_parser("build-mini", help="rebuild the molbridge-mini dataset deterministically")
     mini.add_argument("--out", required=True, help="directory to write")
-    mini.add_argument("--limit", type=int, default=None,
-                      help="only the first N source molecules (quick check)")
+    mini.add_argument("--limit", type=int, default=None, help="only the first N source molecules (quick check)")
     mini.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     mini.set_defaults(func=_build_mini)
 
@@ -72,14 +81,29 @@ def _prepare(args) -> int:
     logging.getLogger("molbridge").setLevel(logging.INFO)
     shard = parse_shard(args.shard)
     inputs = read_inputs(args.input, trust_pickle=args.trust_pickle)
-    config = ConformerConfig(num_conformers=args.conformers, seed=args.seed, max_iters=args.max_iters,
-                             hydrogens=args.hydrogens, fragments=args.fragments, max_atoms=args.max_atoms,
-                             timeout_s=args.timeout,
-                             require_text=tuple(args.require_text))
+    config = ConformerConfig(
+        num_conformers=args.conformers,
+        seed=args.seed,
+        max_iters=args.max_iters,
+        hydrogens=args.hydrogens,
+        fragments=args.fragments,
+        max_atoms=args.max_atoms,
+        timeout_s=args.timeout,
+        require_text=tuple(args.require_text),
+    )
     name = args.name or Path(args.input).name.split(".")[0]
-    meta = prepare(inputs, args.out, name=name, config=config, shard=shard, shard_size=args.shard_size,
-                   workers=args.workers, split_seed=args.seed, progress=not args.no_progress,
-                   extra_meta={"source": Path(args.input).name})
+    meta = prepare(
+        inputs,
+        args.out,
+        name=name,
+        config=config,
+        shard=shard,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        split_seed=args.seed,
+        progress=not args.no_progress,
+        extra_meta={"source": Path(args.input).name},
+    )
     if meta is None:
         print(f"shards {args.shard} done in {args.out}; other shards pending")
         return 0
@@ -112,6 +136,8 @@ def _info(args) -> int:
         return 0
     print(format_info(info))
     for failure in info.get("failure_list", []):
-        print(f"  #{failure['index']} {failure['id']}: {failure['reason']} at {failure['stage']} "
-              f"({failure['detail']}) input={failure['input'][:60]!r}")
+        print(
+            f"  #{failure['index']} {failure['id']}: {failure['reason']} at {failure['stage']} "
+            f"({failure['detail']}) input={failure['input'][:60]!r}"
+        )
     return 0

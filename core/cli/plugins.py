@@ -8,25 +8,44 @@ from molbridge.core.registry import KINDS
 
 def add_parser(sub):
     parser = sub.add_parser(
-        "plugins", help="list installed plugins and their components",
+        "plugins",
+        help="list installed plugins and their components",
         description="List every component by kind (encoder, projector, llm, task) with the plugin and "
-                    "distribution that provides it, then plugins that failed to load and why.\n\n"
-                    "Third-party plugins register through the 'molbridge' entry-point group; set "
-                    "MOLBRIDGE_NO_EXTERNAL_PLUGINS=1 to load the built-ins only.")
+        "distribution that provides it, then plugins that failed to load and why.\n\n"
+        "Third-party plugins register through the 'molbridge' entry-point group; set "
+        "MOLBRIDGE_NO_EXTERNAL_PLUGINS=1 to load the built-ins only.",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=show_plugins)
 
 
 def _listing() -> dict:
     loaded = default_plugins()
-    components = {kind: [
-        {"name": c.name, "description": c.description, "plugin": c.plugin,
-         "distribution": c.distribution, "version": c.version}
-        for c in (loaded.registry.get(kind, n) for n in loaded.registry.names(kind))] for kind in KINDS}
-    plugins = [{"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
-                "builtin": p.builtin, "error": p.error,
-                "components": [f"{kind}:{name}" for kind, name in p.components]}
-               for p in loaded.plugins]
+    components = {
+        kind: [
+            {
+                "name": c.name,
+                "description": c.description,
+                "plugin": c.plugin,
+                "distribution": c.distribution,
+                "version": c.version,
+            }
+            for c in (loaded.registry.get(kind, n) for n in loaded.registry.names(kind))
+        ]
+        for kind in KINDS
+    }
+    plugins = [
+        {
+            "name": p.name,
+            "module": p.module,
+            "distribution": p.distribution,
+            "version": p.version,
+            "builtin": p.builtin,
+            "error": p.error,
+            "components": [f"{kind}:{name}" for kind, name in p.components],
+        }
+        for p in loaded.plugins
+    ]
     return {"components": components, "plugins": plugins}
 
 

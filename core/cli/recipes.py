@@ -8,10 +8,12 @@ from molbridge.core.recipe import find_recipe, load_recipe, packaged_recipes, to
 
 def add_parser(sub):
     parser = sub.add_parser(
-        "recipes", help="list, show, validate or copy recipes",
+        "recipes",
+        help="list, show, validate or copy recipes",
         description="Recipes are YAML files that assemble a run. Packaged recipes ship with molbridge; "
-                    "copy one to edit it, then pass its path to `bench run TASK --recipe PATH`.\n"
-                    "NAME is a packaged recipe name or a path to a YAML file.")
+        "copy one to edit it, then pass its path to `bench run TASK --recipe PATH`.\n"
+        "NAME is a packaged recipe name or a path to a YAML file.",
+    )
     sub_recipes = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub_recipes.add_parser("list", help="packaged recipes with their descriptions").set_defaults(func=list_recipes)
     show = sub_recipes.add_parser("show", help="print a recipe resolved (extends and overrides applied)")
@@ -20,13 +22,15 @@ def add_parser(sub):
     show.add_argument("--raw", action="store_true", help="print the file as written instead")
     show.set_defaults(func=show_recipe)
     validate = sub_recipes.add_parser(
-        "validate", help="check a recipe and overrides; list every problem at once",
+        "validate",
+        help="check a recipe and overrides; list every problem at once",
         description="Exit 0 if the recipe is valid, else 2 with every unknown key, bad value or unknown "
-                    "component listed, each with where it was set and the closest valid name. A valid recipe "
-                    "is then sized: its model is built on the meta device (no weights read, no memory) and a "
-                    "table gives parameters, trainable parameters (after the task's and the recipe's freezing) "
-                    "and memory by component. Model folders not on this machine are sized by their known shape "
-                    "(SciBERT, Llama-2-7B), and the report says so.")
+        "component listed, each with where it was set and the closest valid name. A valid recipe "
+        "is then sized: its model is built on the meta device (no weights read, no memory) and a "
+        "table gives parameters, trainable parameters (after the task's and the recipe's freezing) "
+        "and memory by component. Model folders not on this machine are sized by their known shape "
+        "(SciBERT, Llama-2-7B), and the report says so.",
+    )
     validate.add_argument("name")
     validate.add_argument("overrides", nargs="*", metavar="key=value")
     validate.add_argument("--no-size", action="store_true", help="check the recipe only; do not size the model")
@@ -66,8 +70,10 @@ def validate_recipe(args) -> int:
         from molbridge.core.sizing import size_recipe
 
         sizing = size_recipe(recipe, get_registry())
-    print(f"recipe {args.name} is valid: task {recipe.task.name}, "
-          + ", ".join(f"{k} {recipe[k].name}" for k in ("encoder", "projector", "llm") if recipe.get(k)))
+    print(
+        f"recipe {args.name} is valid: task {recipe.task.name}, "
+        + ", ".join(f"{k} {recipe[k].name}" for k in ("encoder", "projector", "llm") if recipe.get(k))
+    )
     if sizing is not None:
         print(sizing.table())
     return 0

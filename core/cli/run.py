@@ -66,9 +66,7 @@ def add_parser(sub):
     for kind in ("encoder", "projector", "llm"):
         parser.add_argument(f"--{kind}", metavar="NAME", help=f"use this {kind} instead of the recipe's")
     parser.add_argument("--recipe", metavar="R", help="packaged recipe name or YAML path (default: TASK)")
-    parser.add_argument(
-        "--output", type=Path, metavar="DIR", help="output directory (checkpoints, metrics.json)"
-    )
+    parser.add_argument("--output", type=Path, metavar="DIR", help="output directory (checkpoints, metrics.json)")
     parser.add_argument("--seed", type=int, metavar="N", help="random seed (same as seed=N)")
     parser.set_defaults(func=run_command)
 
@@ -104,8 +102,10 @@ def run_command(args) -> int:
     if result.get("tracking_run_id"):
         from molbridge.core.tracking import tracking_uri
 
-        print(f"MLflow run: {result['tracking_run_id']} in experiment '{experiment_name(recipe)}' at "
-              f"{tracking_uri(recipe.tracking.uri)} (browse: bench compare, mlflow ui)")
+        print(
+            f"MLflow run: {result['tracking_run_id']} in experiment '{experiment_name(recipe)}' at "
+            f"{tracking_uri(recipe.tracking.uri)} (browse: bench compare, mlflow ui)"
+        )
     return 0 if result["status"] == "completed" else 130
 
 
@@ -116,8 +116,11 @@ def results_table(result: dict) -> str:
     lines = [f"status: {result['status']}, steps: {result['provenance']['steps']}", ""]
     if baseline:
         lines += ["| metric | model | baseline |", "|---|---|---|"]
-        lines += [f"| {name} | {value:.4f} | {_cell(baseline.get(name))} |"
-                  for name, value in metrics.items() if "/baseline_" not in name]
+        lines += [
+            f"| {name} | {value:.4f} | {_cell(baseline.get(name))} |"
+            for name, value in metrics.items()
+            if "/baseline_" not in name
+        ]
     else:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items()]

@@ -34,22 +34,36 @@ examples:
 
 
 def add_parser(sub):
-    parser = sub.add_parser("sweep", help="run a grid of configurations x seeds (MLflow parent + children)",
-                            description=DESCRIPTION, epilog=EPILOG,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser(
+        "sweep",
+        help="run a grid of configurations x seeds (MLflow parent + children)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.__class__ = IntermixedParser  # overrides before and after options, as for bench run
     parser.add_argument("sweep", metavar="SWEEP", help="a sweep file (.yaml/.yml) or a registered task")
-    parser.add_argument("overrides", nargs="*", metavar="key=value|~key",
-                        help="recipe overrides for every child, keys as in `bench recipes show TASK`")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value|~key",
+        help="recipe overrides for every child, keys as in `bench recipes show TASK`",
+    )
     for kind in ("encoder", "projector", "llm"):
         parser.add_argument(f"--{kind}", metavar="A,B", help=f"grid over these {kind}s (comma-separated)")
-    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                        help="grid over a recipe key (repeatable)")
+    parser.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2", help="grid over a recipe key (repeatable)"
+    )
     parser.add_argument("--seeds", metavar="N|A,B", help="N: seeds 0..N-1; or a comma-separated list")
     parser.add_argument("--recipe", metavar="R", help="base recipe, packaged name or YAML path (default: TASK)")
     parser.add_argument("--name", help="sweep name (default: the file's stem, or TASK-GRIDKEYS)")
-    parser.add_argument("--output", type=Path, default=Path("runs"), metavar="ROOT",
-                        help="children go to ROOT/sweep-NAME/ (default: %(default)s)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("runs"),
+        metavar="ROOT",
+        help="children go to ROOT/sweep-NAME/ (default: %(default)s)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate and list the children; run nothing")
     parser.set_defaults(func=sweep_command)
 
@@ -71,8 +85,10 @@ def sweep_command(args) -> int:
     print(sweeps.summary_table(state))
     print(f"\nsweep.json: {state['path']}")
     if state["parent_run_id"]:
-        print(f"MLflow parent run: {state['parent_run_id']} in experiment '{state['experiment']}' at "
-              f"{state['tracking_uri']} (browse: bench compare, mlflow ui)")
+        print(
+            f"MLflow parent run: {state['parent_run_id']} in experiment '{state['experiment']}' at "
+            f"{state['tracking_uri']} (browse: bench compare, mlflow ui)"
+        )
     return {"completed": 0, "failed": 1}.get(state["status"], 130)
 
 
@@ -97,8 +113,14 @@ def sweep_from_args(args, registry):
     if args.sweep not in registry.names("task"):
         raise unknown_name("task", args.sweep, registry.names("task"))
     name = args.name or "-".join([args.sweep, *(key.rpartition(".")[2] for key in inline_grid)])
-    return Sweep(name=name, base=args.recipe or args.sweep, task=args.sweep, overrides=list(args.overrides),
-                 grid=inline_grid, seeds=seeds)
+    return Sweep(
+        name=name,
+        base=args.recipe or args.sweep,
+        task=args.sweep,
+        overrides=list(args.overrides),
+        grid=inline_grid,
+        seeds=seeds,
+    )
 
 
 def _inline_grid(args) -> dict[str, list[str]]:

@@ -37,8 +37,7 @@ from molbridge.core.data.conformers import (
 from molbridge.core.data.readers import read_inputs
 from molbridge.core.data.store import DatasetError, Molecule, MoleculeStore, open_dataset
 
-_LAZY = {"FeatureCache": "molbridge.core.data.features",
-         "MoleculeDataset": "molbridge.core.data.torch_dataset"}
+_LAZY = {"FeatureCache": "molbridge.core.data.features", "MoleculeDataset": "molbridge.core.data.torch_dataset"}
 
 
 def __getattr__(name: str):
@@ -51,6 +50,16 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ConformerConfig", "DatasetError", "Failure", "FeatureCache", "Molecule", "MoleculeDataset",
-    "MoleculeInput", "MoleculeRecord", "MoleculeStore", "make_record", "open_dataset", "read_inputs",
+    "ConformerConfig",
+    "DatasetError",
+    "Failure",
+    "FeatureCache",
+    "Molecule",
+    "MoleculeDataset",
+    "MoleculeInput",
+    "MoleculeRecord",
+    "MoleculeStore",
+    "make_record",
+    "open_dataset",
+    "read_inputs",
 ]

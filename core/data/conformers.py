@@ -209,9 +209,19 @@ def _from_given(item: MoleculeInput, config: ConformerConfig) -> MoleculeRecord:
     mol = Chem.MolFromSmiles(smiles) if smiles else None
     canonical = Chem.MolToSmiles(mol) if mol is not None else smiles
     count = len(conformers)
-    return MoleculeRecord(item.index, item.id, canonical, numbers, conformers, np.full(count, np.nan),
-                          np.ones(count, dtype=bool), dict(item.texts), dict(item.properties),
-                          list(item.instructions), "given")
+    return MoleculeRecord(
+        item.index,
+        item.id,
+        canonical,
+        numbers,
+        conformers,
+        np.full(count, np.nan),
+        np.ones(count, dtype=bool),
+        dict(item.texts),
+        dict(item.properties),
+        list(item.instructions),
+        "given",
+    )
 
 
 def _build(item: MoleculeInput, config: ConformerConfig) -> MoleculeRecord:
@@ -240,9 +250,20 @@ def _build(item: MoleculeInput, config: ConformerConfig) -> MoleculeRecord:
     if config.hydrogens == "heavy":
         keep = numbers != 1
         numbers, coords = numbers[keep], coords[:, keep]
-    return MoleculeRecord(item.index, item.id, smiles, numbers, coords, energies[order], converged[order],
-                          dict(item.texts), dict(item.properties), list(item.instructions), strategy,
-                          mol=_reorder_conformers(mol, [ids[i] for i in order]))
+    return MoleculeRecord(
+        item.index,
+        item.id,
+        smiles,
+        numbers,
+        coords,
+        energies[order],
+        converged[order],
+        dict(item.texts),
+        dict(item.properties),
+        list(item.instructions),
+        strategy,
+        mol=_reorder_conformers(mol, [ids[i] for i in order]),
+    )
 
 
 def _without_clashes(mol: Chem.Mol, ids: list[int], min_distance: float = 0.5) -> list[int]:
@@ -269,8 +290,7 @@ def _distinct(mol: Chem.Mol, ids: list[int], order: list[int], threshold: float)
     probe = Chem.Mol(reference)  # GetBestRMS moves the probe conformer; the reference stays untouched
     kept: list[int] = []
     for i in order:
-        if all(rdMolAlign.GetBestRMS(probe, reference, ids[i], ids[k], maxMatches=1000) >= threshold
-               for k in kept):
+        if all(rdMolAlign.GetBestRMS(probe, reference, ids[i], ids[k], maxMatches=1000) >= threshold for k in kept):
             kept.append(int(i))
     return kept
 
@@ -293,5 +313,6 @@ def make_record(item: MoleculeInput, config: ConformerConfig = ConformerConfig()
     except _Fail as fail:
         return Failure(item.index, item.id, item.source_text(), fail.stage, fail.reason, fail.detail)
     except Exception as exc:  # noqa: BLE001 - an RDKit error on one molecule must not stop a dataset build
-        return Failure(item.index, item.id, item.source_text(), "unexpected", "rdkit_error",
-                       f"{type(exc).__name__}: {exc}")
+        return Failure(
+            item.index, item.id, item.source_text(), "unexpected", "rdkit_error", f"{type(exc).__name__}: {exc}"
+        )

@@ -94,6 +94,7 @@ def _ring_systems(mol: Chem.Mol) -> int:
 def _separated_charges(mol: Chem.Mol) -> int:
     """Charged atoms without an oppositely charged neighbour: a nitro group's N+/O- pair is only how
     the structure is drawn, not a zwitterion, so it is not counted."""
+
     def balanced(atom: Chem.Atom) -> bool:
         return any(n.GetFormalCharge() * atom.GetFormalCharge() < 0 for n in atom.GetNeighbors())
 
@@ -150,11 +151,13 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
 
 
 def _size_sentence(f: Facts, rng: random.Random) -> str:
-    return rng.choice([
-        f"The molecule has the formula {f.formula} with {_plural(f.heavy_atoms, 'heavy atom')}.",
-        f"It is a molecule of formula {f.formula} ({_plural(f.heavy_atoms, 'non-hydrogen atom')}).",
-        f"This compound, {f.formula}, contains {_plural(f.heavy_atoms, 'heavy atom')}.",
-    ])
+    return rng.choice(
+        [
+            f"The molecule has the formula {f.formula} with {_plural(f.heavy_atoms, 'heavy atom')}.",
+            f"It is a molecule of formula {f.formula} ({_plural(f.heavy_atoms, 'non-hydrogen atom')}).",
+            f"This compound, {f.formula}, contains {_plural(f.heavy_atoms, 'heavy atom')}.",
+        ]
+    )
 
 
 def _ring_sentence(f: Facts, rng: random.Random) -> str:
@@ -162,22 +165,32 @@ def _ring_sentence(f: Facts, rng: random.Random) -> str:
         return rng.choice(["It is acyclic.", "The structure contains no rings.", "It has no ring system."])
     aromatic = f"{f.aromatic_rings} of them aromatic" if f.aromatic_rings else "none of them aromatic"
     systems = _plural(f.ring_systems, "ring system")
-    return rng.choice([
-        f"It contains {_plural(f.rings, 'ring')} ({aromatic}) in {systems}; the largest ring has "
-        f"{f.largest_ring} atoms.",
-        f"The structure has {_plural(f.rings, 'ring')}, {aromatic}, forming {systems}.",
-        f"Its {_plural(f.rings, 'ring')} ({aromatic}) make up {systems}, with Murcko scaffold {f.scaffold}.",
-    ])
+    return rng.choice(
+        [
+            f"It contains {_plural(f.rings, 'ring')} ({aromatic}) in {systems}; the largest ring has "
+            f"{f.largest_ring} atoms.",
+            f"The structure has {_plural(f.rings, 'ring')}, {aromatic}, forming {systems}.",
+            f"Its {_plural(f.rings, 'ring')} ({aromatic}) make up {systems}, with Murcko scaffold {f.scaffold}.",
+        ]
+    )
 
 
 def _group_sentence(f: Facts, rng: random.Random) -> str:
     if not f.groups:
-        return rng.choice(["None of the common functional groups we look for is present.",
-                           "It carries none of the listed common functional groups."])
+        return rng.choice(
+            [
+                "None of the common functional groups we look for is present.",
+                "It carries none of the listed common functional groups.",
+            ]
+        )
     groups = _join(f.groups)
-    return rng.choice([f"Functional groups present: {groups}.",
-                       f"It contains the following functional groups: {groups}.",
-                       f"Its functional groups include {groups}."])
+    return rng.choice(
+        [
+            f"Functional groups present: {groups}.",
+            f"It contains the following functional groups: {groups}.",
+            f"Its functional groups include {groups}.",
+        ]
+    )
 
 
 def _stereo_sentence(f: Facts, rng: random.Random) -> str:
@@ -205,14 +218,16 @@ def _charge_sentence(f: Facts, rng: random.Random) -> str:
 
 def _shape_sentence(f: Facts, rng: random.Random) -> str:
     dipole = f" and a GFN2-xTB dipole moment of {f.dipole:.1f} D" if f.dipole is not None else ""
-    return rng.choice([
-        f"In its lowest-energy MMFF conformer the molecule is {f.shape}, with a radius of gyration of "
-        f"{f.radius_of_gyration:.1f} \u00c5{dipole}.",
-        f"Its 3D shape is {f.shape} (normalised principal moments {f.npr[0]:.2f}, {f.npr[1]:.2f}); "
-        f"radius of gyration {f.radius_of_gyration:.1f} \u00c5{dipole}.",
-        f"The MMFF geometry is {f.shape} and spans a radius of gyration of {f.radius_of_gyration:.1f} \u00c5"
-        f"{dipole}.",
-    ])
+    return rng.choice(
+        [
+            f"In its lowest-energy MMFF conformer the molecule is {f.shape}, with a radius of gyration of "
+            f"{f.radius_of_gyration:.1f} \u00c5{dipole}.",
+            f"Its 3D shape is {f.shape} (normalised principal moments {f.npr[0]:.2f}, {f.npr[1]:.2f}); "
+            f"radius of gyration {f.radius_of_gyration:.1f} \u00c5{dipole}.",
+            f"The MMFF geometry is {f.shape} and spans a radius of gyration of {f.radius_of_gyration:.1f} \u00c5"
+            f"{dipole}.",
+        ]
+    )
 
 
 _SHAPE_WORD = re.compile(r"\b(" + "|".join(map(re.escape, SHAPES)) + r")\b", re.IGNORECASE)
@@ -233,51 +248,70 @@ def read_shape_facts(text: str) -> tuple[str | None, float | None]:
 def describe(facts: Facts, seed: int) -> str:
     """A description made only of true statements about the facts; template choice seeded by ``seed``."""
     rng = random.Random(seed)
-    sentences = [_size_sentence(facts, rng), _ring_sentence(facts, rng), _group_sentence(facts, rng),
-                 _stereo_sentence(facts, rng), _charge_sentence(facts, rng), _shape_sentence(facts, rng)]
+    sentences = [
+        _size_sentence(facts, rng),
+        _ring_sentence(facts, rng),
+        _group_sentence(facts, rng),
+        _stereo_sentence(facts, rng),
+        _charge_sentence(facts, rng),
+        _shape_sentence(facts, rng),
+    ]
     first, rest = sentences[0], sentences[1:]
     rng.shuffle(rest)  # vary the order too, keeping the identifying sentence first
     return " ".join([first] + rest)
 
 
 PROPERTY_QUESTIONS = [
-    "What is the {label} of this molecule? If uncertain, provide an estimate. "
-    "Respond with the numerical value only.",
+    "What is the {label} of this molecule? If uncertain, provide an estimate. Respond with the numerical value only.",
     "Could you give me the {label} of this molecule? Reply with a number.",
     "Estimate the {label} of the input molecule. Answer with the numerical value only.",
     "Please provide the {label} value for this molecule.",
 ]
 PROPERTY_TASKS = {
-    "molecular_weight": "Molecular Weight", "logp": "LogP", "tpsa": "Topological Polar Surface Area",
-    "bertz_ct": "BertzCT Complexity", "xtb_homo": "HOMO (GFN2-xTB)", "xtb_lumo": "LUMO (GFN2-xTB)",
-    "xtb_gap": "HOMO-LUMO Gap (GFN2-xTB)", "xtb_energy": "Total Energy (GFN2-xTB)",
+    "molecular_weight": "Molecular Weight",
+    "logp": "LogP",
+    "tpsa": "Topological Polar Surface Area",
+    "bertz_ct": "BertzCT Complexity",
+    "xtb_homo": "HOMO (GFN2-xTB)",
+    "xtb_lumo": "LUMO (GFN2-xTB)",
+    "xtb_gap": "HOMO-LUMO Gap (GFN2-xTB)",
+    "xtb_energy": "Total Energy (GFN2-xTB)",
 }
 
 
 def _descriptive_qa(f: Facts) -> list[tuple[str, str]]:
     aromatic = f", {f.aromatic_rings} of them aromatic" if f.rings else ""
     qa = [
-        ("How many rings does this molecule contain?",
-         f"The molecule contains {_plural(f.rings, 'ring')}{aromatic}."),
+        ("How many rings does this molecule contain?", f"The molecule contains {_plural(f.rings, 'ring')}{aromatic}."),
         ("What is the molecular formula of this molecule?", f"The molecular formula is {f.formula}."),
-        ("Which functional groups does this molecule have?",
-         f"It has {_join(f.groups)}." if f.groups else "None of the common functional groups is present."),
-        ("Describe the overall 3D shape of this molecule.",
-         f"Its lowest-energy conformer is {f.shape}, with a radius of gyration of "
-         f"{f.radius_of_gyration:.1f} \u00c5."),
-        ("Does this molecule have stereocentres?",
-         f"Yes, it has {_plural(f.stereocentres, 'stereocentre')}." if f.stereocentres
-         else "No, it has none."),
-        ("What is the net formal charge of this molecule?", f"The net formal charge is {f.charge:+d}."
-         if f.charge else "The molecule is neutral (net formal charge 0)."),
+        (
+            "Which functional groups does this molecule have?",
+            f"It has {_join(f.groups)}." if f.groups else "None of the common functional groups is present.",
+        ),
+        (
+            "Describe the overall 3D shape of this molecule.",
+            f"Its lowest-energy conformer is {f.shape}, with a radius of gyration of "
+            f"{f.radius_of_gyration:.1f} \u00c5.",
+        ),
+        (
+            "Does this molecule have stereocentres?",
+            f"Yes, it has {_plural(f.stereocentres, 'stereocentre')}." if f.stereocentres else "No, it has none.",
+        ),
+        (
+            "What is the net formal charge of this molecule?",
+            f"The net formal charge is {f.charge:+d}."
+            if f.charge
+            else "The molecule is neutral (net formal charge 0).",
+        ),
     ]
     if f.scaffold:
         qa.append(("What is the Bemis-Murcko scaffold of this molecule?", f"The scaffold is {f.scaffold}."))
     return qa
 
 
-def instructions(facts: Facts, properties: dict[str, float], smiles: str, description: str,
-                 seed: int, descriptive: int = 3) -> list[dict[str, str]]:
+def instructions(
+    facts: Facts, properties: dict[str, float], smiles: str, description: str, seed: int, descriptive: int = 3
+) -> list[dict[str, str]]:
     """3D-MoIT records: one per available property, ``descriptive`` fact questions, and the description."""
     rng = random.Random(seed)
     records = []
@@ -286,10 +320,17 @@ def instructions(facts: Facts, properties: dict[str, float], smiles: str, descri
         if value is None or not np.isfinite(value):
             continue
         label, unit = PROPERTY_INFO[key]
-        records.append({"instruction": rng.choice(PROPERTY_QUESTIONS).format(label=label), "input": smiles,
-                        "output": f"The {label} for the input molecule is {value:.2f}{unit}.", "task": task})
+        records.append(
+            {
+                "instruction": rng.choice(PROPERTY_QUESTIONS).format(label=label),
+                "input": smiles,
+                "output": f"The {label} for the input molecule is {value:.2f}{unit}.",
+                "task": task,
+            }
+        )
     for question, answer in rng.sample(_descriptive_qa(facts), k=descriptive):
         records.append({"instruction": question, "input": smiles, "output": answer, "task": "Descriptive QA"})
-    records.append({"instruction": "Describe this molecule.", "input": smiles, "output": description,
-                    "task": "Description"})
+    records.append(
+        {"instruction": "Describe this molecule.", "input": smiles, "output": description, "task": "Description"}
+    )
     return records

@@ -24,8 +24,22 @@ def _stats(values: list[float]) -> dict[str, float]:
 def dataset_info(store: MoleculeStore) -> dict[str, Any]:
     """Everything ``bench data info`` prints, as a JSON-ready dict."""
     meta = store.meta
-    tables = [pq.read_table(s, columns=["atomic_numbers", "num_conformers", "converged", "embedding", "texts",
-                                        "properties", "instructions"], memory_map=True) for s in store.shards]
+    tables = [
+        pq.read_table(
+            s,
+            columns=[
+                "atomic_numbers",
+                "num_conformers",
+                "converged",
+                "embedding",
+                "texts",
+                "properties",
+                "instructions",
+            ],
+            memory_map=True,
+        )
+        for s in store.shards
+    ]
     props: dict[str, list[float]] = {}
     texts, tasks, embedding = Counter(), Counter(), Counter()
     atoms, conformers, converged, total_conformers = [], [], 0, 0
@@ -45,18 +59,28 @@ def dataset_info(store: MoleculeStore) -> dict[str, Any]:
         total_conformers += len(flat)
     explained = meta["molecules"] + meta["failed"]
     return {
-        "name": meta["name"], "path": str(store.root), "inputs": meta["inputs"], "molecules": len(store),
-        "failed": meta["failed"], "failure_reasons": meta["failure_reasons"],
+        "name": meta["name"],
+        "path": str(store.root),
+        "inputs": meta["inputs"],
+        "molecules": len(store),
+        "failed": meta["failed"],
+        "failure_reasons": meta["failure_reasons"],
         "unexplained_drops": meta["inputs"] - explained,
         "splits": {kind: meta["splits"]["counts"][kind] for kind in store.split_kinds()},
         "split_seed": meta["splits"]["seed"],
-        "fields": {"columns": sorted(tables[0].schema.names) if tables else [],
-                   "texts": dict(sorted(texts.items())),
-                   "properties": sorted(props), "instruction_tasks": dict(sorted(tasks.items()))},
+        "fields": {
+            "columns": sorted(tables[0].schema.names) if tables else [],
+            "texts": dict(sorted(texts.items())),
+            "properties": sorted(props),
+            "instruction_tasks": dict(sorted(tasks.items())),
+        },
         "atoms": _stats(atoms),
-        "conformers": {**_stats(conformers), "total": total_conformers,
-                       "converged_fraction": round(converged / max(total_conformers, 1), 4),
-                       "embedding": dict(sorted(embedding.items()))},
+        "conformers": {
+            **_stats(conformers),
+            "total": total_conformers,
+            "converged_fraction": round(converged / max(total_conformers, 1), 4),
+            "embedding": dict(sorted(embedding.items())),
+        },
         "properties": {key: _stats(values) for key, values in sorted(props.items())},
         "sources": meta.get("sources", []),
     }
@@ -64,9 +88,11 @@ def dataset_info(store: MoleculeStore) -> dict[str, Any]:
 
 def format_info(info: dict[str, Any]) -> str:
     """A readable multi-line summary."""
-    lines = [f"{info['name']}  ({info['path']})",
-             f"  molecules {info['molecules']} of {info['inputs']} inputs; failed {info['failed']}; "
-             f"unexplained drops {info['unexplained_drops']}"]
+    lines = [
+        f"{info['name']}  ({info['path']})",
+        f"  molecules {info['molecules']} of {info['inputs']} inputs; failed {info['failed']}; "
+        f"unexplained drops {info['unexplained_drops']}",
+    ]
     for reason, count in info["failure_reasons"].items():
         lines.append(f"    {reason}: {count}")
     for kind, counts in info["splits"].items():
@@ -74,12 +100,16 @@ def format_info(info: dict[str, Any]) -> str:
     conf = info["conformers"]
     atoms = info["atoms"]
     lines.append(f"  atoms per molecule (with H): mean {atoms.get('mean')}, max {atoms.get('max')}")
-    lines.append(f"  conformers: {conf['total']} ({conf.get('mean')} per molecule), converged "
-                 f"{conf['converged_fraction']:.2%}, embedding {conf['embedding']}")
+    lines.append(
+        f"  conformers: {conf['total']} ({conf.get('mean')} per molecule), converged "
+        f"{conf['converged_fraction']:.2%}, embedding {conf['embedding']}"
+    )
     lines.append(f"  texts: {info['fields']['texts']}")
     lines.append(f"  instruction tasks: {info['fields']['instruction_tasks']}")
     lines.append("  properties:")
     for key, s in info["properties"].items():
-        lines.append(f"    {key:<20} n={s['count']:<6} mean={s.get('mean')} std={s.get('std')} "
-                     f"min={s.get('min')} max={s.get('max')}")
+        lines.append(
+            f"    {key:<20} n={s['count']:<6} mean={s.get('mean')} std={s.get('std')} "
+            f"min={s.get('min')} max={s.get('max')}"
+        )
     return "\n".join(lines)

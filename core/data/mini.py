@@ -24,8 +24,9 @@ from molbridge.core.data.readers import read_sdf, read_smi
 SEED = 20240124
 # Salts keep their largest organic fragment: counter-ions placed far from it would make shape, radius of
 # gyration and dipole describe the arrangement of the ions rather than the molecule.
-CONFIG = ConformerConfig(num_conformers=3, seed=SEED, max_iters=2000, max_atoms=200, timeout_s=60.0,
-                         fragments="largest")
+CONFIG = ConformerConfig(
+    num_conformers=3, seed=SEED, max_iters=2000, max_atoms=200, timeout_s=60.0, fragments="largest"
+)
 
 
 def _rdkit_root() -> Path:
@@ -36,8 +37,10 @@ def _rdkit_root() -> Path:
 
 def sources() -> list[tuple[str, Path]]:
     root = _rdkit_root()
-    return [("nci", root / "Data" / "NCI" / "first_5K.smi"),
-            ("egfr", root / "Contrib" / "PBF" / "testData" / "egfr.sdf")]
+    return [
+        ("nci", root / "Data" / "NCI" / "first_5K.smi"),
+        ("egfr", root / "Contrib" / "PBF" / "testData" / "egfr.sdf"),
+    ]
 
 
 def mini_inputs(limit: int | None = None) -> list[MoleculeInput]:
@@ -69,27 +72,54 @@ def enrich(record: MoleculeRecord) -> MoleculeRecord | Failure:
     facts = describe.structure_facts(mol, conf_id=0, dipole=values.pop("xtb_dipole"))
     seed = molecule_seed(record.id)
     text = describe.describe(facts, seed)
-    record.properties = {**record.properties, **{k: round(v, 6) for k, v in values.items()},
-                         "xtb_dipole_debye": round(facts.dipole, 6),
-                         "radius_of_gyration": round(facts.radius_of_gyration, 6)}
+    record.properties = {
+        **record.properties,
+        **{k: round(v, 6) for k, v in values.items()},
+        "xtb_dipole_debye": round(facts.dipole, 6),
+        "radius_of_gyration": round(facts.radius_of_gyration, 6),
+    }
     record.texts = {**record.texts, "description": text, "scaffold": facts.scaffold, "formula": facts.formula}
     record.instructions = describe.instructions(facts, record.properties, record.smiles, text, seed)
     return record
 
 
-def build_mini(out: str | Path, *, limit: int | None = None, workers: int | None = None,
-               progress: bool = True) -> dict | None:
+def build_mini(
+    out: str | Path, *, limit: int | None = None, workers: int | None = None, progress: bool = True
+) -> dict | None:
     """Build molbridge-mini (or its first ``limit`` inputs) into ``out``."""
     inputs = mini_inputs(limit)
     meta = {
-        "sources": [{"name": name, "file": f"rdkit/{path.relative_to(_rdkit_root()).as_posix()}"}
-                    for name, path in sources()],
-        "property_units": {"molecular_weight": "g/mol", "logp": "Crippen LogP", "tpsa": "A^2",
-                           "bertz_ct": "RDKit BertzCT (not PubChem Complexity)", "xtb_homo": "eV GFN2-xTB",
-                           "xtb_lumo": "eV GFN2-xTB", "xtb_gap": "eV GFN2-xTB", "xtb_energy": "eV GFN2-xTB",
-                           "xtb_dipole_debye": "debye GFN2-xTB", "radius_of_gyration": "A, MMFF conformer 0"},
-        "build": {"command": "bench data build-mini --out DIR", "seed": SEED, "limit": limit,
-                  "conformers": dataclasses.asdict(CONFIG)},
+        "sources": [
+            {"name": name, "file": f"rdkit/{path.relative_to(_rdkit_root()).as_posix()}"} for name, path in sources()
+        ],
+        "property_units": {
+            "molecular_weight": "g/mol",
+            "logp": "Crippen LogP",
+            "tpsa": "A^2",
+            "bertz_ct": "RDKit BertzCT (not PubChem Complexity)",
+            "xtb_homo": "eV GFN2-xTB",
+            "xtb_lumo": "eV GFN2-xTB",
+            "xtb_gap": "eV GFN2-xTB",
+            "xtb_energy": "eV GFN2-xTB",
+            "xtb_dipole_debye": "debye GFN2-xTB",
+            "radius_of_gyration": "A, MMFF conformer 0",
+        },
+        "build": {
+            "command": "bench data build-mini --out DIR",
+            "seed": SEED,
+            "limit": limit,
+            "conformers": dataclasses.asdict(CONFIG),
+        },
     }
-    return prepare(inputs, out, name="molbridge-mini", config=CONFIG, enrich=enrich, shard_size=2000,
-                   workers=workers, split_seed=SEED, progress=progress, extra_meta=meta)
+    return prepare(
+        inputs,
+        out,
+        name="molbridge-mini",
+        config=CONFIG,
+        enrich=enrich,
+        shard_size=2000,
+        workers=workers,
+        split_seed=SEED,
+        progress=progress,
+        extra_meta=meta,
+    )

@@ -55,8 +55,9 @@ def _work(item: MoleculeInput) -> MoleculeRecord | Failure:
         try:
             result = enrich(result)
         except Exception as exc:  # noqa: BLE001 - one molecule's failure is reported, the build goes on
-            result = Failure(item.index, item.id, item.source_text(), "enrich", "rdkit_error",
-                             f"{type(exc).__name__}: {exc}")
+            result = Failure(
+                item.index, item.id, item.source_text(), "enrich", "rdkit_error", f"{type(exc).__name__}: {exc}"
+            )
     if isinstance(result, MoleculeRecord):
         result.mol = None  # the RDKit molecule is not stored; do not ship it back between processes
     return result
@@ -86,11 +87,20 @@ def _map(items: Sequence[MoleculeInput], pool, desc: str, progress: bool) -> lis
     return list(tqdm(mapped, total=len(items), desc=desc, unit="mol", disable=not progress))
 
 
-def prepare(inputs: Sequence[MoleculeInput], out: str | Path, *, name: str,
-            config: ConformerConfig | None = None, enrich: Enrich | None = None,
-            shard: tuple[int, int] = (0, 1), shard_size: int = 10_000, workers: int | None = None,
-            split_seed: int = 0, progress: bool = True,
-            extra_meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def prepare(
+    inputs: Sequence[MoleculeInput],
+    out: str | Path,
+    *,
+    name: str,
+    config: ConformerConfig | None = None,
+    enrich: Enrich | None = None,
+    shard: tuple[int, int] = (0, 1),
+    shard_size: int = 10_000,
+    workers: int | None = None,
+    split_seed: int = 0,
+    progress: bool = True,
+    extra_meta: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
     """Prepare this job's shards; finish the dataset if all shards exist. Returns dataset.json or None."""
     out, config = Path(out), config or ConformerConfig()
     num_shards = max(1, -(-len(inputs) // shard_size))
@@ -105,7 +115,7 @@ def prepare(inputs: Sequence[MoleculeInput], out: str | Path, *, name: str,
         pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (config, enrich))
     try:
         for k in todo:
-            chunk = inputs[k * shard_size:(k + 1) * shard_size]
+            chunk = inputs[k * shard_size : (k + 1) * shard_size]
             results = _map(chunk, pool, f"shard {k + 1}/{num_shards}", progress)
             shard_file, failure_file = shard_paths(out, k)
             write_failures([r for r in results if isinstance(r, Failure)], failure_file)
@@ -117,12 +127,27 @@ def prepare(inputs: Sequence[MoleculeInput], out: str | Path, *, name: str,
     if not all(p.is_file() for k in range(num_shards) for p in shard_paths(out, k)):
         log.info("shards of other jobs are still missing; run again without --shard to finish %s", out)
         return None
-    return finalize(out, name=name, num_shards=num_shards, inputs=len(inputs), config=config,
-                    split_seed=split_seed, extra_meta=extra_meta)
+    return finalize(
+        out,
+        name=name,
+        num_shards=num_shards,
+        inputs=len(inputs),
+        config=config,
+        split_seed=split_seed,
+        extra_meta=extra_meta,
+    )
 
 
-def finalize(out: Path, *, name: str, num_shards: int, inputs: int, config: ConformerConfig, split_seed: int,
-             extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def finalize(
+    out: Path,
+    *,
+    name: str,
+    num_shards: int,
+    inputs: int,
+    config: ConformerConfig,
+    split_seed: int,
+    extra_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write splits.parquet and dataset.json from the finished shards."""
     shards, smiles, reasons = [], [], Counter()
     for k in range(num_shards):
@@ -131,25 +156,44 @@ def finalize(out: Path, *, name: str, num_shards: int, inputs: int, config: Conf
         smiles += table["smiles"].to_pylist()
         failures = [line for line in failure_file.read_text(encoding="utf-8").splitlines() if line]
         reasons.update(json.loads(line)["reason"] for line in failures)
-        shards.append({"path": shard_file.relative_to(out).as_posix(),
-                       "failures": failure_file.relative_to(out).as_posix(),
-                       "molecules": table.num_rows, "failed": len(failures)})
-    labels = {"random": splitting.random_split(len(smiles), split_seed),
-              "scaffold": splitting.scaffold_split(smiles, split_seed)}
-    write_parquet(pa.table({kind: pa.array(values.tolist(), pa.string()).dictionary_encode()
-                            for kind, values in labels.items()}), out / "splits.parquet")
+        shards.append(
+            {
+                "path": shard_file.relative_to(out).as_posix(),
+                "failures": failure_file.relative_to(out).as_posix(),
+                "molecules": table.num_rows,
+                "failed": len(failures),
+            }
+        )
+    labels = {
+        "random": splitting.random_split(len(smiles), split_seed),
+        "scaffold": splitting.scaffold_split(smiles, split_seed),
+    }
+    write_parquet(
+        pa.table({kind: pa.array(values.tolist(), pa.string()).dictionary_encode() for kind, values in labels.items()}),
+        out / "splits.parquet",
+    )
     meta = {
-        "name": name, "format_version": FORMAT_VERSION, "inputs": inputs, "molecules": len(smiles),
-        "failed": sum(reasons.values()), "failure_reasons": dict(sorted(reasons.items())), "shards": shards,
+        "name": name,
+        "format_version": FORMAT_VERSION,
+        "inputs": inputs,
+        "molecules": len(smiles),
+        "failed": sum(reasons.values()),
+        "failure_reasons": dict(sorted(reasons.items())),
+        "shards": shards,
         "conformers": dataclasses.asdict(config),
-        "splits": {"kinds": sorted(labels), "seed": split_seed,
-                   "fractions": list(splitting.DEFAULT_FRACTIONS),
-                   "counts": {kind: dict(sorted(Counter(v.tolist()).items())) for kind, v in labels.items()}},
+        "splits": {
+            "kinds": sorted(labels),
+            "seed": split_seed,
+            "fractions": list(splitting.DEFAULT_FRACTIONS),
+            "counts": {kind: dict(sorted(Counter(v.tolist()).items())) for kind, v in labels.items()},
+        },
         **(extra_meta or {}),
     }
     if meta["molecules"] + meta["failed"] != inputs:
-        raise MolbridgeError(f"{out}: {meta['molecules']} molecules + {meta['failed']} failures != "
-                             f"{inputs} inputs; shards come from a different input, delete the directory"
-                             " and prepare again")
+        raise MolbridgeError(
+            f"{out}: {meta['molecules']} molecules + {meta['failed']} failures != "
+            f"{inputs} inputs; shards come from a different input, delete the directory"
+            " and prepare again"
+        )
     write_json(meta, out / "dataset.json")
     return meta

@@ -48,8 +48,13 @@ def xtb_properties(atomic_numbers: np.ndarray, positions: np.ndarray, charge: in
 
     numbers = np.asarray(atomic_numbers, dtype=np.int32)
     electrons = int(numbers.sum()) - charge
-    calc = Calculator("GFN2-xTB", numbers, np.asarray(positions, dtype=np.float64) * ANGSTROM_TO_BOHR,
-                      charge=float(charge), uhf=electrons % 2)
+    calc = Calculator(
+        "GFN2-xTB",
+        numbers,
+        np.asarray(positions, dtype=np.float64) * ANGSTROM_TO_BOHR,
+        charge=float(charge),
+        uhf=electrons % 2,
+    )
     calc.set("verbosity", 0)
     result = calc.singlepoint()
     energies = result.get("orbital-energies") * HARTREE_TO_EV

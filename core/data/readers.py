@@ -100,8 +100,9 @@ def _pick(row: dict, keys: tuple[str, ...]) -> str | None:
 def _from_row(index: int, row: dict, where: str) -> MoleculeInput:
     smiles = _pick(row, SMILES_KEYS)
     if smiles is None and not any(k in row for k in SMILES_KEYS):
-        raise InputFormatError(f"{where}: no SMILES column (expected one of {', '.join(SMILES_KEYS)}); "
-                               f"columns: {', '.join(map(str, row))}")
+        raise InputFormatError(
+            f"{where}: no SMILES column (expected one of {', '.join(SMILES_KEYS)}); columns: {', '.join(map(str, row))}"
+        )
     texts = {"description": text} if (text := _pick(row, TEXT_KEYS)) is not None else {}
     return MoleculeInput(index, _pick(row, ID_KEYS) or str(index), smiles=smiles or "", texts=texts)
 
@@ -134,8 +135,7 @@ def read_moit(path: Path) -> Iterator[MoleculeInput]:
     """3D-MoIT instruction JSON grouped into one input per molecule, records kept in file order."""
     with _open_text(path) as handle:
         data = json.load(handle)
-    items = [(str(k), r) for k, rs in data.items() for r in rs] if isinstance(data, dict) else \
-        [(None, r) for r in data]
+    items = [(str(k), r) for k, rs in data.items() for r in rs] if isinstance(data, dict) else [(None, r) for r in data]
     groups: dict[str, list[dict]] = {}
     for position, (cid, record) in enumerate(items):
         missing = [k for k in MOIT_KEYS if k not in record]
@@ -155,7 +155,8 @@ def read_molm_lmdb(path: Path, trust_pickle: bool = False) -> Iterator[MoleculeI
         raise InputFormatError(
             f"{path}: the 3D-MoLM LMDB stores pickled Python objects, and unpickling can run arbitrary code. "
             "Pass --trust-pickle (trust_pickle=True) only for a file from a source you trust; the Parquet "
-            "dataset it is converted to is pickle-free.")
+            "dataset it is converted to is pickle-free."
+        )
     import pickle
 
     import lmdb
@@ -169,8 +170,14 @@ def read_molm_lmdb(path: Path, trust_pickle: bool = False) -> Iterator[MoleculeI
                 coords = coords if isinstance(coords, list) else [coords]
                 coords = [np.asarray(c, dtype=np.float32) for c in coords]
                 texts = {k: str(entry[k]) for k in ("description", "enriched_description") if entry.get(k)}
-                yield MoleculeInput(index, str(entry.get("cid", key.decode())), smiles=entry.get("smiles"),
-                                    atoms=list(entry["atoms"]), coordinates=coords, texts=texts)
+                yield MoleculeInput(
+                    index,
+                    str(entry.get("cid", key.decode())),
+                    smiles=entry.get("smiles"),
+                    atoms=list(entry["atoms"]),
+                    coordinates=coords,
+                    texts=texts,
+                )
     finally:
         env.close()
 
@@ -181,8 +188,16 @@ def read_inputs(path: str | Path, *, trust_pickle: bool = False) -> list[Molecul
     if not path.exists():
         raise InputFormatError(f"{path}: no such file or directory")
     kind = _kind(path)
-    readers = {".smi": read_smi, ".sdf": read_sdf, ".mol": read_sdf, ".csv": read_table, ".tsv": read_table,
-               ".txt": read_table, ".jsonl": read_jsonl, ".json": read_moit}
+    readers = {
+        ".smi": read_smi,
+        ".sdf": read_sdf,
+        ".mol": read_sdf,
+        ".csv": read_table,
+        ".tsv": read_table,
+        ".txt": read_table,
+        ".jsonl": read_jsonl,
+        ".json": read_moit,
+    }
     if kind == ".lmdb" or kind == ".mdb":
         return list(read_molm_lmdb(path, trust_pickle))
     if kind not in readers:

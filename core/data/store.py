@@ -37,22 +37,25 @@ from molbridge.core.errors import MolbridgeError
 FORMAT_VERSION = 1
 COORD_SCALE = 1000  # stored integer units per angstrom
 
-INSTRUCTION_TYPE = pa.struct([("instruction", pa.string()), ("input", pa.string()), ("output", pa.string()),
-                              ("task", pa.string())])
-SCHEMA = pa.schema([
-    ("index", pa.int64()),  # position in the input (merge order, failure cross-reference)
-    ("id", pa.string()),
-    ("smiles", pa.string()),
-    ("atomic_numbers", pa.list_(pa.int8())),
-    ("num_conformers", pa.int16()),
-    ("coords", pa.list_(pa.int32())),  # (C, N, 3) flattened, milli-angstrom
-    ("mmff_energy", pa.list_(pa.float32())),  # kcal/mol per conformer
-    ("converged", pa.list_(pa.bool_())),
-    ("embedding", pa.string()),
-    ("texts", pa.map_(pa.string(), pa.string())),
-    ("properties", pa.map_(pa.string(), pa.float64())),
-    ("instructions", pa.list_(INSTRUCTION_TYPE)),
-])
+INSTRUCTION_TYPE = pa.struct(
+    [("instruction", pa.string()), ("input", pa.string()), ("output", pa.string()), ("task", pa.string())]
+)
+SCHEMA = pa.schema(
+    [
+        ("index", pa.int64()),  # position in the input (merge order, failure cross-reference)
+        ("id", pa.string()),
+        ("smiles", pa.string()),
+        ("atomic_numbers", pa.list_(pa.int8())),
+        ("num_conformers", pa.int16()),
+        ("coords", pa.list_(pa.int32())),  # (C, N, 3) flattened, milli-angstrom
+        ("mmff_energy", pa.list_(pa.float32())),  # kcal/mol per conformer
+        ("converged", pa.list_(pa.bool_())),
+        ("embedding", pa.string()),
+        ("texts", pa.map_(pa.string(), pa.string())),
+        ("properties", pa.map_(pa.string(), pa.float64())),
+        ("instructions", pa.list_(INSTRUCTION_TYPE)),
+    ]
+)
 
 
 class DatasetError(MolbridgeError):
@@ -82,18 +85,26 @@ class Molecule:
 
 # --- writing ----------------------------------------------------------------------------------------
 
+
 def records_table(records: Iterable[MoleculeRecord]) -> pa.Table:
     """Molecule records as one Arrow table in :data:`SCHEMA` (maps sorted by key for byte stability)."""
-    rows = [{
-        "index": r.index, "id": r.id, "smiles": r.smiles,
-        "atomic_numbers": r.atomic_numbers.astype(np.int8),
-        "num_conformers": len(r.conformers),
-        "coords": np.rint(r.conformers.astype(np.float64) * COORD_SCALE).astype(np.int32).ravel(),
-        "mmff_energy": r.energies.astype(np.float32), "converged": r.converged,
-        "embedding": r.embedding,
-        "texts": sorted(r.texts.items()), "properties": sorted(r.properties.items()),
-        "instructions": r.instructions,
-    } for r in records]
+    rows = [
+        {
+            "index": r.index,
+            "id": r.id,
+            "smiles": r.smiles,
+            "atomic_numbers": r.atomic_numbers.astype(np.int8),
+            "num_conformers": len(r.conformers),
+            "coords": np.rint(r.conformers.astype(np.float64) * COORD_SCALE).astype(np.int32).ravel(),
+            "mmff_energy": r.energies.astype(np.float32),
+            "converged": r.converged,
+            "embedding": r.embedding,
+            "texts": sorted(r.texts.items()),
+            "properties": sorted(r.properties.items()),
+            "instructions": r.instructions,
+        }
+        for r in records
+    ]
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
@@ -106,8 +117,10 @@ def atomic_write(path: Path, write) -> None:
 
 
 def write_parquet(table: pa.Table, path: Path, row_group_size: int = 2048) -> None:
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", compression_level=19,
-                                                   row_group_size=row_group_size))
+    atomic_write(
+        path,
+        lambda tmp: pq.write_table(table, tmp, compression="zstd", compression_level=19, row_group_size=row_group_size),
+    )
 
 
 def write_failures(failures: Iterable[Failure], path: Path) -> None:
@@ -121,6 +134,7 @@ def write_json(data: Any, path: Path) -> None:
 
 # --- reading ----------------------------------------------------------------------------------------
 
+
 def packaged_datasets() -> dict[str, Path]:
     """Datasets shipped inside the package, by name."""
     return {"molbridge-mini": Path(__file__).with_name("molbridge_mini")}
@@ -131,8 +145,10 @@ def resolve(name_or_dir: str | Path) -> Path:
     packaged = packaged_datasets()
     path = packaged.get(str(name_or_dir), Path(name_or_dir))
     if not (path / "dataset.json").is_file():
-        raise DatasetError(f"'{name_or_dir}' is neither a packaged dataset ({', '.join(packaged)}) nor a "
-                           f"directory with dataset.json (write one with `bench data prepare`)")
+        raise DatasetError(
+            f"'{name_or_dir}' is neither a packaged dataset ({', '.join(packaged)}) nor a "
+            f"directory with dataset.json (write one with `bench data prepare`)"
+        )
     return path
 
 
@@ -148,8 +164,9 @@ class MoleculeStore:
         self.meta = json.loads((self.root / "dataset.json").read_text())
         if self.meta.get("format_version") != FORMAT_VERSION:
             found = self.meta.get("format_version")
-            raise DatasetError(f"{self.root / 'dataset.json'}: format_version {found} is not "
-                               f"{FORMAT_VERSION}; rebuild the dataset")
+            raise DatasetError(
+                f"{self.root / 'dataset.json'}: format_version {found} is not {FORMAT_VERSION}; rebuild the dataset"
+            )
         self.shards = [self.root / s["path"] for s in self.meta["shards"]]
         self.offsets = np.cumsum([0] + [s["molecules"] for s in self.meta["shards"]])
         self._load_shard = functools.lru_cache(maxsize=4)(self._read_shard)
@@ -178,11 +195,16 @@ class MoleculeStore:
         coords = np.asarray(columns["coords"][row], dtype=np.float32).reshape(count, len(numbers), 3)
         coords /= COORD_SCALE
         return Molecule(
-            index=columns["index"][row], id=columns["id"][row], smiles=columns["smiles"][row],
-            atomic_numbers=numbers, conformers=coords,
+            index=columns["index"][row],
+            id=columns["id"][row],
+            smiles=columns["smiles"][row],
+            atomic_numbers=numbers,
+            conformers=coords,
             mmff_energy=np.asarray(columns["mmff_energy"][row], dtype=np.float32),
-            converged=np.asarray(columns["converged"][row], dtype=bool), embedding=columns["embedding"][row],
-            texts=dict(columns["texts"][row]), properties=dict(columns["properties"][row]),
+            converged=np.asarray(columns["converged"][row], dtype=bool),
+            embedding=columns["embedding"][row],
+            texts=dict(columns["texts"][row]),
+            properties=dict(columns["properties"][row]),
             instructions=list(columns["instructions"][row]),
         )
 
@@ -191,15 +213,19 @@ class MoleculeStore:
 
     def column(self, name: str) -> list:
         """One column over all shards (e.g. ``smiles`` or ``properties``), streamed shard by shard."""
-        return [value for shard in self.shards for value in pq.read_table(shard, columns=[name],
-                                                                          memory_map=True)[name].to_pylist()]
+        return [
+            value
+            for shard in self.shards
+            for value in pq.read_table(shard, columns=[name], memory_map=True)[name].to_pylist()
+        ]
 
     @functools.cached_property
     def _splits(self) -> pa.Table:
         path = self.root / "splits.parquet"
         if not path.is_file():
-            raise DatasetError(f"{path} is missing: the dataset has no stored splits "
-                               "(run `bench data prepare` again to finish it)")
+            raise DatasetError(
+                f"{path} is missing: the dataset has no stored splits (run `bench data prepare` again to finish it)"
+            )
         return pq.read_table(path)
 
     def split_kinds(self) -> list[str]:

@@ -21,16 +21,32 @@ class MoleculeDataset(Dataset):
     without it (evaluation) it is always conformer 0, the lowest-energy one.
     """
 
-    def __init__(self, store: MoleculeStore, indices: np.ndarray | None = None, *, augment: bool = False,
-                 seed: int = 0, text_field: str = "description", features: Any = None):
+    def __init__(
+        self,
+        store: MoleculeStore,
+        indices: np.ndarray | None = None,
+        *,
+        augment: bool = False,
+        seed: int = 0,
+        text_field: str = "description",
+        features: Any = None,
+    ):
         self.store = store
         self.indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.augment, self.seed, self.epoch, self.text_field = augment, seed, 0, text_field
         self.features = features  # a FeatureCache: conformer-0 encoder features, used when not augmenting
 
     @classmethod
-    def from_split(cls, name_or_dir: str, split: str, kind: str = "scaffold", *, augment: bool | None = None,
-                   limit: int | None = None, **kwargs: Any) -> MoleculeDataset:
+    def from_split(
+        cls,
+        name_or_dir: str,
+        split: str,
+        kind: str = "scaffold",
+        *,
+        augment: bool | None = None,
+        limit: int | None = None,
+        **kwargs: Any,
+    ) -> MoleculeDataset:
         """The ``split`` (train/valid/test) of a dataset under ``kind``; augmentation on for train only."""
         store = open_dataset(name_or_dir)
         indices = store.split(split, kind)[:limit]
@@ -53,9 +69,14 @@ class MoleculeDataset(Dataset):
         mol = self.store[row]
         k = self._conformer(row, len(mol.conformers))
         item = {
-            batch.MOL_ID: mol.id, batch.SMILES: mol.smiles, batch.ATOMIC_NUMBERS: mol.atomic_numbers,
-            batch.POSITIONS: mol.conformers[k], batch.TEXT: mol.texts.get(self.text_field, ""),
-            "conformer": k, "properties": mol.properties, "instructions": mol.instructions,
+            batch.MOL_ID: mol.id,
+            batch.SMILES: mol.smiles,
+            batch.ATOMIC_NUMBERS: mol.atomic_numbers,
+            batch.POSITIONS: mol.conformers[k],
+            batch.TEXT: mol.texts.get(self.text_field, ""),
+            "conformer": k,
+            "properties": mol.properties,
+            "instructions": mol.instructions,
         }
         if self.features is not None and k == 0:
             item["features"] = self.features[row]

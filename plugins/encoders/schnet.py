@@ -86,7 +86,8 @@ class SchNetEncoder(Encoder):
         self.register_buffer("centres", torch.linspace(0.0, self.cutoff, shape["gaussians"]), persistent=False)
         self.gamma = 0.5 / float(self.centres[1] - self.centres[0]) ** 2
         self.interactions = nn.ModuleList(
-            Interaction(shape["hidden"], shape["filters"], shape["gaussians"]) for _ in range(shape["interactions"]))
+            Interaction(shape["hidden"], shape["filters"], shape["gaussians"]) for _ in range(shape["interactions"])
+        )
         if config.checkpoint:
             load_strict(self, read_state_dict(config.checkpoint, trust=config.trust_checkpoint), config.checkpoint)
 
@@ -98,8 +99,10 @@ class SchNetEncoder(Encoder):
         return {"z": torch.from_numpy(z[keep]), "pos": torch.as_tensor(positions[keep], dtype=torch.float32)}
 
     def collate(self, features: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-        return {"z": nn.utils.rnn.pad_sequence([f["z"] for f in features], batch_first=True),
-                "pos": nn.utils.rnn.pad_sequence([f["pos"] for f in features], batch_first=True)}
+        return {
+            "z": nn.utils.rnn.pad_sequence([f["z"] for f in features], batch_first=True),
+            "pos": nn.utils.rnn.pad_sequence([f["pos"] for f in features], batch_first=True),
+        }
 
     def forward(self, inputs: Mapping[str, Tensor]) -> EncoderOutput:
         z, pos = inputs["z"], inputs["pos"]
@@ -122,5 +125,9 @@ class SchNetEncoder(Encoder):
 
 @hookimpl
 def molbridge_register_encoders(register):
-    register("schnet", SchNetEncoder, SchNetConfig,
-             description="SchNet continuous-filter convolutions (Schütt et al. 2017); presets small, base")
+    register(
+        "schnet",
+        SchNetEncoder,
+        SchNetConfig,
+        description="SchNet continuous-filter convolutions (Schütt et al. 2017); presets small, base",
+    )

@@ -40,21 +40,100 @@ _ORGANIC = ("B", "C", "N", "O", "P", "S", "F", "Cl", "Br", "I", "b", "c", "n", "
 _SYMBOLS = ("(", ")", "=", "#", "$", ":", "/", "\\", "-", ".", "~", "+", "@")
 _RING_BONDS = tuple(str(d) for d in range(10)) + tuple(f"%{d}" for d in range(10, 100))
 #: Elements that carry stereo and hydrogens in brackets ([C@@H], [nH], [NH3+], ...): every combination.
-_BRACKET_ORGANIC = ("H", "B", "C", "N", "O", "P", "S", "F", "Cl", "Br", "I", "Si", "Se", "As", "Ge", "Te",
-                    "b", "c", "n", "o", "p", "s", "se", "as", "te")
+_BRACKET_ORGANIC = (
+    "H",
+    "B",
+    "C",
+    "N",
+    "O",
+    "P",
+    "S",
+    "F",
+    "Cl",
+    "Br",
+    "I",
+    "Si",
+    "Se",
+    "As",
+    "Ge",
+    "Te",
+    "b",
+    "c",
+    "n",
+    "o",
+    "p",
+    "s",
+    "se",
+    "as",
+    "te",
+)
 _CHIRALITY, _HYDROGENS, _ORGANIC_CHARGES = ("", "@", "@@"), ("", "H", "H2", "H3"), ("", "+", "-")
 #: Metals and other ions, with the charges they usually carry in PubChem SMILES ([Na+], [Ca+2], [Fe+3]).
-_BRACKET_IONS = ("Li", "Na", "K", "Rb", "Cs", "Mg", "Ca", "Sr", "Ba", "Al", "Zn", "Fe", "Cu", "Co", "Ni", "Mn",
-                 "Cr", "Ti", "V", "Zr", "Ru", "Rh", "Pd", "Ag", "Pt", "Au", "Hg", "Cd", "Sn", "Pb", "Sb", "Bi",
-                 "Tl", "Ga", "Gd", "Mo", "W")
+_BRACKET_IONS = (
+    "Li",
+    "Na",
+    "K",
+    "Rb",
+    "Cs",
+    "Mg",
+    "Ca",
+    "Sr",
+    "Ba",
+    "Al",
+    "Zn",
+    "Fe",
+    "Cu",
+    "Co",
+    "Ni",
+    "Mn",
+    "Cr",
+    "Ti",
+    "V",
+    "Zr",
+    "Ru",
+    "Rh",
+    "Pd",
+    "Ag",
+    "Pt",
+    "Au",
+    "Hg",
+    "Cd",
+    "Sn",
+    "Pb",
+    "Sb",
+    "Bi",
+    "Tl",
+    "Ga",
+    "Gd",
+    "Mo",
+    "W",
+)
 _ION_CHARGES = ("", "+", "+2", "+3", "-")
-_ISOTOPES = ("[2H]", "[3H]", "[11C]", "[13C]", "[13CH]", "[13CH2]", "[13CH3]", "[14C]", "[15N]", "[18O]",
-             "[18F]", "[123I]", "[125I]", "[131I]", "[35S]", "[32P]")
+_ISOTOPES = (
+    "[2H]",
+    "[3H]",
+    "[11C]",
+    "[13C]",
+    "[13CH]",
+    "[13CH2]",
+    "[13CH3]",
+    "[14C]",
+    "[15N]",
+    "[18O]",
+    "[18F]",
+    "[123I]",
+    "[125I]",
+    "[131I]",
+    "[35S]",
+    "[32P]",
+)
 
 
 def _vocabulary() -> tuple[str, ...]:
-    organic = (f"[{e}{c}{h}{q}]" for e, c, h, q in
-               itertools.product(_BRACKET_ORGANIC, _CHIRALITY, _HYDROGENS, _ORGANIC_CHARGES))
+    organic = (
+        f"[{e}{c}{h}{q}]"
+        for e, c, h, q in itertools.product(_BRACKET_ORGANIC, _CHIRALITY, _HYDROGENS, _ORGANIC_CHARGES)
+    )
     ions = (f"[{e}{q}]" for e, q in itertools.product(_BRACKET_IONS, _ION_CHARGES))
     tokens = (*SPECIALS, *_ORGANIC, *_SYMBOLS, *_RING_BONDS, *organic, *ions, *_ISOTOPES)
     return tuple(dict.fromkeys(tokens))  # drop repeats, keep the order (ids must never move)
@@ -129,17 +208,27 @@ class SmilesEncoder(Encoder):
         self.unknown_tokens: Counter[str] = Counter()  # tokens mapped to [UNK] in this process, for reports
         self.embed_tokens = nn.Embedding(len(VOCABULARY), shape["hidden"], padding_idx=PAD)
         self.embed_positions = nn.Embedding(config.max_length, shape["hidden"])
-        layer = nn.TransformerEncoderLayer(shape["hidden"], shape["heads"], shape["ffn"], config.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            shape["hidden"],
+            shape["heads"],
+            shape["ffn"],
+            config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         # nested tensors are off: they need post-norm layers and would return padded rows as a different layout
-        self.encoder = nn.TransformerEncoder(layer, shape["layers"], norm=nn.LayerNorm(shape["hidden"]),
-                                             enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(
+            layer, shape["layers"], norm=nn.LayerNorm(shape["hidden"]), enable_nested_tensor=False
+        )
         if config.checkpoint:
             load_strict(self, read_state_dict(config.checkpoint, trust=config.trust_checkpoint), config.checkpoint)
 
     def featurize(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> dict[str, Tensor]:
-        raise MolbridgeError("the smiles encoder reads a molecule's SMILES, not its atoms and positions: "
-                             "call featurize_item(item) with an item holding 'smiles' (as the tasks do)")
+        raise MolbridgeError(
+            "the smiles encoder reads a molecule's SMILES, not its atoms and positions: "
+            "call featurize_item(item) with an item holding 'smiles' (as the tasks do)"
+        )
 
     def featurize_item(self, item: Mapping[str, Any]) -> dict[str, Tensor]:
         """[CLS] + token ids of ``item['smiles']``; unknown tokens become [UNK] (counted, warned once each)."""
@@ -150,9 +239,12 @@ class SmilesEncoder(Encoder):
         ids, unknown = encode(smiles, where)
         self._report_unknown(where, smiles, len(ids), unknown)
         if len(ids) + 1 > self.max_length:
-            warnings.warn(f"{where}: SMILES of {len(ids)} tokens truncated to encoder.max_length={self.max_length} "
-                          f"positions ([CLS] included): {smiles}", stacklevel=2)
-            ids = ids[:self.max_length - 1]
+            warnings.warn(
+                f"{where}: SMILES of {len(ids)} tokens truncated to encoder.max_length={self.max_length} "
+                f"positions ([CLS] included): {smiles}",
+                stacklevel=2,
+            )
+            ids = ids[: self.max_length - 1]
         return {"tokens": torch.tensor([CLS, *ids], dtype=torch.long)}
 
     def _report_unknown(self, where: str, smiles: str, total: int, unknown: list[str]) -> None:
@@ -160,12 +252,14 @@ class SmilesEncoder(Encoder):
         for token in sorted(set(unknown)):  # warnings shows each message once: once per unknown token
             warnings.warn(f"smiles encoder: token {token!r} is not in the vocabulary; encoded as [UNK]", stacklevel=3)
         if len(unknown) > MOSTLY_UNKNOWN * total:
-            warnings.warn(f"{where}: {len(unknown)} of {total} SMILES tokens are unknown ([UNK]): {smiles}",
-                          stacklevel=3)
+            warnings.warn(
+                f"{where}: {len(unknown)} of {total} SMILES tokens are unknown ([UNK]): {smiles}", stacklevel=3
+            )
 
     def collate(self, features: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-        return {"tokens": nn.utils.rnn.pad_sequence([f["tokens"] for f in features], batch_first=True,
-                                                    padding_value=PAD)}
+        return {
+            "tokens": nn.utils.rnn.pad_sequence([f["tokens"] for f in features], batch_first=True, padding_value=PAD)
+        }
 
     def forward(self, inputs: Mapping[str, Tensor]) -> EncoderOutput:
         tokens = inputs["tokens"]
@@ -179,5 +273,9 @@ class SmilesEncoder(Encoder):
 
 @hookimpl
 def molbridge_register_encoders(register):
-    register("smiles", SmilesEncoder, SmilesConfig,
-             description="1D control: Transformer over SMILES tokens, no coordinates; Uni-Mol's presets small, base")
+    register(
+        "smiles",
+        SmilesEncoder,
+        SmilesConfig,
+        description="1D control: Transformer over SMILES tokens, no coordinates; Uni-Mol's presets small, base",
+    )

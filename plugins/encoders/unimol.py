@@ -18,18 +18,22 @@ from molbridge.core.errors import MolbridgeError, check_choice
 from molbridge.plugins.encoders.weights import load_strict, read_state_dict
 
 #: The Uni-Mol dictionary (mol.dict.txt) plus the appended [MASK]; index = token id.
-DICTIONARY = ("[PAD] [CLS] [SEP] [UNK] C N O S H Cl F Br I Si P B Na K Al Ca Sn As Hg Fe Zn Cr Se Gd Au Li "
-              "[MASK]").split()
+DICTIONARY = (
+    "[PAD] [CLS] [SEP] [UNK] C N O S H Cl F Br I Si P B Na K Al Ca Sn As Hg Fe Zn Cr Se Gd Au Li [MASK]"
+).split()
 PAD, CLS, SEP, UNK = 0, 1, 2, 3
 MAX_ATOMS = 256
 PRETRAINING_HEADS = ("lm_head.", "pair2coord_proj.", "dist_head.")
 HYDROGEN_POLICIES = ("no_h", "all_h")
-_ELEMENTS = ("H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br "
-             "Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er "
-             "Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg").split()
+_ELEMENTS = (
+    "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br "
+    "Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er "
+    "Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg"
+).split()
 #: atomic number -> token id ([UNK] for elements outside the dictionary)
-TOKEN_OF_Z = np.array([PAD] + [DICTIONARY.index(s) if s in DICTIONARY else UNK for s in _ELEMENTS]
-                      + [UNK] * 40, dtype=np.int64)
+TOKEN_OF_Z = np.array(
+    [PAD] + [DICTIONARY.index(s) if s in DICTIONARY else UNK for s in _ELEMENTS] + [UNK] * 40, dtype=np.int64
+)
 
 #: name -> (layers, embed dim, ffn dim, heads, gaussian kernels)
 PRESETS = {
@@ -157,8 +161,9 @@ class UniMolEncoder(Encoder):
         z = np.asarray(atomic_numbers, dtype=np.int64)
         pos = np.asarray(positions, dtype=np.float64)
         if z.min(initial=1) < 1 or z.max(initial=1) >= len(TOKEN_OF_Z):
-            raise MolbridgeError(f"Uni-Mol featurize: atomic numbers must be 1..{len(TOKEN_OF_Z) - 1}; "
-                                 f"got {sorted(set(z.tolist()))}")
+            raise MolbridgeError(
+                f"Uni-Mol featurize: atomic numbers must be 1..{len(TOKEN_OF_Z) - 1}; got {sorted(set(z.tolist()))}"
+            )
         if not self.keep_hydrogens:
             z, pos = z[z != 1], pos[z != 1]
         if len(z) > MAX_ATOMS:
@@ -169,8 +174,11 @@ class UniMolEncoder(Encoder):
         tokens = torch.from_numpy(np.concatenate([[CLS], TOKEN_OF_Z[z], [SEP]]))
         # exact pairwise differences (torch.cdist's matmul shortcut loses precision above 25 atoms)
         dist = torch.as_tensor(np.linalg.norm(pos[:, None] - pos[None, :], axis=-1), dtype=torch.float32)
-        return {"src_tokens": tokens, "src_distance": dist,
-                "src_edge_type": tokens[:, None] * len(DICTIONARY) + tokens[None, :]}
+        return {
+            "src_tokens": tokens,
+            "src_distance": dist,
+            "src_edge_type": tokens[:, None] * len(DICTIONARY) + tokens[None, :],
+        }
 
     def collate(self, features: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
         n = max(len(f["src_tokens"]) for f in features)
@@ -178,9 +186,11 @@ class UniMolEncoder(Encoder):
         def pad2(t: Tensor) -> Tensor:
             return nn.functional.pad(t, (0, n - t.shape[1], 0, n - t.shape[0]))
 
-        return {"src_tokens": nn.utils.rnn.pad_sequence([f["src_tokens"] for f in features], batch_first=True),
-                "src_distance": torch.stack([pad2(f["src_distance"]) for f in features]),
-                "src_edge_type": torch.stack([pad2(f["src_edge_type"]) for f in features])}
+        return {
+            "src_tokens": nn.utils.rnn.pad_sequence([f["src_tokens"] for f in features], batch_first=True),
+            "src_distance": torch.stack([pad2(f["src_distance"]) for f in features]),
+            "src_edge_type": torch.stack([pad2(f["src_edge_type"]) for f in features]),
+        }
 
     def forward(self, inputs: Mapping[str, Tensor]) -> EncoderOutput:
         tokens = inputs["src_tokens"]
@@ -194,5 +204,9 @@ class UniMolEncoder(Encoder):
 
 @hookimpl
 def molbridge_register_encoders(register):
-    register("unimol", UniMolEncoder, UniMolConfig,
-             description="Uni-Mol 3D transformer with pair bias (Zhou et al. 2023); loads the released weights")
+    register(
+        "unimol",
+        UniMolEncoder,
+        UniMolConfig,
+        description="Uni-Mol 3D transformer with pair bias (Zhou et al. 2023); loads the released weights",
+    )

@@ -30,8 +30,13 @@ def read_state_dict(path: str | Path, *, trust: bool = False, key: str = "model"
     return state
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path,
-                ignore_prefixes: tuple[str, ...] = (), optional: Callable[[str], bool] | None = None) -> None:
+def load_strict(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    path: str | Path,
+    ignore_prefixes: tuple[str, ...] = (),
+    optional: Callable[[str], bool] | None = None,
+) -> None:
     """Load every parameter; keys under ``ignore_prefixes`` are dropped; anything else amiss is listed.
 
     ``optional(name)`` marks the module's parameters a checkpoint may lack (they keep their values), e.g.
@@ -43,10 +48,13 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str | P
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or mismatched:
-        details = [f"missing: {', '.join(missing)}" if missing else "",
-                   f"unexpected: {', '.join(unexpected)}" if unexpected else "",
-                   "shape mismatch: " + ", ".join(f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                                                  for k in mismatched) if mismatched else ""]
-        raise CheckpointError(f"checkpoint {path} does not match the model; "
-                              + "; ".join(d for d in details if d))
+        details = [
+            f"missing: {', '.join(missing)}" if missing else "",
+            f"unexpected: {', '.join(unexpected)}" if unexpected else "",
+            "shape mismatch: "
+            + ", ".join(f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in mismatched)
+            if mismatched
+            else "",
+        ]
+        raise CheckpointError(f"checkpoint {path} does not match the model; " + "; ".join(d for d in details if d))
     module.load_state_dict(state, strict=optional is None)

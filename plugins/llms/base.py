@@ -75,8 +75,13 @@ def apply_lora(model: nn.Module, config: CausalLMConfig) -> nn.Module:
         return model
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=list(config.lora_target_modules))
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+    )
     try:
         with warnings.catch_warnings():  # peft 0.21 calls a transformers 5 method deprecated for v6
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
@@ -145,8 +150,9 @@ class SoftPromptLM(LanguageModel):
         self.template = config.prompt_template or self.default_template
         self.num_mol_tokens = config.num_mol_tokens
         self._check_template()
-        self.generation = GenerationSettings(**{f.name: getattr(config, f.name)
-                                                for f in dataclasses.fields(GenerationSettings)})
+        self.generation = GenerationSettings(
+            **{f.name: getattr(config, f.name) for f in dataclasses.fields(GenerationSettings)}
+        )
         self.mol_token_id = self._add_mol_token(model)
         if config.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -158,23 +164,28 @@ class SoftPromptLM(LanguageModel):
         # the same vocabulary size (e.g. a rebuilt demo model), which no shape check would notice.
         self.register_buffer("tokenizer_digest", tokenizer_digest(self.tokenizer))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         theirs = state_dict.get(prefix + "tokenizer_digest")
         if theirs is not None and not torch.equal(theirs.to(self.tokenizer_digest.device), self.tokenizer_digest):
             raise CheckpointError(
                 "these LLM weights were trained with a different tokenizer than the one loaded now (for the demo "
                 f"model: molbridge-mini's texts or the demo build changed since; {self.model.name_or_path}); "
-                "retrain, or load the LLM folder they were trained with (llm.path)")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+                "retrain, or load the LLM folder they were trained with (llm.path)"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def _check_template(self) -> None:
         try:
             probe = self.format_prompt("", "")
         except (KeyError, IndexError, ValueError) as exc:
-            raise MolbridgeError(f"llm.prompt_template: {exc!r}; placeholders are {{instruction}}, {{molecule}} "
-                                 "and {mol_tokens} (double other braces)") from exc
+            raise MolbridgeError(
+                f"llm.prompt_template: {exc!r}; placeholders are {{instruction}}, {{molecule}} "
+                "and {mol_tokens} (double other braces)"
+            ) from exc
         if self.mol_token * self.num_mol_tokens not in probe:
             raise MolbridgeError("llm.prompt_template has no {mol_tokens} placeholder")
 
@@ -195,8 +206,9 @@ class SoftPromptLM(LanguageModel):
     # -- prompts and batches --------------------------------------------------------------------------
     def format_prompt(self, instruction: str, molecule: str) -> str:
         """The plugin's template with ``num_mol_tokens`` placeholders after the SMILES."""
-        return self.template.format(instruction=instruction, molecule=molecule,
-                                    mol_tokens=self.mol_token * self.num_mol_tokens)
+        return self.template.format(
+            instruction=instruction, molecule=molecule, mol_tokens=self.mol_token * self.num_mol_tokens
+        )
 
     def _encode(self, texts: Sequence[str], special: bool) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
@@ -213,23 +225,28 @@ class SoftPromptLM(LanguageModel):
         for i, (prompt, response) in enumerate(zip(self._encode(prompts, True), self._encode(responses, False))):
             room = self.config.max_length - len(prompt) - 1
             if room < 1:
-                raise MolbridgeError(f"sample {i}: the prompt has {len(prompt)} tokens, no room for a response "
-                                     f"within llm.max_length={self.config.max_length}")
+                raise MolbridgeError(
+                    f"sample {i}: the prompt has {len(prompt)} tokens, no room for a response "
+                    f"within llm.max_length={self.config.max_length}"
+                )
             target = response[:room] + [eos]
             rows.append(torch.tensor(prompt + target))
             labels.append(torch.tensor([IGNORE_INDEX] * len(prompt) + target))
         input_ids = pad_sequence(rows, batch_first=True, padding_value=self.tokenizer.pad_token_id)
-        return {"input_ids": input_ids,
-                "attention_mask": pad_sequence([torch.ones_like(r) for r in rows], batch_first=True),
-                "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": pad_sequence([torch.ones_like(r) for r in rows], batch_first=True),
+            "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
+        }
 
     def tokenize_prompts(self, prompts: Sequence[str]) -> dict[str, Tensor]:
         """Left-padded prompts for :meth:`generate` (new tokens then follow every row directly)."""
         rows = [torch.tensor(ids) for ids in self._encode(prompts, True)]
         pad = self.tokenizer.pad_token_id
-        return {"input_ids": pad_sequence(rows, batch_first=True, padding_value=pad, padding_side="left"),
-                "attention_mask": pad_sequence([torch.ones_like(r) for r in rows], batch_first=True,
-                                               padding_side="left")}
+        return {
+            "input_ids": pad_sequence(rows, batch_first=True, padding_value=pad, padding_side="left"),
+            "attention_mask": pad_sequence([torch.ones_like(r) for r in rows], batch_first=True, padding_side="left"),
+        }
 
     # -- model ------------------------------------------------------------------------------------------
     def embed(self, input_ids: Tensor, mol_tokens: Tensor) -> Tensor:
@@ -238,8 +255,10 @@ class SoftPromptLM(LanguageModel):
         counts = is_mol.sum(dim=1)
         bad = (counts != self.num_mol_tokens).nonzero().flatten().tolist()
         if bad:
-            raise MolbridgeError(f"rows {bad} of the batch have {counts[bad].tolist()} '{self.mol_token}' tokens; "
-                                 f"each prompt needs exactly {self.num_mol_tokens} (use format_prompt)")
+            raise MolbridgeError(
+                f"rows {bad} of the batch have {counts[bad].tolist()} '{self.mol_token}' tokens; "
+                f"each prompt needs exactly {self.num_mol_tokens} (use format_prompt)"
+            )
         expected = (input_ids.shape[0], self.num_mol_tokens, self.llm_proj.in_features)
         if tuple(mol_tokens.shape) != expected:
             raise MolbridgeError(f"mol_tokens has shape {tuple(mol_tokens.shape)}, expected {expected}")
@@ -248,41 +267,46 @@ class SoftPromptLM(LanguageModel):
         # row-major fill: row b's placeholders, in order, get soft[b, 0..T-1]
         return embeds.masked_scatter(is_mol.unsqueeze(-1), soft)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor,
-                labels: Tensor | None = None) -> Any:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor, labels: Tensor | None = None
+    ) -> Any:
         """Teacher-forced pass; HF shifts ``labels`` and averages the loss over non-ignored tokens."""
-        return self.model(inputs_embeds=self.embed(input_ids, mol_tokens), attention_mask=attention_mask,
-                          labels=labels)
+        return self.model(inputs_embeds=self.embed(input_ids, mol_tokens), attention_mask=attention_mask, labels=labels)
 
     def generation_settings(self, **overrides: Any) -> GenerationSettings:
         """The recipe's defaults updated with a task's settings; an unknown name is an error."""
         valid = [f.name for f in dataclasses.fields(GenerationSettings)]
         for key in overrides:
             if key not in valid:
-                raise MolbridgeError(f"unknown generation setting '{key}'{suggest(key, valid)}; "
-                                     f"valid: {', '.join(valid)}")
+                raise MolbridgeError(
+                    f"unknown generation setting '{key}'{suggest(key, valid)}; valid: {', '.join(valid)}"
+                )
         return dataclasses.replace(self.generation, **overrides)
 
     @torch.no_grad()
-    def generate_ids(self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor,
-                     **generation: Any) -> Tensor:
+    def generate_ids(self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor, **generation: Any) -> Tensor:
         """New token ids (B, <= max_new_tokens) for a left-padded batch (:meth:`tokenize_prompts`), KV-cached.
 
         Rows that finish early are filled with the pad token after their EOS.
         """
         if bool((attention_mask[:, -1] == 0).any()):
-            raise MolbridgeError("generate needs left-padded prompts (the last column is padding); "
-                                 "use tokenize_prompts")
+            raise MolbridgeError(
+                "generate needs left-padded prompts (the last column is padding); use tokenize_prompts"
+            )
         settings = dataclasses.asdict(self.generation_settings(**generation))
         if not settings["do_sample"]:  # HF warns about sampling options that greedy/beam search ignores
             settings.pop("temperature"), settings.pop("top_p")
         # given inputs_embeds and no input_ids, HF generate returns only the new tokens
-        return self.model.generate(inputs_embeds=self.embed(input_ids, mol_tokens), attention_mask=attention_mask,
-                                   use_cache=True, pad_token_id=self.tokenizer.pad_token_id,
-                                   eos_token_id=self.tokenizer.eos_token_id, **settings)
+        return self.model.generate(
+            inputs_embeds=self.embed(input_ids, mol_tokens),
+            attention_mask=attention_mask,
+            use_cache=True,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            **settings,
+        )
 
-    def generate(self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor,
-                 **generation: Any) -> list[str]:
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, mol_tokens: Tensor, **generation: Any) -> list[str]:
         """Decoded answers (special tokens dropped) for a left-padded batch; settings override the recipe's."""
         ids = self.generate_ids(input_ids, attention_mask, mol_tokens, **generation)
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
@@ -317,8 +341,9 @@ class SoftPromptLM(LanguageModel):
             raise CheckpointError(f"{folder}: adapter lacks {len(missing)} LoRA weights: {', '.join(missing[:5])}")
         result = set_peft_model_state_dict(self.model, weights)
         if result.unexpected_keys:
-            raise CheckpointError(f"{folder}: adapter weights the model does not have: "
-                                  + ", ".join(result.unexpected_keys[:5]))
+            raise CheckpointError(
+                f"{folder}: adapter weights the model does not have: " + ", ".join(result.unexpected_keys[:5])
+            )
 
     def merge_lora(self) -> None:
         """Fold the LoRA weights into the base weights (faster inference; no longer trainable as LoRA)."""

@@ -27,8 +27,15 @@ from molbridge.core.errors import MolbridgeError
 DEMO_NAME = "molbridge-demo-llama"
 DEMO_NOTICE = f"{DEMO_NAME}: randomly initialised, learns only what stages 2-3 teach it"
 #: Model shape and tokenizer size; part of the cache key.
-DEMO_SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
-              "intermediate_size": 688, "max_position_embeddings": 1024, "vocab_size": 3000}
+DEMO_SHAPE = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "intermediate_size": 688,
+    "max_position_embeddings": 1024,
+    "vocab_size": 3000,
+}
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<mol>")
 BUILD_VERSION = 2  # bump when the build changes, so old caches are not reused
 
@@ -57,21 +64,38 @@ def train_tokenizer(texts: list[str], vocab_size: int, special_tokens: tuple[str
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     # Digits one token each, as in Llama-2's own tokenizer: numbers stay learnable digit by digit instead of
     # becoming arbitrary BPE merges ("342" one token, "343" two), which matters for the numeric QA answers.
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     bpe.train_from_iterator(texts, trainer)
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                       special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bpe.token_to_id("<s>"))]
+    )
     pad = "<pad>" if "<pad>" in special_tokens else None
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token=pad, model_max_length=DEMO_SHAPE["max_position_embeddings"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token=pad,
+        model_max_length=DEMO_SHAPE["max_position_embeddings"],
+    )
 
 
-def build_demo_model(texts: list[str], folder: Path, seed: int = 0, shape: dict[str, int] = DEMO_SHAPE,
-                     special_tokens: tuple[str, ...] = SPECIAL_TOKENS) -> None:
+def build_demo_model(
+    texts: list[str],
+    folder: Path,
+    seed: int = 0,
+    shape: dict[str, int] = DEMO_SHAPE,
+    special_tokens: tuple[str, ...] = SPECIAL_TOKENS,
+) -> None:
     """Train the tokenizer, initialise the Llama from ``seed`` and ``save_pretrained`` both into ``folder``.
 
     ``shape`` and ``special_tokens`` are for tests (tiny models; a Llama-2-like vocabulary without
@@ -81,9 +105,14 @@ def build_demo_model(texts: list[str], folder: Path, seed: int = 0, shape: dict[
 
     tokenizer = train_tokenizer(texts, shape["vocab_size"], special_tokens)
     shape = {k: v for k, v in shape.items() if k != "vocab_size"}
-    config = LlamaConfig(**shape, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        **shape,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)

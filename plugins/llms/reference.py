@@ -28,12 +28,16 @@ from molbridge.plugins.projectors.qformer import from_reference, to_reference
 PREFIX = "blip2opt."
 _LORA = re.compile(r"llm_model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.default)?\.weight")
 #: Our Q-Former names of the text path, which a stage-2/3 checkpoint does not have (forward() never uses them).
-TEXT_PATH = re.compile(r"bert\.embeddings\.(word|position)_embeddings\."
-                       r"|bert\.encoder\.layer\.\d+\.(intermediate|output)\."
-                       r"|(lm_head|match_head|mol_proj|text_proj)\.")
+TEXT_PATH = re.compile(
+    r"bert\.embeddings\.(word|position)_embeddings\."
+    r"|bert\.encoder\.layer\.\d+\.(intermediate|output)\."
+    r"|(lm_head|match_head|mol_proj|text_proj)\."
+)
 #: The same in the reference's names (what ``to_stage23`` leaves out).
-_REF_TEXT_PATH = re.compile(r"Qformer\.(cls\.|bert\.embeddings\.(word|position)_embeddings\."
-                            r"|bert\.encoder\.layer\.\d+\.(intermediate|output)\.)|(graph_proj|text_proj|gtm_head)\.")
+_REF_TEXT_PATH = re.compile(
+    r"Qformer\.(cls\.|bert\.embeddings\.(word|position)_embeddings\."
+    r"|bert\.encoder\.layer\.\d+\.(intermediate|output)\.)|(graph_proj|text_proj|gtm_head)\."
+)
 
 
 def from_stage23(state: dict[str, Tensor], prefix: str = PREFIX) -> tuple[dict, dict, dict]:
@@ -53,17 +57,22 @@ def from_stage23(state: dict[str, Tensor], prefix: str = PREFIX) -> tuple[dict, 
         else:
             rest[key] = value
     if unmapped:
-        raise CheckpointError(f"{len(unmapped)} LoRA keys of the 3D-MoLM checkpoint have no molbridge name: "
-                              + ", ".join(unmapped[:10]))
+        raise CheckpointError(
+            f"{len(unmapped)} LoRA keys of the 3D-MoLM checkpoint have no molbridge name: " + ", ".join(unmapped[:10])
+        )
     projector, more = from_reference(rest, prefix)
     return projector, llm, others | more
 
 
-def to_stage23(projector_state: dict[str, Tensor], llm_state: dict[str, Tensor],
-               prefix: str = PREFIX) -> dict[str, Tensor]:
+def to_stage23(
+    projector_state: dict[str, Tensor], llm_state: dict[str, Tensor], prefix: str = PREFIX
+) -> dict[str, Tensor]:
     """The inverse of :func:`from_stage23` for the trainable parts: the reference's layout (for tests, export)."""
-    out = {k: v for k, v in to_reference(projector_state, prefix).items()
-           if not _REF_TEXT_PATH.match(k.removeprefix(prefix))}
+    out = {
+        k: v
+        for k, v in to_reference(projector_state, prefix).items()
+        if not _REF_TEXT_PATH.match(k.removeprefix(prefix))
+    }
     for name, value in llm_state.items():
         if name.startswith("llm_proj."):
             out[prefix + name] = value
@@ -72,8 +81,9 @@ def to_stage23(projector_state: dict[str, Tensor], llm_state: dict[str, Tensor],
     return out
 
 
-def load_stage23(source: str | Path | dict[str, Tensor], projector: nn.Module, llm: nn.Module,
-                 prefix: str = PREFIX) -> dict[str, Tensor]:
+def load_stage23(
+    source: str | Path | dict[str, Tensor], projector: nn.Module, llm: nn.Module, prefix: str = PREFIX
+) -> dict[str, Tensor]:
     """Load a 3D-MoLM stage-2/3 checkpoint (file or state dict) into a Q-Former and an LLM wrapper.
 
     The projector's query path, ``llm_proj`` and (when the wrapper uses LoRA) every LoRA weight must be

@@ -11,8 +11,15 @@ from molbridge.plugins.llms.base import CausalLMConfig, apply_lora
 
 GIB = 2**30
 #: Llama-2-7B's shape (HF config of meta-llama/Llama-2-7b-hf).
-LLAMA2_7B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-             "intermediate_size": 11008, "vocab_size": 32000, "max_position_embeddings": 4096}
+LLAMA2_7B = {
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "intermediate_size": 11008,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+}
 #: Bytes per trainable parameter for mixed-precision AdamW: fp32 master weight, gradient and two moments.
 TRAIN_STATE_BYTES = 16
 
@@ -21,8 +28,12 @@ def param_report(model: nn.Module) -> dict[str, Any]:
     """Total and trainable parameter counts, bf16 weight memory and AdamW training-state memory (GiB)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"total": total, "trainable": trainable, "bf16_weights_gib": total * 2 / GIB,
-            "train_state_gib": trainable * TRAIN_STATE_BYTES / GIB}
+    return {
+        "total": total,
+        "trainable": trainable,
+        "bf16_weights_gib": total * 2 / GIB,
+        "train_state_gib": trainable * TRAIN_STATE_BYTES / GIB,
+    }
 
 
 def meta_llama(config: CausalLMConfig, input_dim: int, shape: dict[str, int] = LLAMA2_7B) -> tuple[nn.Module, int]:
@@ -39,8 +50,9 @@ def meta_llama(config: CausalLMConfig, input_dim: int, shape: dict[str, int] = L
         llm = LlamaForCausalLM(LlamaConfig(**shape))
         base = sum(p.numel() for p in llm.parameters())
         llm.resize_token_embeddings(shape["vocab_size"] + 1, mean_resizing=False)  # <mol>
-        assembled = nn.ModuleDict({"model": apply_lora(llm, config),
-                                   "llm_proj": nn.Linear(input_dim, shape["hidden_size"])})
+        assembled = nn.ModuleDict(
+            {"model": apply_lora(llm, config), "llm_proj": nn.Linear(input_dim, shape["hidden_size"])}
+        )
     return assembled, base
 
 

@@ -8,9 +8,11 @@ from molbridge.core import hookimpl
 from molbridge.plugins.llms.base import CausalLMConfig, llm_factory
 
 #: Vicuna v1.1 (FastChat "vicuna_v1.1"): system line, then "USER: ... ASSISTANT:"; the response follows.
-VICUNA_TEMPLATE = ("A chat between a curious user and an artificial intelligence assistant. "
-                   "The assistant gives helpful, detailed, and polite answers to the user's questions. "
-                   "USER: {instruction}\nInput molecule: {molecule} {mol_tokens}. ASSISTANT:")
+VICUNA_TEMPLATE = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions. "
+    "USER: {instruction}\nInput molecule: {molecule} {mol_tokens}. ASSISTANT:"
+)
 
 
 @dataclass
@@ -24,6 +26,10 @@ build = llm_factory(VicunaLMConfig)
 
 @hookimpl
 def molbridge_register_llms(register):
-    register("vicuna", build, VicunaLMConfig,
-             description="local HF causal LM (Vicuna) + LoRA, Vicuna v1.1 chat template, <mol> soft tokens; "
-                         "path null: the molbridge-demo-llama demo model")
+    register(
+        "vicuna",
+        build,
+        VicunaLMConfig,
+        description="local HF causal LM (Vicuna) + LoRA, Vicuna v1.1 chat template, <mol> soft tokens; "
+        "path null: the molbridge-demo-llama demo model",
+    )

@@ -72,8 +72,9 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, memory: Tensor, mask: Tensor | None) -> Tensor:
         """``mask``: bool (B, 1, Lq|1, Lk), True = may attend; or a float bias of that shape."""
-        q, k, v = (self._split(f(t)) for f, t in ((self.self.query, x), (self.self.key, memory),
-                                                   (self.self.value, memory)))
+        q, k, v = (
+            self._split(f(t)) for f, t in ((self.self.query, x), (self.self.key, memory), (self.self.value, memory))
+        )
         dropout = self.dropout_p if self.training else 0.0
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         attended = attended.transpose(1, 2).flatten(2)
@@ -104,8 +105,9 @@ class Layer(nn.Module):
         hidden = F.gelu(intermediate.dense(x))
         return output.LayerNorm(x + self.dropout(output.dense(hidden)))
 
-    def forward(self, x: Tensor, mask: Tensor | None, prefix_len: int,
-                memory: Tensor | None, memory_mask: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor | None, prefix_len: int, memory: Tensor | None, memory_mask: Tensor | None
+    ) -> Tensor:
         x = self.attention(x, x, mask)
         prefix, text = x[:, :prefix_len], x[:, prefix_len:]
         if prefix_len and self.crossattention is not None and memory is not None:
@@ -134,7 +136,8 @@ class PrefixBert(nn.Module):
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList(
             Layer(shape, cross_dim if cross_dim and cross_every and i % cross_every == 0 else None)
-            for i in range(shape.num_hidden_layers))
+            for i in range(shape.num_hidden_layers)
+        )
         self.apply(_init_bert)
 
     def embed(self, prefix: Tensor | None, input_ids: Tensor | None) -> Tensor:
@@ -144,9 +147,16 @@ class PrefixBert(nn.Module):
             parts.append(self.embeddings.word_embeddings(input_ids) + self.embeddings.position_embeddings(positions))
         return self.embed_dropout(self.embeddings.LayerNorm(torch.cat(parts, dim=1)))
 
-    def forward(self, prefix: Tensor | None = None, input_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None, *, causal: bool = False,
-                memory: Tensor | None = None, memory_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        prefix: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        causal: bool = False,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> Tensor:
         """Hidden states (B, P + L, H).
 
         attention_mask: (B, L) 1 at real text tokens. ``causal``: text token t sees the prefix and text
@@ -161,8 +171,9 @@ class PrefixBert(nn.Module):
         return x
 
 
-def attention_masks(batch: int, prefix_len: int, text_mask: Tensor | None, input_ids: Tensor | None,
-                    causal: bool, device: torch.device) -> Tensor | None:
+def attention_masks(
+    batch: int, prefix_len: int, text_mask: Tensor | None, input_ids: Tensor | None, causal: bool, device: torch.device
+) -> Tensor | None:
     """Boolean (B, 1, P+L, P+L) self-attention mask, True = may attend; None when nothing is masked."""
     text_len = 0 if input_ids is None else input_ids.shape[1]
     keys = torch.ones(batch, prefix_len + text_len, dtype=torch.bool, device=device)
@@ -195,6 +206,7 @@ def read_bert_weights(folder: str | Path) -> dict[str, Tensor]:
     folder = Path(folder)
     if (folder / "model.safetensors").is_file():
         from safetensors.torch import load_file
+
         state = load_file(folder / "model.safetensors")
     elif (folder / "pytorch_model.bin").is_file():
         state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
@@ -227,13 +239,16 @@ def load_pretrained_bert(model: PrefixBert, folder: str | Path) -> None:
             loaded[name] = state[source]
     missing = sorted(k for k in own if k not in loaded and "crossattention." not in k)
     if missing:
-        raise CheckpointError(f"{folder} lacks BERT weights for: {', '.join(missing[:8])}"
-                              + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+        raise CheckpointError(
+            f"{folder} lacks BERT weights for: {', '.join(missing[:8])}"
+            + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        )
     mismatched = [k for k, v in loaded.items() if v.shape != own[k].shape]
     if mismatched:
         k = mismatched[0]
-        raise CheckpointError(f"{folder}: {k} has shape {tuple(loaded[k].shape)}, "
-                              f"the model expects {tuple(own[k].shape)}")
+        raise CheckpointError(
+            f"{folder}: {k} has shape {tuple(loaded[k].shape)}, the model expects {tuple(own[k].shape)}"
+        )
     model.load_state_dict(loaded, strict=False)
 
 

@@ -51,5 +51,9 @@ class LinearProjector(Stage1Projector):
 
 @hookimpl
 def molbridge_register_projectors(register):
-    register("linear", LinearProjector, LinearConfig,
-             description="per-atom MLP, mean-pooled, expanded to N soft tokens; BERT text tower for stage 1")
+    register(
+        "linear",
+        LinearProjector,
+        LinearConfig,
+        description="per-atom MLP, mean-pooled, expanded to N soft tokens; BERT text tower for stage 1",
+    )

@@ -91,10 +91,13 @@ def from_reference(state: dict[str, Tensor], prefix: str = "blip2qformer.") -> t
         if source is None:
             unmapped.append(key)
             continue
-        ours[REFERENCE_PREFIXES[source] + name[len(source):]] = value
+        ours[REFERENCE_PREFIXES[source] + name[len(source) :]] = value
     if unmapped:
-        raise CheckpointError(f"{len(unmapped)} keys of the 3D-MoLM checkpoint have no molbridge name: "
-                              + ", ".join(unmapped[:10]) + (" ..." if len(unmapped) > 10 else ""))
+        raise CheckpointError(
+            f"{len(unmapped)} keys of the 3D-MoLM checkpoint have no molbridge name: "
+            + ", ".join(unmapped[:10])
+            + (" ..." if len(unmapped) > 10 else "")
+        )
     return ours, others
 
 
@@ -104,7 +107,7 @@ def to_reference(state: dict[str, Tensor], prefix: str = "blip2qformer.") -> dic
     out = {}
     for name, value in state.items():
         ours = next(p for p in reverse if name.startswith(p))
-        out[prefix + reverse[ours] + name[len(ours):]] = value
+        out[prefix + reverse[ours] + name[len(ours) :]] = value
     out[prefix + "Qformer.cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
     return out
 
@@ -120,5 +123,9 @@ def load_reference(projector: QFormer, path: str) -> dict[str, Tensor]:
 
 @hookimpl
 def molbridge_register_projectors(register):
-    register("qformer", QFormer, QFormerConfig,
-             description="BLIP-2 Q-Former: learned queries cross-attend to the encoder; BERT text tower for stage 1")
+    register(
+        "qformer",
+        QFormer,
+        QFormerConfig,
+        description="BLIP-2 Q-Former: learned queries cross-attend to the encoder; BERT text tower for stage 1",
+    )

@@ -86,8 +86,7 @@ class Stage1Projector(Projector):
         shape = BertShape.from_folder(folder)
         if config.num_layers is not None:
             if not 1 <= config.num_layers <= shape.num_hidden_layers:
-                raise CheckpointError(f"num_layers={config.num_layers}: {folder} has "
-                                      f"{shape.num_hidden_layers} layers")
+                raise CheckpointError(f"num_layers={config.num_layers}: {folder} has {shape.num_hidden_layers} layers")
             shape = replace(shape, num_hidden_layers=config.num_layers)
         if config.dropout is not None:
             shape = replace(shape, hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout)
@@ -114,8 +113,9 @@ class Stage1Projector(Projector):
     # -- text -----------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Token ids and attention mask (1 = real), padded to the longest text, truncated."""
-        encoded = self.tokenizer(list(texts), padding="longest", truncation=True,
-                                 max_length=self.max_text_length, return_tensors="pt")
+        encoded = self.tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=self.max_text_length, return_tensors="pt"
+        )
         return encoded["input_ids"], encoded["attention_mask"]
 
     def text_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -160,6 +160,6 @@ class Stage1Projector(Projector):
         decoder_ids = input_ids.clone()
         decoder_ids[:, 0] = self.tokenizer.bos_token_id
         states = self.bert(prefix, decoder_ids, attention_mask, causal=True, memory=memory, memory_mask=memory_mask)
-        logits = self.lm_head(states[:, prefix.shape[1]:-1], self.bert.embeddings.word_embeddings.weight)
+        logits = self.lm_head(states[:, prefix.shape[1] : -1], self.bert.embeddings.word_embeddings.weight)
         labels = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())

@@ -66,13 +66,17 @@ def find_state_file(path: str | Path) -> Path:
     if (path / CHECKPOINTS).is_dir():
         return _run_checkpoint(path / CHECKPOINTS) / STATE_FILE
     if (path / STATE_FILE).is_dir():
-        raise CheckpointError(f"{path / STATE_FILE} is sharded (FSDP/DeepSpeed); consolidate it into one file with "
-                              f"`python -m lightning_fabric.utilities.consolidate_checkpoint {path / STATE_FILE}` "
-                              "and pass that file")
+        raise CheckpointError(
+            f"{path / STATE_FILE} is sharded (FSDP/DeepSpeed); consolidate it into one file with "
+            f"`python -m lightning_fabric.utilities.consolidate_checkpoint {path / STATE_FILE}` "
+            "and pass that file"
+        )
     if (path / STATE_FILE).is_file():
         return path / STATE_FILE
-    raise CheckpointError(f"--checkpoint {path}: neither a run directory (with {CHECKPOINTS}/) nor a checkpoint "
-                          f"folder (with {STATE_FILE})")
+    raise CheckpointError(
+        f"--checkpoint {path}: neither a run directory (with {CHECKPOINTS}/) nor a checkpoint "
+        f"folder (with {STATE_FILE})"
+    )
 
 
 def _run_checkpoint(root: Path) -> Path:
@@ -82,11 +86,14 @@ def _run_checkpoint(root: Path) -> Path:
         if (folder / STATE_FILE).exists():
             log.info("checkpoint: %s (best %s = %.4g)", folder, best["metric"], best["value"])
             return folder
-        warnings.warn(f"{root / 'best.json'} names step {best['step']}, which is gone; using the latest checkpoint",
-                      stacklevel=2)
+        warnings.warn(
+            f"{root / 'best.json'} names step {best['step']}, which is gone; using the latest checkpoint", stacklevel=2
+        )
     if latest is None:
-        raise CheckpointError(f"{root.parent}: a run directory without any checkpoint under {CHECKPOINTS}/ "
-                              "(was it stopped before its first save?)")
+        raise CheckpointError(
+            f"{root.parent}: a run directory without any checkpoint under {CHECKPOINTS}/ "
+            "(was it stopped before its first save?)"
+        )
     log.info("checkpoint: %s (latest)", latest)
     return latest
 
@@ -95,13 +102,17 @@ def checkpoint_recipe(state_file: Path, registry: Registry) -> DictConfig:
     """The recipe stored beside ``state_file``, validated against the installed plugins; LLM tasks only."""
     path = state_file.parent / RECIPE_FILE
     if not path.is_file():
-        raise CheckpointError(f"{state_file.parent}: no {RECIPE_FILE} beside {state_file.name}; bench ask rebuilds "
-                              "the model from the recipe its run saved there")
+        raise CheckpointError(
+            f"{state_file.parent}: no {RECIPE_FILE} beside {state_file.name}; bench ask rebuilds "
+            "the model from the recipe its run saved there"
+        )
     recipe = load_recipe(path, registry=registry)
     task = registry.get("task", recipe.task.name).factory
     if not (isinstance(task, type) and issubclass(task, LLMStageTask)):
-        raise CheckpointError(f"{path}: a '{recipe.task.name}' run has no language model to answer with; "
-                              "bench ask needs a captioning or qa run")
+        raise CheckpointError(
+            f"{path}: a '{recipe.task.name}' run has no language model to answer with; "
+            "bench ask needs a captioning or qa run"
+        )
     return recipe
 
 
@@ -113,8 +124,10 @@ def conformer_config(recipe: DictConfig) -> ConformerConfig:
     try:
         stored = open_dataset(recipe.data.name).meta.get("conformers", {})
     except DatasetError:
-        warnings.warn(f"the run's dataset '{recipe.data.name}' is not here; conformers use the data layer's "
-                      "default settings", stacklevel=2)
+        warnings.warn(
+            f"the run's dataset '{recipe.data.name}' is not here; conformers use the data layer's default settings",
+            stacklevel=2,
+        )
         stored = {}
     known = {f.name for f in dataclasses.fields(ConformerConfig)}
     # the question's molecule has no text fields to require
@@ -162,15 +175,20 @@ def _sdf_record(item: MoleculeInput, config: ConformerConfig) -> MoleculeRecord 
     if mol is None or mol.GetNumAtoms() == 0:
         return make_record(item, config)
     if not mol.GetConformer().Is3D():
-        warnings.warn(f"SDF record {item.index} ({item.id}) has 2D coordinates; embedding a 3D conformer instead",
-                      stacklevel=2)
+        warnings.warn(
+            f"SDF record {item.index} ({item.id}) has 2D coordinates; embedding a 3D conformer instead", stacklevel=2
+        )
         return make_record(item, config)
     if config.fragments == "largest" and len(Chem.GetMolFrags(mol)) > 1:
         mol = rdMolStandardize.LargestFragmentChooser(preferOrganic=True).choose(mol)
     mol = Chem.AddHs(mol, addCoords=True)
-    given = MoleculeInput(item.index, item.id, smiles=Chem.MolToSmiles(Chem.RemoveHs(mol)),
-                          atoms=[atom.GetSymbol() for atom in mol.GetAtoms()],
-                          coordinates=[mol.GetConformer().GetPositions()])
+    given = MoleculeInput(
+        item.index,
+        item.id,
+        smiles=Chem.MolToSmiles(Chem.RemoveHs(mol)),
+        atoms=[atom.GetSymbol() for atom in mol.GetAtoms()],
+        coordinates=[mol.GetConformer().GetPositions()],
+    )
     return make_record(given, config)
 
 
@@ -222,14 +240,16 @@ class Asker:
             lines = [line.strip() for line in str(exc).splitlines()[1:6]]
             raise CheckpointError(f"{mismatch}:" + "".join(f"\n  {line}" for line in lines)) from exc
         if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(f"{mismatch}: missing {_names(result.missing_keys)}; "
-                                  f"unexpected {_names(result.unexpected_keys)}")
+            raise CheckpointError(
+                f"{mismatch}: missing {_names(result.missing_keys)}; unexpected {_names(result.unexpected_keys)}"
+            )
         self.fabric = _fabric(device, precision or recipe.train.precision)
         self.model = self.fabric.setup_module(model.eval())
         return model
 
-    def molecules(self, smiles: str | None = None, sdf: str | Path | None = None,
-                  record: int | None = None) -> list[MoleculeRecord]:
+    def molecules(
+        self, smiles: str | None = None, sdf: str | Path | None = None, record: int | None = None
+    ) -> list[MoleculeRecord]:
         """The molecules to ask about: one SMILES, or the records of an SDF."""
         if (smiles is None) == (sdf is None):
             raise AskError("give exactly one of a SMILES or an SDF file")
@@ -253,8 +273,13 @@ class Asker:
         return answers
 
     def _sample(self, question: str, mol: MoleculeRecord) -> dict[str, Any]:
-        return {keys.INSTRUCTION: question, keys.SMILES: mol.smiles, keys.MOL_ID: mol.id,
-                keys.ATOMIC_NUMBERS: mol.atomic_numbers, keys.POSITIONS: mol.conformers[0]}
+        return {
+            keys.INSTRUCTION: question,
+            keys.SMILES: mol.smiles,
+            keys.MOL_ID: mol.id,
+            keys.ATOMIC_NUMBERS: mol.atomic_numbers,
+            keys.POSITIONS: mol.conformers[0],
+        }
 
     def _collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         try:

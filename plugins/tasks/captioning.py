@@ -41,8 +41,10 @@ class CaptioningTask(LLMStageTask):
 
     def examples(self, split: str) -> list[Example]:
         molecules = self.molecules[split]
-        return [Example(i, self.config.instruction, molecules.store[int(row)].texts.get(self.config.text_field, ""),
-                        TASK) for i, row in enumerate(molecules.indices)]
+        return [
+            Example(i, self.config.instruction, molecules.store[int(row)].texts.get(self.config.text_field, ""), TASK)
+            for i, row in enumerate(molecules.indices)
+        ]
 
     def generation(self, task: str) -> dict[str, Any]:
         return {"max_new_tokens": self.config.max_new_tokens, "num_beams": self.config.num_beams}
@@ -63,13 +65,17 @@ class CaptioningTask(LLMStageTask):
         return [self.splits["train"].examples[j].response for j in nearest_neighbours(smiles, known)]
 
     def describe(self) -> dict[str, Any]:
-        return {"dataset": self.recipe.data.name, "split": self.recipe.data.split,
-                "sizes": {k: len(v) for k, v in self.splits.items()}, "instruction": self.config.instruction,
-                "metrics": "BLEU-2/4 (NLTK corpus_bleu), ROUGE-1/2/L F (rouge-score), METEOR (NLTK, WordNet 3.0); "
-                           "lower-cased NLTK word tokens for all; fractions in [0, 1]. shape_acc: the caption "
-                           "names the reference's shape class; rg_mae: radius of gyration error (A) where both "
-                           "state one, rg_valid: share of captions that do",
-                "baseline": "caption of the most similar training molecule (Morgan r=2 Tanimoto)"}
+        return {
+            "dataset": self.recipe.data.name,
+            "split": self.recipe.data.split,
+            "sizes": {k: len(v) for k, v in self.splits.items()},
+            "instruction": self.config.instruction,
+            "metrics": "BLEU-2/4 (NLTK corpus_bleu), ROUGE-1/2/L F (rouge-score), METEOR (NLTK, WordNet 3.0); "
+            "lower-cased NLTK word tokens for all; fractions in [0, 1]. shape_acc: the caption "
+            "names the reference's shape class; rg_mae: radius of gyration error (A) where both "
+            "state one, rg_valid: share of captions that do",
+            "baseline": "caption of the most similar training molecule (Morgan r=2 Tanimoto)",
+        }
 
 
 def shape_fact_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -94,5 +100,9 @@ def shape_fact_metrics(predictions: list[str], references: list[str]) -> dict[st
 
 @hookimpl
 def molbridge_register_tasks(register):
-    register("captioning", CaptioningTask, CaptioningConfig,
-             description="stage 2: the LLM captions molecules; BLEU, ROUGE, METEOR vs a nearest-neighbour baseline")
+    register(
+        "captioning",
+        CaptioningTask,
+        CaptioningConfig,
+        description="stage 2: the LLM captions molecules; BLEU, ROUGE, METEOR vs a nearest-neighbour baseline",
+    )

@@ -40,8 +40,10 @@ def nearest_neighbours(queries: Sequence[str], known: Sequence[str], radius: int
 
     generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
     known_fps = [generator.GetFingerprint(m) for m in _molecules(known)]
-    return [int(np.argmax(DataStructs.BulkTanimotoSimilarity(generator.GetFingerprint(m), known_fps)))
-            for m in _molecules(queries)]
+    return [
+        int(np.argmax(DataStructs.BulkTanimotoSimilarity(generator.GetFingerprint(m), known_fps)))
+        for m in _molecules(queries)
+    ]
 
 
 class FingerprintRidge:
@@ -68,8 +70,13 @@ class FingerprintRidge:
             RDLogger.EnableLog("rdApp.*")
         return torch.from_numpy(np.log1p(rows))
 
-    def fit(self, train_smiles: Sequence[str], train_text_emb: torch.Tensor, valid_smiles: Sequence[str],
-            valid_text_emb: torch.Tensor) -> "FingerprintRidge":
+    def fit(
+        self,
+        train_smiles: Sequence[str],
+        train_text_emb: torch.Tensor,
+        valid_smiles: Sequence[str],
+        valid_text_emb: torch.Tensor,
+    ) -> "FingerprintRidge":
         """Fit one ridge map per alpha; keep the alpha with the best full-set validation accuracy (m2t+t2m)/2."""
         self._check_pairs("train", train_smiles, train_text_emb)
         self._check_pairs("valid", valid_smiles, valid_text_emb)
@@ -107,9 +114,14 @@ class FingerprintRidge:
     def describe(self) -> dict:
         """Provenance for metrics.json: method, radius, bits, chosen alpha and its validation score."""
         score = self.validation_scores.get(self.chosen_alpha) if self.chosen_alpha is not None else None
-        return {"method": "morgan_count_log1p_ridge", "radius": self.radius, "bits": self.n_bits,
-                "alpha": self.chosen_alpha, "validation_score": score,
-                "validation_scores": {str(a): s for a, s in self.validation_scores.items()}}
+        return {
+            "method": "morgan_count_log1p_ridge",
+            "radius": self.radius,
+            "bits": self.n_bits,
+            "alpha": self.chosen_alpha,
+            "validation_score": score,
+            "validation_scores": {str(a): s for a, s in self.validation_scores.items()},
+        }
 
     def _predict(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return F.normalize((x - self._x_mean) @ weights + self._y_mean, dim=-1)[:, None, :]
@@ -117,5 +129,7 @@ class FingerprintRidge:
     @staticmethod
     def _check_pairs(split: str, smiles: Sequence[str], emb: torch.Tensor) -> None:
         if emb.dim() != 2 or emb.shape[0] != len(smiles):
-            raise MolbridgeError(f"{split}: {len(smiles)} SMILES but text embeddings of shape {tuple(emb.shape)}; "
-                                 "expected one row per SMILES")
+            raise MolbridgeError(
+                f"{split}: {len(smiles)} SMILES but text embeddings of shape {tuple(emb.shape)}; "
+                "expected one row per SMILES"
+            )

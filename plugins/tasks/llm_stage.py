@@ -50,8 +50,11 @@ class ExampleDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         example = self.examples[i]
-        return self.molecules[example.molecule] | {keys.INSTRUCTION: example.instruction,
-                                                   keys.RESPONSE: example.response, keys.TASK_NAME: example.task}
+        return self.molecules[example.molecule] | {
+            keys.INSTRUCTION: example.instruction,
+            keys.RESPONSE: example.response,
+            keys.TASK_NAME: example.task,
+        }
 
 
 class MolLLM(nn.Module):
@@ -65,14 +68,19 @@ class MolLLM(nn.Module):
         return self.projector(self.encoder(encoder_input))
 
     def forward(self, batch: dict) -> torch.Tensor:
-        out = self.llm(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK], self.soft_tokens(batch[keys.ENCODER_INPUT]),
-                       labels=batch[keys.LABELS])
+        out = self.llm(
+            batch[keys.INPUT_IDS],
+            batch[keys.ATTENTION_MASK],
+            self.soft_tokens(batch[keys.ENCODER_INPUT]),
+            labels=batch[keys.LABELS],
+        )
         return out.loss
 
     @torch.no_grad()
     def generate(self, batch: dict, **settings: Any) -> list[str]:
-        return self.llm.generate(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK],
-                                 self.soft_tokens(batch[keys.ENCODER_INPUT]), **settings)
+        return self.llm.generate(
+            batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK], self.soft_tokens(batch[keys.ENCODER_INPUT]), **settings
+        )
 
 
 def freeze_unused(projector: nn.Module, input_dim: int) -> list[str]:
@@ -86,8 +94,9 @@ def freeze_unused(projector: nn.Module, input_dim: int) -> list[str]:
     device = next(projector.parameters()).device
     with torch.device("cpu"):  # its seeded generator is a CPU one, whatever device context the caller holds
         synthetic = synthetic_encoder_output([3, 5], input_dim)
-    encoded = EncoderOutput(synthetic.atom_embeddings.to(device), synthetic.padding_mask.to(device),
-                            synthetic.pooled.to(device))
+    encoded = EncoderOutput(
+        synthetic.atom_embeddings.to(device), synthetic.padding_mask.to(device), synthetic.pooled.to(device)
+    )
     projector(encoded).float().sum().backward()
     unused = [name for name, p in projector.named_parameters() if p.requires_grad and p.grad is None]
     for name, p in projector.named_parameters():
@@ -107,9 +116,17 @@ class LLMStageTask(Task):
         self.molecules, self.splits = {}, {}
         if load_data:
             data = recipe.data
-            self.molecules = {split: MoleculeDataset.from_split(
-                data.name, split, data.split, seed=recipe.seed, augment=data.augment and split == "train",
-                limit=data.limit if split == "train" else data.eval_limit) for split in SPLITS}
+            self.molecules = {
+                split: MoleculeDataset.from_split(
+                    data.name,
+                    split,
+                    data.split,
+                    seed=recipe.seed,
+                    augment=data.augment and split == "train",
+                    limit=data.limit if split == "train" else data.eval_limit,
+                )
+                for split in SPLITS
+            }
             self.splits = {split: ExampleDataset(self.molecules[split], self.examples(split)) for split in SPLITS}
         self.encoder = self.projector = self.llm = None
 
@@ -150,14 +167,19 @@ class LLMStageTask(Task):
 
     def collate(self, samples):
         tokens = self.llm.tokenize_batch(self._prompts(samples), [s[keys.RESPONSE] for s in samples])
-        return self._molecules(samples) | {keys.INPUT_IDS: tokens["input_ids"],
-                                           keys.ATTENTION_MASK: tokens["attention_mask"], keys.LABELS: tokens["labels"]}
+        return self._molecules(samples) | {
+            keys.INPUT_IDS: tokens["input_ids"],
+            keys.ATTENTION_MASK: tokens["attention_mask"],
+            keys.LABELS: tokens["labels"],
+        }
 
     def collate_prompts(self, samples):
         """Left-padded prompts for generation (no response)."""
         tokens = self.llm.tokenize_prompts(self._prompts(samples))
-        return self._molecules(samples) | {keys.INPUT_IDS: tokens["input_ids"],
-                                           keys.ATTENTION_MASK: tokens["attention_mask"]}
+        return self._molecules(samples) | {
+            keys.INPUT_IDS: tokens["input_ids"],
+            keys.ATTENTION_MASK: tokens["attention_mask"],
+        }
 
     def training_step(self, model, batch) -> StepOutput:
         loss = model(batch)
@@ -204,7 +226,17 @@ class LLMStageTask(Task):
         with path.open("w") as f:
             for example, answer in zip(examples, answers, strict=True):
                 molecule = molecules.store[int(molecules.indices[example.molecule])]
-                f.write(json.dumps({"id": molecule.id, "smiles": molecule.smiles, "task": example.task,
-                                    "instruction": example.instruction, "reference": example.response,
-                                    "answer": answer}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": molecule.id,
+                            "smiles": molecule.smiles,
+                            "task": example.task,
+                            "instruction": example.instruction,
+                            "reference": example.response,
+                            "answer": answer,
+                        }
+                    )
+                    + "\n"
+                )
         return [path]

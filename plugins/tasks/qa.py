@@ -47,16 +47,24 @@ class QATask(LLMStageTask):
 
     def examples(self, split: str) -> list[Example]:
         molecules = self.molecules[split]
-        records = [Example(i, r["instruction"], r["output"], r["task"])
-                   for i, row in enumerate(molecules.indices) for r in molecules.store[int(row)].instructions
-                   if not self.config.tasks or r["task"] in self.config.tasks]
+        records = [
+            Example(i, r["instruction"], r["output"], r["task"])
+            for i, row in enumerate(molecules.indices)
+            for r in molecules.store[int(row)].instructions
+            if not self.config.tasks or r["task"] in self.config.tasks
+        ]
         if not records:
-            raise RecipeError("task section", [f"task.tasks {list(self.config.tasks)}: no instruction record of "
-                                               f"{self.recipe.data.name} ({split}) belongs to them"])
+            raise RecipeError(
+                "task section",
+                [
+                    f"task.tasks {list(self.config.tasks)}: no instruction record of "
+                    f"{self.recipe.data.name} ({split}) belongs to them"
+                ],
+            )
         if split == "train":
             return self._mixture(records)
         if split == "valid":
-            return [e for task in _tasks(records) for e in _of(records, task)[:self.config.valid_per_task]]
+            return [e for task in _tasks(records) for e in _of(records, task)[: self.config.valid_per_task]]
         return records
 
     def _mixture(self, records: list[Example]) -> list[Example]:
@@ -118,14 +126,17 @@ class QATask(LLMStageTask):
         return metrics
 
     def describe(self) -> dict[str, Any]:
-        return {"dataset": self.recipe.data.name, "split": self.recipe.data.split,
-                "sizes": {k: len(v) for k, v in self.splits.items()},
-                "train_mixture": getattr(self, "train_mixture", None),
-                "sampling": f"task probability proportional to size^{self.config.sampling_power}",
-                "numeric": "first number after is/are/=/:, else the last; MAE and median absolute error (medae) "
-                           "over valid answers; "
-                           "skill = mean over properties of valid_rate x (1 - MAE / train-mean MAE)",
-                "baseline": "predict the training mean of each property"}
+        return {
+            "dataset": self.recipe.data.name,
+            "split": self.recipe.data.split,
+            "sizes": {k: len(v) for k, v in self.splits.items()},
+            "train_mixture": getattr(self, "train_mixture", None),
+            "sampling": f"task probability proportional to size^{self.config.sampling_power}",
+            "numeric": "first number after is/are/=/:, else the last; MAE and median absolute error (medae) "
+            "over valid answers; "
+            "skill = mean over properties of valid_rate x (1 - MAE / train-mean MAE)",
+            "baseline": "predict the training mean of each property",
+        }
 
 
 def _tasks(records: list[Example]) -> list[str]:
@@ -138,6 +149,10 @@ def _of(records: list[Example], task: str) -> list[Example]:
 
 @hookimpl
 def molbridge_register_tasks(register):
-    register("qa", QATask, QAConfig,
-             description="stage 3: instruction tuning; per-property MAE and valid rate vs the training mean, "
-                         "descriptive answers scored like captions")
+    register(
+        "qa",
+        QATask,
+        QAConfig,
+        description="stage 3: instruction tuning; per-property MAE and valid rate vs the training mean, "
+        "descriptive answers scored like captions",
+    )

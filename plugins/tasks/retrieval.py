@@ -51,11 +51,18 @@ class RetrievalTask(Task):
         self.config, self.recipe, self.registry = config, recipe, registry
         check_options(config, recipe.data.batch_size, "task section")
         data = recipe.data
-        self.splits = {split: MoleculeDataset.from_split(data.name, split, data.split, seed=recipe.seed,
-                                                         augment=data.augment and split == "train",
-                                                         limit=data.limit if split == "train" else data.eval_limit,
-                                                         text_field=config.text_field)
-                       for split in SPLITS}
+        self.splits = {
+            split: MoleculeDataset.from_split(
+                data.name,
+                split,
+                data.split,
+                seed=recipe.seed,
+                augment=data.augment and split == "train",
+                limit=data.limit if split == "train" else data.eval_limit,
+                text_field=config.text_field,
+            )
+            for split in SPLITS
+        }
         self.encoder = self.projector = None
         self._baseline: dict[str, tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor]]] = {}
         self._last_ranks: tuple[str, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -64,11 +71,16 @@ class RetrievalTask(Task):
     def build_model(self) -> Stage1Model:
         self.encoder = self.registry.build("encoder", self.recipe.encoder)
         self.projector = self.registry.build("projector", self.recipe.projector, input_dim=self.encoder.output_dim)
-        missing = [m for m in ("text_features", "molecule_features", "match_logits", "caption_loss")
-                   if not hasattr(self.projector, m)]
+        missing = [
+            m
+            for m in ("text_features", "molecule_features", "match_logits", "caption_loss")
+            if not hasattr(self.projector, m)
+        ]
         if missing:
-            raise MolbridgeError(f"projector '{self.recipe.projector.name}' has no stage-1 text side "
-                                 f"({', '.join(missing)}); retrieval needs one, e.g. qformer or linear")
+            raise MolbridgeError(
+                f"projector '{self.recipe.projector.name}' has no stage-1 text side "
+                f"({', '.join(missing)}); retrieval needs one, e.g. qformer or linear"
+            )
         if self.config.baseline or self.config.lock_text_tower:
             self._encode_texts()  # before training: the text tower is still the pretrained one
         if self.config.baseline:
@@ -86,8 +98,12 @@ class RetrievalTask(Task):
     def collate(self, samples):
         features = [self.encoder.featurize_item(s) for s in samples]
         ids, mask = self.projector.tokenize([s[keys.TEXT] for s in samples])
-        batch = {keys.ENCODER_INPUT: self.encoder.collate(features), keys.TEXT_INPUT_IDS: ids,
-                 keys.TEXT_ATTENTION_MASK: mask, keys.MOL_ID: [s[keys.MOL_ID] for s in samples]}
+        batch = {
+            keys.ENCODER_INPUT: self.encoder.collate(features),
+            keys.TEXT_INPUT_IDS: ids,
+            keys.TEXT_ATTENTION_MASK: mask,
+            keys.MOL_ID: [s[keys.MOL_ID] for s in samples],
+        }
         if self.config.lock_text_tower:
             batch[CACHED_TEXT] = torch.stack([self._pooled_text[s[keys.MOL_ID]] for s in samples])
         return batch
@@ -106,8 +122,11 @@ class RetrievalTask(Task):
             batch = fabric.to_device(batch)
             encoded = self.encoder(batch[keys.ENCODER_INPUT])
             mols.append(self.projector.molecule_features(encoded).float().cpu())
-            text = (self.projector.project_text(batch[CACHED_TEXT]) if CACHED_TEXT in batch else
-                    self.projector.text_features(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]))
+            text = (
+                self.projector.project_text(batch[CACHED_TEXT])
+                if CACHED_TEXT in batch
+                else self.projector.text_features(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK])
+            )
             texts.append(text.float().cpu())
         return torch.cat(mols), torch.cat(texts)
 
@@ -116,8 +135,15 @@ class RetrievalTask(Task):
         model.eval()
         mol, text = self.features(fabric, split)
         pair_scores = self._pair_scorer(fabric, split) if self.config.rerank_top_k else None
-        metrics = _with_full_acc(retrieval_report(mol, text, batch_size=self.config.inbatch_size,
-                                                  pair_scores=pair_scores, rerank_k=self.config.rerank_top_k))
+        metrics = _with_full_acc(
+            retrieval_report(
+                mol,
+                text,
+                batch_size=self.config.inbatch_size,
+                pair_scores=pair_scores,
+                rerank_k=self.config.rerank_top_k,
+            )
+        )
         self._last_ranks = (split, full_set_ranks(mol, text))  # for write_outputs; cheap next to encoding
         if self.config.baseline:
             metrics |= {f"baseline_{k}": v for k, v in self._baseline_metrics(split).items()}
@@ -131,14 +157,15 @@ class RetrievalTask(Task):
         def score(mol_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
             out = []
             for start in range(0, len(mol_index), batch_size):
-                mols = [dataset[int(i)] for i in mol_index[start:start + batch_size]]
-                texts = [dataset[int(j)] for j in text_index[start:start + batch_size]]
+                mols = [dataset[int(i)] for i in mol_index[start : start + batch_size]]
+                texts = [dataset[int(j)] for j in text_index[start : start + batch_size]]
                 batch = self.collate(mols)
                 ids, mask = self.projector.tokenize([t[keys.TEXT] for t in texts])
                 batch = fabric.to_device(batch | {keys.TEXT_INPUT_IDS: ids, keys.TEXT_ATTENTION_MASK: mask})
                 encoded = self.encoder(batch[keys.ENCODER_INPUT])
-                logits = self.projector.match_logits(encoded, batch[keys.TEXT_INPUT_IDS],
-                                                     batch[keys.TEXT_ATTENTION_MASK]).float()
+                logits = self.projector.match_logits(
+                    encoded, batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]
+                ).float()
                 out.append((logits[:, 1] - logits[:, 0]).cpu())
             return torch.cat(out)
 
@@ -155,7 +182,7 @@ class RetrievalTask(Task):
             dataset = self.splits[split]
             mols = [dataset.store[int(row)] for row in dataset.indices]
             for start in tqdm(range(0, len(mols), 128), desc=f"text tower: encode {split} texts", leave=False):
-                chunk = mols[start:start + 128]
+                chunk = mols[start : start + 128]
                 ids, mask = self.projector.tokenize([m.texts.get(self.config.text_field, "") for m in chunk])
                 pooled = self.projector.pooled_text(ids.to(device), mask.to(device)).float().cpu()
                 self._pooled_text.update(zip((m.id for m in chunk), pooled, strict=True))
@@ -171,8 +198,9 @@ class RetrievalTask(Task):
 
     def _fit_baseline(self) -> None:
         self.baseline = FingerprintRidge()
-        self.baseline.fit(self._smiles("train"), self._frozen_targets("train"),
-                          self._smiles("valid"), self._frozen_targets("valid"))
+        self.baseline.fit(
+            self._smiles("train"), self._frozen_targets("train"), self._smiles("valid"), self._frozen_targets("valid")
+        )
 
     def _baseline_metrics(self, split: str) -> dict[str, float]:
         if split not in self._baseline:
@@ -190,8 +218,12 @@ class RetrievalTask(Task):
             return []
         split, ranks = self._last_ranks
         dataset = self.splits[split]
-        content = {"split": split, "rank": "0 = retrieved first; ties: see retrieval_metrics",
-                   "ids": [dataset.store[int(row)].id for row in dataset.indices], "model": _directions(ranks)}
+        content = {
+            "split": split,
+            "rank": "0 = retrieved first; ties: see retrieval_metrics",
+            "ids": [dataset.store[int(row)].id for row in dataset.indices],
+            "model": _directions(ranks),
+        }
         if split in self._baseline:
             content["baseline"] = _directions(self._baseline[split][1])
         path = Path(folder) / f"ranks-{split}.json"
@@ -199,14 +231,19 @@ class RetrievalTask(Task):
         return [path]
 
     def describe(self) -> dict[str, Any]:
-        facts = {"dataset": self.recipe.data.name, "split": self.recipe.data.split,
-                 "sizes": {k: len(v) for k, v in self.splits.items()}, "text_field": self.config.text_field,
-                 "protocol": f"M2T/T2M accuracy and R@20, in batches of {self.config.inbatch_size} and against "
-                             "the full split; conformer 0; dataset order"}
+        facts = {
+            "dataset": self.recipe.data.name,
+            "split": self.recipe.data.split,
+            "sizes": {k: len(v) for k, v in self.splits.items()},
+            "text_field": self.config.text_field,
+            "protocol": f"M2T/T2M accuracy and R@20, in batches of {self.config.inbatch_size} and against "
+            "the full split; conformer 0; dataset order",
+        }
         if self.config.baseline:
             facts["baseline"] = self.baseline.describe() | {
                 "text_embeddings": f"{self.projector.text_pooling}-pooled states of the text tower as loaded, "
-                                   "before training"}
+                "before training"
+            }
         return facts
 
 
@@ -222,5 +259,9 @@ def _with_full_acc(report: dict[str, float]) -> dict[str, float]:
 
 @hookimpl
 def molbridge_register_tasks(register):
-    register("retrieval", RetrievalTask, RetrievalConfig,
-             description="stage 1: molecule-text contrastive/matching/captioning; retrieval accuracy and R@20")
+    register(
+        "retrieval",
+        RetrievalTask,
+        RetrievalConfig,
+        description="stage 1: molecule-text contrastive/matching/captioning; retrieval accuracy and R@20",
+    )

@@ -94,7 +94,7 @@ def _per_batch(mol: Tensor, text: Tensor, batch_size: int, ranks_of) -> tuple[Te
     _check(mol, text)
     m2t, t2m = [], []
     for start in range(0, mol.shape[0], batch_size):
-        m, t = ranks_of(mol[start:start + batch_size], text[start:start + batch_size], start)
+        m, t = ranks_of(mol[start : start + batch_size], text[start : start + batch_size], start)
         m2t.append(m)
         t2m.append(t)
     return torch.cat(m2t), torch.cat(t2m)
@@ -117,8 +117,9 @@ def _top_k_mask(block: Tensor, k: int) -> Tensor:
     return above | (ties & (ties.cumsum(dim=1, dtype=torch.int32) <= room))
 
 
-def _rerank_direction(mol: Tensor, text: Tensor, pair_scores: PairScores, k: int, chunk_size: int,
-                      by_text: bool, offset: int) -> Tensor:
+def _rerank_direction(
+    mol: Tensor, text: Tensor, pair_scores: PairScores, k: int, chunk_size: int, by_text: bool, offset: int
+) -> Tensor:
     """Re-ranked positive ranks for one direction (rows are texts when by_text)."""
     n = mol.shape[0]
     k = min(k, n)
@@ -142,8 +143,9 @@ def _rerank_direction(mol: Tensor, text: Tensor, pair_scores: PairScores, k: int
     return ranks.cpu()
 
 
-def rerank(mol: Tensor, text: Tensor, pair_scores: PairScores, k: int = 64, chunk_size: int = 1024,
-           offset: int = 0) -> tuple[Tensor, Tensor]:
+def rerank(
+    mol: Tensor, text: Tensor, pair_scores: PairScores, k: int = 64, chunk_size: int = 1024, offset: int = 0
+) -> tuple[Tensor, Tensor]:
     """Ranks after re-scoring each query's top-k candidates as sim + pair_scores(mol_idx, text_idx).
 
     The top-k is the first k in stable descending similarity order; ``pair_scores`` receives all pairs of a chunk
@@ -161,9 +163,16 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}_{key}": value for key, value in metrics.items()}
 
 
-def retrieval_report(mol: Tensor, text: Tensor, *, batch_size: int = 64, ks: Sequence[int] = (20,),
-                     pair_scores: PairScores | None = None, rerank_k: int = 64,
-                     chunk_size: int = 1024) -> dict[str, float]:
+def retrieval_report(
+    mol: Tensor,
+    text: Tensor,
+    *,
+    batch_size: int = 64,
+    ks: Sequence[int] = (20,),
+    pair_scores: PairScores | None = None,
+    rerank_k: int = 64,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
     """All retrieval metrics as flat keys: inbatch_*, full_* and, given pair_scores, rerank_inbatch_*/rerank_full_*.
 
     In-batch re-ranking re-scores every candidate of the batch (k = batch_size).
@@ -172,9 +181,9 @@ def retrieval_report(mol: Tensor, text: Tensor, *, batch_size: int = 64, ks: Seq
         report = _prefixed("inbatch", rank_metrics(*in_batch_ranks(mol, text, batch_size), ks))
         report |= _prefixed("full", rank_metrics(*full_set_ranks(mol, text, chunk_size), ks))
         if pair_scores is not None and rerank_k > 0:
-            inbatch = _per_batch(mol, text, batch_size,
-                                 lambda m, t, off: rerank(m, t, pair_scores, batch_size, batch_size, off))
+            inbatch = _per_batch(
+                mol, text, batch_size, lambda m, t, off: rerank(m, t, pair_scores, batch_size, batch_size, off)
+            )
             report |= _prefixed("rerank_inbatch", rank_metrics(*inbatch, ks))
-            report |= _prefixed("rerank_full", rank_metrics(*rerank(mol, text, pair_scores, rerank_k, chunk_size),
-                                                            ks))
+            report |= _prefixed("rerank_full", rank_metrics(*rerank(mol, text, pair_scores, rerank_k, chunk_size), ks))
         return report

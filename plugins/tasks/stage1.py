@@ -54,8 +54,9 @@ def similarity(mol: Tensor, text: Tensor) -> Tensor:
     return torch.einsum("mpe,te->mtp", mol, text).amax(dim=-1)
 
 
-def contrastive_loss(mol: Tensor, text: Tensor, mol_all: Tensor, text_all: Tensor, rank: int,
-                     temperature: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+def contrastive_loss(
+    mol: Tensor, text: Tensor, mol_all: Tensor, text_all: Tensor, rank: int, temperature: Tensor | float
+) -> tuple[Tensor, Tensor, Tensor]:
     """Symmetric InfoNCE of the local batch against the gathered one.
 
     mol: (B, P, E), text: (B, E) local; ``*_all``: every rank's, concatenated (rank r at r*B ...).
@@ -64,8 +65,10 @@ def contrastive_loss(mol: Tensor, text: Tensor, mol_all: Tensor, text_all: Tenso
     sim_m2t = similarity(mol, text_all)
     sim_t2m = similarity(mol_all, text).T
     targets = torch.arange(mol.shape[0], device=mol.device) + rank * mol.shape[0]
-    loss = (F.cross_entropy(sim_m2t.float() / temperature, targets)
-            + F.cross_entropy(sim_t2m.float() / temperature, targets)) / 2
+    loss = (
+        F.cross_entropy(sim_m2t.float() / temperature, targets)
+        + F.cross_entropy(sim_t2m.float() / temperature, targets)
+    ) / 2
     return loss, sim_m2t, sim_t2m
 
 
@@ -88,10 +91,19 @@ def matching_loss(projector, encoded, ids: Tensor, mask: Tensor, sim_local: Tens
     with torch.no_grad():
         neg_text = hard_negatives(sim_local)
         neg_mol = hard_negatives(sim_local.T)
-    mols = _cat_encoded(encoded, torch.cat([torch.arange(len(neg_mol), device=neg_mol.device),
-                                            torch.arange(len(neg_mol), device=neg_mol.device), neg_mol]))
-    texts = torch.cat([torch.arange(len(neg_text), device=ids.device), neg_text,
-                       torch.arange(len(neg_text), device=ids.device)])
+    mols = _cat_encoded(
+        encoded,
+        torch.cat(
+            [
+                torch.arange(len(neg_mol), device=neg_mol.device),
+                torch.arange(len(neg_mol), device=neg_mol.device),
+                neg_mol,
+            ]
+        ),
+    )
+    texts = torch.cat(
+        [torch.arange(len(neg_text), device=ids.device), neg_text, torch.arange(len(neg_text), device=ids.device)]
+    )
     logits = projector.match_logits(mols, ids[texts], mask[texts])
     labels = torch.zeros(len(texts), dtype=torch.long, device=ids.device)
     labels[: len(neg_text)] = 1
@@ -134,18 +146,22 @@ class Stage1Model(nn.Module):
         encoded = self.encoder(batch[keys.ENCODER_INPUT])
         ids, mask = batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]
         mol = projector.molecule_features(encoded)
-        text = (projector.project_text(batch[CACHED_TEXT]) if CACHED_TEXT in batch
-                else projector.text_features(ids, mask))
+        text = (
+            projector.project_text(batch[CACHED_TEXT]) if CACHED_TEXT in batch else projector.text_features(ids, mask)
+        )
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         contrastive, sim_m2t, _ = contrastive_loss(mol, text, gather(mol), gather(text), rank, self.temperature)
         terms = {"contrastive": contrastive}
         if options.matching_weight:
-            local = sim_m2t[:, rank * len(ids): (rank + 1) * len(ids)].detach()
+            local = sim_m2t[:, rank * len(ids) : (rank + 1) * len(ids)].detach()
             terms["matching"] = matching_loss(projector, encoded, ids, mask, local / self.temperature.detach())
         if options.captioning_weight:
             terms["captioning"] = projector.caption_loss(encoded, ids, mask)
-        weights = {"contrastive": options.contrastive_weight, "matching": options.matching_weight,
-                   "captioning": options.captioning_weight}
+        weights = {
+            "contrastive": options.contrastive_weight,
+            "matching": options.matching_weight,
+            "captioning": options.captioning_weight,
+        }
         terms["loss"] = sum(weights[name] * value for name, value in terms.items())
         return terms
 
@@ -160,7 +176,9 @@ def check_options(options: Stage1Options, batch_size: int, where: str) -> None:
     if not any((options.contrastive_weight, options.matching_weight, options.captioning_weight)):
         problems.append("all stage-1 loss weights are 0: nothing to train")
     if options.lock_text_tower and (options.matching_weight or options.captioning_weight):
-        problems.append("task.lock_text_tower=true trains the contrastive loss only: set task.matching_weight=0 "
-                        "and task.captioning_weight=0, or task.lock_text_tower=false")
+        problems.append(
+            "task.lock_text_tower=true trains the contrastive loss only: set task.matching_weight=0 "
+            "and task.captioning_weight=0, or task.lock_text_tower=false"
+        )
     if problems:
         raise RecipeError(where, problems)

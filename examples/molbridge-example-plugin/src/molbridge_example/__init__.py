@@ -24,8 +24,12 @@ class MeanPoolProjector(Projector):
     def __init__(self, config: MeanPoolConfig, input_dim: int):
         super().__init__()
         self.num_tokens, self.output_dim = config.num_tokens, config.output_dim
-        self.mlp = nn.Sequential(nn.LayerNorm(input_dim), nn.Linear(input_dim, config.output_dim),
-                                 nn.GELU(), nn.Linear(config.output_dim, config.num_tokens * config.output_dim))
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(input_dim),
+            nn.Linear(input_dim, config.output_dim),
+            nn.GELU(),
+            nn.Linear(config.output_dim, config.num_tokens * config.output_dim),
+        )
 
     def forward(self, encoded: EncoderOutput) -> torch.Tensor:
         keep = (~encoded.padding_mask).unsqueeze(-1).to(encoded.atom_embeddings.dtype)
@@ -35,13 +39,21 @@ class MeanPoolProjector(Projector):
 
 @hookimpl
 def molbridge_register_projectors(register):
-    register("meanpool", MeanPoolProjector, MeanPoolConfig,
-             description="masked mean of atom embeddings -> MLP -> soft tokens (example plugin)")
+    register(
+        "meanpool",
+        MeanPoolProjector,
+        MeanPoolConfig,
+        description="masked mean of atom embeddings -> MLP -> soft tokens (example plugin)",
+    )
 
 
 @hookimpl
 def molbridge_register_tasks(register):
     from molbridge_example.property_task import PropertyTask, PropertyTaskConfig
 
-    register("property", lambda config, recipe, registry: PropertyTask(config, recipe, registry), PropertyTaskConfig,
-             description="regress a molecular property from 3D structure (example plugin)")
+    register(
+        "property",
+        lambda config, recipe, registry: PropertyTask(config, recipe, registry),
+        PropertyTaskConfig,
+        description="regress a molecular property from 3D structure (example plugin)",
+    )

@@ -39,8 +39,10 @@ class PropertyTask(Task):
     def __init__(self, config, recipe, registry):
         self.config, self.recipe, self.registry = config, recipe, registry
         data = recipe.data
-        self.splits = {split: MoleculeDataset.from_split(data.name, split, data.split, seed=recipe.seed)
-                       for split in ("train", "valid", "test")}
+        self.splits = {
+            split: MoleculeDataset.from_split(data.name, split, data.split, seed=recipe.seed)
+            for split in ("train", "valid", "test")
+        }
         train_values = torch.tensor([self._value(self.splits["train"], i) for i in range(len(self.splits["train"]))])
         self.mean, self.std = train_values.mean(), train_values.std().clamp(min=1e-6)
         self.encoder = None
@@ -60,8 +62,11 @@ class PropertyTask(Task):
     def collate(self, samples):
         features = [self.encoder.featurize_item(s) for s in samples]
         target = torch.tensor([s["properties"][self.config.target] for s in samples], dtype=torch.float32)
-        return {keys.ENCODER_INPUT: self.encoder.collate(features), keys.TARGET: (target - self.mean) / self.std,
-                keys.MOL_ID: [s[keys.MOL_ID] for s in samples]}
+        return {
+            keys.ENCODER_INPUT: self.encoder.collate(features),
+            keys.TARGET: (target - self.mean) / self.std,
+            keys.MOL_ID: [s[keys.MOL_ID] for s in samples],
+        }
 
     def training_step(self, model, batch):
         loss = nn.functional.mse_loss(model(batch[keys.ENCODER_INPUT]), batch[keys.TARGET])
@@ -81,5 +86,10 @@ class PropertyTask(Task):
         return {"mae": torch.cat(errors).mean().item(), "baseline_mae": torch.cat(baseline).mean().item()}
 
     def describe(self):
-        return {"target": self.config.target, "dataset": self.recipe.data.name, "split": self.recipe.data.split,
-                "sizes": {k: len(v) for k, v in self.splits.items()}, "baseline": "predict the training mean"}
+        return {
+            "target": self.config.target,
+            "dataset": self.recipe.data.name,
+            "split": self.recipe.data.split,
+            "sizes": {k: len(v) for k, v in self.splits.items()},
+            "baseline": "predict the training mean",
+        }
