@@ -67,7 +67,7 @@ def _bert_folder(shape: dict) -> Path:
 def _build(shape: str, batch_size: int | None):
     from molbridge.core.plugins import get_registry
     from molbridge.core.recipe import load_recipe
-    from molbridge.plugins.tasks.stage1 import Stage1Model
+    from molbridge.plugins.tasks.stage1 import Stage1Model, text_side_for
 
     overrides = SHAPES[shape] + ([f"data.batch_size={batch_size}"] if batch_size else [])
     if shape == "paper":
@@ -78,7 +78,7 @@ def _build(shape: str, batch_size: int | None):
     projector = registry.build("projector", recipe.projector, input_dim=encoder.output_dim)
     if shape == "paper":
         encoder.requires_grad_(False)  # 3D-MoLM's stage 1 keeps Uni-Mol frozen
-    return Stage1Model(encoder, projector, recipe.task), recipe.data.batch_size
+    return Stage1Model(encoder, projector, text_side_for(projector, recipe.task), recipe.task), recipe.data.batch_size
 
 
 def _batch(model, size: int) -> dict:

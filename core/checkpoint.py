@@ -1,23 +1,35 @@
-"""Checkpoints: one folder per step, written atomically, each describing itself.
+"""Checkpoints: one folder per step, written atomically, each describing and verifying itself.
 
 Layout under a run's output directory::
 
     checkpoints/step-000123/state.ckpt      Fabric state (model, optimizer, scheduler, sampler, step, best)
-    checkpoints/step-000123/rng-rank0.pt    RNG states of each rank (python, numpy, torch, cuda)
+    checkpoints/step-000123/rng-rank0.json  RNG states of each rank (python, numpy, torch, cuda), plain JSON
     checkpoints/step-000123/recipe.yaml     the resolved recipe that produced it
+    checkpoints/step-000123/manifest.json   size and SHA-256 of every file above
     checkpoints/best.json                   which step holds the best validation metric
 
 A checkpoint is written to ``step-000123.tmp`` and renamed when complete, so a crash mid-save never
-leaves a broken folder that ``resume: auto`` would pick.
+leaves a folder that ``resume: auto`` would pick. Reading one never runs code from the folder: the state
+is loaded with ``weights_only=True``, everything else is JSON or YAML. :func:`verify` checks a folder
+against its manifest before any expensive set-up; ``resume: auto`` skips a corrupt latest checkpoint
+(with a warning naming it) and resumes from the newest intact one.
+
+Checkpoints written before manifests and JSON RNG files existed (``rng-rank0.pt``, a pickle) still
+resume; their RNG files are read only with ``trust_pickle`` (``bench run --trust-pickle``), otherwise
+the run resumes with fresh RNG states and says so.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import logging
 import os
 import random
 import re
 import shutil
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,10 +44,14 @@ if TYPE_CHECKING:
     from lightning_fabric import Fabric
     from omegaconf import DictConfig
 
+log = logging.getLogger(__name__)
+
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.ckpt"
 RECIPE_FILE = "recipe.yaml"
 BEST_FILE = "best.json"
+MANIFEST_FILE = "manifest.json"
+LEGACY_RNG = "rng-rank{rank}.pt"  # pickled; read only with trust_pickle
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -60,35 +76,118 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def resolve_resume(resume: str, output_dir: Path) -> Path | None:
-    """The checkpoint folder to resume from: ``auto`` (latest, if any), ``never``, or a path."""
+    """The checkpoint folder to resume from: ``auto`` (the newest intact one, if any), ``never``, or a path.
+
+    Under ``auto`` a checkpoint that fails :func:`verify` is skipped with a warning naming it and what is
+    wrong, and the one before it is used; an explicit path that fails is an error.
+    """
     if resume == "never":
         return None
     if resume == "auto":
-        return latest_checkpoint(output_dir / CHECKPOINTS)
+        for folder in reversed(list_checkpoints(output_dir / CHECKPOINTS)):
+            problem = verify(folder)
+            if problem is None:
+                return folder
+            log.warning("checkpoint %s is unusable (%s); trying the one before it", folder, problem)
+        return None
     path = Path(resume)
     if path.is_file() and path.name == STATE_FILE:
         path = path.parent
     if not (path / STATE_FILE).exists():
         raise CheckpointError(f"train.resume={resume!r}: no checkpoint there (expected {path / STATE_FILE})")
+    problem = verify(path)
+    if problem is not None:
+        raise CheckpointError(f"train.resume={resume!r}: checkpoint {path} is unusable: {problem}")
     return path
 
 
-# --- RNG states, per rank -----------------------------------------------------------------------------
+# --- integrity ----------------------------------------------------------------------------------------------
+
+
+def _files(folder: Path) -> list[Path]:
+    """Every file of a checkpoint folder (``state.ckpt`` may itself be a folder of shards), manifest excluded."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Record the size and SHA-256 of every file, so corruption is found before a resume loads anything."""
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(folder)}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+
+def verify(folder: Path) -> str | None:
+    """What is wrong with a checkpoint folder, or None when it is intact.
+
+    With a manifest: every listed file must exist with its size and SHA-256. Without one (checkpoints of
+    molbridge before 0.2): the state file must be a complete torch zip archive.
+    """
+    folder = Path(folder)
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        state = folder / STATE_FILE
+        if state.is_file() and not zipfile.is_zipfile(state):
+            return f"{state.name} is not a complete torch archive"
+        return None if state.exists() else f"{STATE_FILE} is missing"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{MANIFEST_FILE} is unreadable ({type(exc).__name__})"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected.get("size"):
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {expected.get('size')}"
+        if _sha256(path) != expected.get("sha256"):
+            return f"{name} does not match its SHA-256 in the manifest"
+    return None
+
+
+# --- RNG states, per rank, as plain JSON ----------------------------------------------------------------
+
+
+def _bytes(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode()
+
+
+def _tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as JSON-able data (no pickle: a checkpoint folder may not be trusted)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, base64.b64encode(keys.astype("<u4").tobytes()).decode(), pos, has_gauss, cached],
+        "torch": _bytes(torch.get_rng_state()),
+    }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [_bytes(s) for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.frombuffer(base64.b64decode(keys), dtype="<u4").copy(), pos, has_gauss, cached))
+    torch.set_rng_state(_tensor(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_tensor(s) for s in state["cuda"]])
+
+
+def _rng_file(folder: Path, rank: int) -> Path:
+    return folder / f"rng-rank{rank}.json"
 
 
 # --- save / load ----------------------------------------------------------------------------------------
@@ -104,10 +203,11 @@ def save(fabric: Fabric, root: Path, step: int, state: dict[str, Any], recipe: D
     fabric.barrier()
     fabric.save(tmp / STATE_FILE, state)
     # fabric.save keeps rank 0's copy of plain values only, so each rank writes its own RNG file
-    torch.save(rng_state(), tmp / f"rng-rank{fabric.global_rank}.pt")
+    _rng_file(tmp, fabric.global_rank).write_text(json.dumps(rng_state()))
     fabric.barrier()
     if fabric.is_global_zero:
         (tmp / RECIPE_FILE).write_text(to_yaml(recipe))
+        write_manifest(tmp)
         if final.exists():  # the same step saved twice (e.g. best, then last): the newer one wins
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -115,26 +215,54 @@ def save(fabric: Fabric, root: Path, step: int, state: dict[str, Any], recipe: D
     return final
 
 
-def load(fabric: Fabric, folder: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """Restore ``state`` in place from a checkpoint folder, and this rank's RNG; return the remainder."""
+def load(fabric: Fabric, folder: Path, state: dict[str, Any], *, trust_pickle: bool = False) -> dict[str, Any]:
+    """Restore ``state`` in place from a checkpoint folder, and this rank's RNG; return the remainder.
+
+    Nothing is unpickled: the state with ``weights_only=True``, the RNG states from JSON. A legacy pickled
+    RNG file is read only with ``trust_pickle``; otherwise the run goes on with its current RNG states.
+    """
     path = folder / STATE_FILE
     try:
-        remainder = fabric.load(path, state)
+        remainder = fabric.load(path, state, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
         raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    rng_file = folder / f"rng-rank{fabric.global_rank}.pt"
-    if rng_file.is_file():
-        try:
-            set_rng_state(torch.load(rng_file, weights_only=False))
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"cannot load RNG state {rng_file}: {type(exc).__name__}: {exc}") from exc
+    rng_file, legacy = _rng_file(folder, fabric.global_rank), folder / LEGACY_RNG.format(rank=fabric.global_rank)
+    try:
+        if rng_file.is_file():
+            set_rng_state(json.loads(rng_file.read_text()))
+        elif legacy.is_file() and trust_pickle:
+            set_rng_state(_legacy_rng(torch.load(legacy, weights_only=False)))  # the caller opted in
+        elif legacy.is_file():
+            log.warning(
+                "%s is a pickle (an older checkpoint) and is not read without --trust-pickle; resuming with "
+                "fresh RNG states, so the run will not repeat an uninterrupted one exactly",
+                legacy,
+            )
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot load RNG state of {folder}: {type(exc).__name__}: {exc}") from exc
     return remainder
+
+
+def _legacy_rng(state: dict[str, Any]) -> dict[str, Any]:
+    """The pickled RNG dict of older checkpoints, in the JSON layout :func:`set_rng_state` reads."""
+    version, internal, gauss = state["python"]
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    converted = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, base64.b64encode(np.asarray(keys, "<u4").tobytes()).decode(), pos, has_gauss, cached],
+        "torch": _bytes(state["torch"]),
+    }
+    if "cuda" in state:
+        converted["cuda"] = [_bytes(s) for s in state["cuda"]]
+    return converted
 
 
 # --- starting from another run's weights (stage chaining) --------------------------------------------
 
 
-def _state_file(source: str | Path) -> Path:
+def init_state_file(source: str | Path) -> Path:
+    """The state file ``train.init_from`` names: a run folder (its newest intact checkpoint), a checkpoint
+    folder or a ``state.ckpt``."""
     path = Path(source)
     if not path.exists():
         raise CheckpointError(
@@ -142,10 +270,10 @@ def _state_file(source: str | Path) -> Path:
             "writes there; see the recipe's description), or set train.init_from=null to start "
             "from scratch"
         )
-    if (path / CHECKPOINTS).is_dir():  # a run's output directory: its latest checkpoint
-        latest = latest_checkpoint(path / CHECKPOINTS)
+    if (path / CHECKPOINTS).is_dir():  # a run's output directory: its newest intact checkpoint
+        latest = resolve_resume("auto", path)
         if latest is None:
-            raise CheckpointError(f"train.init_from: {path} has no checkpoint under {CHECKPOINTS}/")
+            raise CheckpointError(f"train.init_from: {path} has no intact checkpoint under {CHECKPOINTS}/")
         path = latest
     if path.is_dir():
         path = path / STATE_FILE
@@ -168,7 +296,7 @@ def init_weights(model: torch.nn.Module, source: str | Path) -> dict[str, Any]:
 
     Names that match but differ in shape are an error (e.g. a different preset), not a skip.
     """
-    path = _state_file(source)
+    path = init_state_file(source)
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)["model"]
     except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable

@@ -1,8 +1,11 @@
 """Runs side by side from MLflow: gathering (``gather_runs``) is kept apart from rendering.
 
-Runs of one configuration with different seeds share their run name up to ``-s{seed}``
-(``unimol-qformer-none-s0``, ``-s1``): :func:`group_runs` gathers them and :func:`render_aggregate`
-shows mean ± sample std over seeds. Figures and the report folder: :mod:`molbridge.core.compare_report`.
+Runs of one configuration with different seeds share the configuration hash (tag ``molbridge.config``, see
+:mod:`molbridge.core.identity`); :func:`group_runs` groups by it, never by run name (runs logged before the
+tag existed are grouped by their name without ``-s{seed}``), and :func:`render_aggregate` shows mean ± sample
+std over seeds. Every param whose value differs between the rows shown gets a row (side by side) or a column
+(aggregated), so two configurations never look alike. Figures and the report folder:
+:mod:`molbridge.core.compare_report`.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ from molbridge.core.tracking import tracking_uri
 #: Tags shown for every run: what distinguishes one configuration from another.
 IDENTITY = ("task", "dataset", "encoder", "projector", "llm", "seed", "recipe")
 DEFAULT_METRICS = ("test/*", "valid/*", "best/*")
-SEED_SUFFIX = re.compile(r"-s\d+$")
+SEED_PART = re.compile(r"-s\d+(?=-[0-9a-f]{6}$|$)")
 PARENT_TAG = "mlflow.parentRunId"
+CONFIG_TAG = "molbridge.config"
+#: Params that differ between runs without making them different configurations.
+NOT_CONFIGURATION = ("seed", "output_dir", "tracking.", "train.resume", "recipe", "description")
+PAGE = 1000  # MLflow's largest page of search_runs
 
 
 @dataclass
@@ -36,16 +43,25 @@ class RunRow:
     metrics: dict[str, float] = field(default_factory=dict)
     parent_run_id: str | None = None
     """The sweep's parent run, for a sweep's child."""
+    config_hash: str | None = None
+    """The configuration hash (tag ``molbridge.config``); None for runs logged before it existed."""
+    params: dict[str, str] = field(default_factory=dict)
 
     @property
     def config(self) -> str:
-        """The configuration: the run name without its ``-s{seed}`` suffix."""
+        """The configuration's label: the run name without its ``-s{seed}`` part."""
         return configuration(self.name)
+
+    @property
+    def config_key(self) -> str:
+        """What groups runs into one configuration: the hash, else (older runs) the label."""
+        return self.config_hash or self.config
 
 
 def configuration(run_name: str) -> str:
-    """``unimol-qformer-none-s1`` -> ``unimol-qformer-none``."""
-    return SEED_SUFFIX.sub("", run_name)
+    """``unimol-qformer-none-s1-3f9c2a`` -> ``unimol-qformer-none-3f9c2a``; ``unimol-qformer-none-s1`` ->
+    ``unimol-qformer-none``."""
+    return SEED_PART.sub("", run_name)
 
 
 def _matches(run, filters: dict[str, str]) -> bool:
@@ -83,7 +99,7 @@ def gather_runs(
             f"no MLflow experiment {', '.join(missing) or 'matches'} at {tracking_uri(uri)}; "
             f"experiments there: {listed}"
         )
-    found = client.search_runs([known[n] for n in names], order_by=["attributes.start_time DESC"])
+    found = search_all(client, [known[n] for n in names])
     by_id = {v: k for k, v in known.items()}
     rows, seen = [], set()
     for run in found:
@@ -103,6 +119,8 @@ def gather_runs(
                 {k: run.data.tags.get(k, "") for k in IDENTITY},
                 kept,
                 run.data.tags.get(PARENT_TAG),
+                run.data.tags.get(CONFIG_TAG),
+                dict(run.data.params),
             )
         )
     if not rows:
@@ -110,10 +128,35 @@ def gather_runs(
     return rows
 
 
+def search_all(client, experiment_ids: list[str]) -> list:
+    """Every run of the experiments, newest first, page by page (MLflow returns at most 1,000 per call)."""
+    found, token = [], None
+    while True:
+        page = client.search_runs(
+            experiment_ids, order_by=["attributes.start_time DESC"], max_results=PAGE, page_token=token
+        )
+        found += list(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def differing_params(rows: list[RunRow]) -> list[str]:
+    """Params whose value differs between ``rows`` (seeds and where runs were written excluded)."""
+    keys = sorted({k for r in rows for k in r.params})
+    return [
+        k
+        for k in keys
+        if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in NOT_CONFIGURATION)
+        and len({r.params.get(k) for r in rows}) > 1
+    ]
+
+
 def _table(rows: list[RunRow]) -> tuple[list[str], list[list[str]]]:
     """One column per run, one row per field: 2-12 runs with 10-30 metrics read down, not across."""
     header = ["", *(r.name for r in rows)]
     body = [[key, *(r.identity.get(key, "") for r in rows)] for key in IDENTITY]
+    body += [[key, *(r.params.get(key, "") for r in rows)] for key in differing_params(rows)]
     body.append(["status", *(r.status for r in rows)])
     for metric in sorted({m for r in rows for m in r.metrics}):
         body.append([metric, *(_fmt(r.metrics.get(metric)) for r in rows)])
@@ -213,7 +256,7 @@ def group_runs(rows: list[RunRow]) -> list[Group]:
     count one seed twice."""
     groups: dict[tuple[str, str], Group] = {}
     for row in rows:
-        group = groups.setdefault((row.experiment, row.config), Group(row.experiment, row.config, []))
+        group = groups.setdefault((row.experiment, row.config_key), Group(row.experiment, row.config, []))
         if any(r.name == row.name for r in group.runs):
             raise MolbridgeError(
                 f"run {row.name} appears twice in {row.experiment} ({row.run_id} and "
@@ -222,7 +265,7 @@ def group_runs(rows: list[RunRow]) -> list[Group]:
             )
         group.runs.append(row)
     several = len({g.experiment for g in groups.values()}) > 1
-    ordered = [groups[key] for key in sorted(groups)]
+    ordered = sorted(groups.values(), key=lambda g: (g.experiment, g.config))
     for group in ordered:
         group.runs.sort(key=lambda r: _seed_order(r.identity.get("seed", "")))
         group.label = f"{group.experiment}: {group.config}" if several else group.config
@@ -246,12 +289,15 @@ def _cell(stat: Stat | None, runs: int) -> str:
 
 
 def render_aggregate(groups: list[Group], fmt: str = "markdown") -> str:
-    """One row per configuration: its seeds and, per metric, mean ± sample std over seeds.
+    """One row per configuration: its seeds, the params that differ between configurations, and per metric
+    mean ± sample std over seeds.
 
     Markdown shows ``mean ± std`` with n in the ``n`` column (and in a cell whose metric fewer runs have);
     CSV has ``METRIC mean``, ``METRIC std`` and ``METRIC n`` columns; JSON a record per configuration.
     """
     labels, metrics, stats = _aggregate_table(groups)
+    params = differing_params([r for g in groups for r in g.runs])
+    settings = [[_setting(g, key) for key in params] for g in groups]
     if fmt == "json":
         return json.dumps(
             [
@@ -260,9 +306,10 @@ def render_aggregate(groups: list[Group], fmt: str = "markdown") -> str:
                     "configuration": g.config,
                     "seeds": g.seeds,
                     "run_ids": [r.run_id for r in g.runs],
+                    "params": dict(zip(params, values, strict=True)),
                     "metrics": {m: s.__dict__ for m, s in zip(metrics, row, strict=True) if s},
                 }
-                for g, row in zip(groups, stats, strict=True)
+                for g, row, values in zip(groups, stats, settings, strict=True)
             ],
             indent=2,
         )
@@ -275,19 +322,27 @@ def render_aggregate(groups: list[Group], fmt: str = "markdown") -> str:
                 "experiment",
                 "seeds",
                 "n",
+                *params,
                 *(f"{m} {part}" for m in metrics for part in ("mean", "std", "n")),
             ]
         )
-        for group, row in zip(groups, stats, strict=True):
+        for group, row, values in zip(groups, stats, settings, strict=True):
             cells = [_csv_number(part) for s in row for part in ((s.mean, s.std, s.n) if s else (None,) * 3)]
-            writer.writerow([group.config, group.experiment, " ".join(group.seeds), len(group.runs), *cells])
+            writer.writerow([group.config, group.experiment, " ".join(group.seeds), len(group.runs), *values, *cells])
         return buffer.getvalue()
-    header = ["configuration", "seeds", "n", *metrics]
+    header = ["configuration", "seeds", "n", *params, *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for group, label, row in zip(groups, labels, stats, strict=True):
-        cells = [label, ", ".join(group.seeds), str(len(group.runs)), *(_cell(s, len(group.runs)) for s in row)]
+    for group, label, row, values in zip(groups, labels, stats, settings, strict=True):
+        cells = [label, ", ".join(group.seeds), str(len(group.runs)), *values]
+        cells += [_cell(s, len(group.runs)) for s in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _setting(group: Group, key: str) -> str:
+    """A param's value in a configuration (``varies`` if its runs disagree, which a hash-grouped one cannot)."""
+    values = {r.params.get(key, "") for r in group.runs}
+    return values.pop() if len(values) == 1 else "varies"
 
 
 def _csv_number(value: float | int | None) -> str:

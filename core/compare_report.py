@@ -1,10 +1,11 @@
 """``bench compare --plots DIR``: tables, figures and an index written to a folder, optionally logged to MLflow.
 
-What is read from MLflow, per run: final metrics (bars per configuration), the metric history of
-``train/loss`` and of each monitored validation metric (the ``X`` of ``best/X``; training curves), and
-artifacts: ``ranks-<split>.json`` of the retrieval task (Recall@k curves) and ``answers-<split>.jsonl`` of
-the qa task (parity plots, parsed with the qa task's own number parser). The figures themselves are
-drawn by :mod:`molbridge.core.plots` from plain data.
+What is read from MLflow, per run: final metrics (bars per configuration; by default the patterns of the
+task's ``report_metrics``), the metric history of ``train/loss`` and of each monitored validation metric
+(the ``X`` of ``best/X``; training curves), and two artifact formats whatever the task that wrote them
+(see :meth:`molbridge.core.contracts.Task.write_outputs`): ``ranks-<split>.json`` (Recall@k curves) and
+``answers-<split>.jsonl`` records with numeric ``value`` and ``target`` (parity plots). The figures
+themselves are drawn by :mod:`molbridge.core.plots` from plain data.
 """
 
 from __future__ import annotations
@@ -33,12 +34,7 @@ from molbridge.core.compare import (
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.tracking import tracking_uri
 
-#: Metrics drawn as bars when --plot-metrics is not given; a task not listed gets its monitored metric.
-DEFAULT_PLOT_METRICS = {
-    "retrieval": ("test/full_m2t_acc", "test/full_t2m_acc"),
-    "captioning": ("test/bleu4", "test/meteor", "test/rougeL", "test/shape_acc", "test/rg_mae"),
-    "qa": ("test/*/mae",),
-}
+#: Metrics drawn as bars for a task that declares no ``report_metrics`` (and is not installed here).
 FALLBACK_PLOT_METRICS = ("best/*",)
 TRAIN_CURVES = ("train/loss",)
 RANKS = re.compile(r"ranks-(?P<split>[\w.-]+)\.json")
@@ -147,8 +143,19 @@ def plot_metric_names(groups: list[Group], patterns: tuple[str, ...] | None) -> 
         check_patterns(patterns, names, "--plot-metrics")
     else:
         tasks = {r.identity.get("task", "") for g in groups for r in g.runs}
-        patterns = tuple(p for t in sorted(tasks) for p in DEFAULT_PLOT_METRICS.get(t, FALLBACK_PLOT_METRICS))
+        patterns = tuple(p for t in sorted(tasks) for p in task_report_metrics(t))
     return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns))
+
+
+def task_report_metrics(task: str) -> tuple[str, ...]:
+    """The task's ``report_metrics`` (its class attribute), or :data:`FALLBACK_PLOT_METRICS`."""
+    from molbridge.core.plugins import get_registry
+
+    try:
+        factory = get_registry().get("task", task).factory
+    except KeyError:
+        return FALLBACK_PLOT_METRICS
+    return tuple(getattr(factory, "report_metrics", ()) or ()) or FALLBACK_PLOT_METRICS
 
 
 def _bars(groups: list[Group], patterns: tuple[str, ...] | None, report: Report) -> None:
@@ -219,13 +226,18 @@ def _load_json(path: Path, run: RunRow) -> Any:
 
 
 def _recall(groups: list[Group], artifacts: Artifacts, report: Report) -> None:
-    retrieval = [g for g in groups if any(r.identity.get("task") == "retrieval" for r in g.runs)]
+    """Recall@k curves from every run's ``ranks-<split>.json``; a run of a task whose other runs have one
+    but which has none itself (an older or failed run) is named in the notes."""
+    found = {run.run_id: artifacts.find(run, RANKS) for group in groups for run in group.runs}
+    ranking = {run.identity.get("task") for group in groups for run in group.runs if found[run.run_id]}
     by_split: dict[str, dict[str, list[dict]]] = {}
     baselines: dict[str, list[dict]] = {}
     missing = []
-    for group in retrieval:
+    for group in groups:
         for run in group.runs:
-            files = artifacts.find(run, RANKS)
+            files = found[run.run_id]
+            if run.identity.get("task") not in ranking:
+                continue
             if not files:
                 missing.append(run.name if run.status == "FINISHED" else f"{run.name} ({run.status})")
             for split, path in files.items():
@@ -236,7 +248,7 @@ def _recall(groups: list[Group], artifacts: Artifacts, report: Report) -> None:
     if missing:
         report.notes.append(
             f"no Recall@k curve for {', '.join(missing)}: no ranks-<split>.json artifact "
-            f"(the retrieval task logs one; older runs have none)"
+            f"(other runs of the task log one; older or failed runs have none)"
         )
     for split, ranks in sorted(by_split.items()):
         runs = "; ".join(f"{config} ({len(r)} run{'s' if len(r) > 1 else ''})" for config, r in ranks.items())
@@ -272,11 +284,11 @@ def _ranks(content: Any, path: Path, run: RunRow) -> dict:
 
 
 def _parities(groups: list[Group], artifacts: Artifacts, report: Report) -> None:
-    """One figure per configuration and split of the qa task: predicted against true per numeric property."""
+    """One figure per configuration and split: predicted against true per numeric task of ``answers-<split>.jsonl``
+    (records with ``value`` and ``target``, which the task that wrote them parsed)."""
     for group in groups:
-        runs = [r for r in group.runs if r.identity.get("task") == "qa"]
         by_split: dict[str, dict[str, plots.Parity]] = {}
-        for run in runs:
+        for run in group.runs:
             for split, path in artifacts.find(run, ANSWERS).items():
                 parse_answers(path, run, by_split.setdefault(split, {}))
         for split, properties in sorted(by_split.items()):
@@ -285,9 +297,9 @@ def _parities(groups: list[Group], artifacts: Artifacts, report: Report) -> None
             unparsed = sum(p.unparsed for p in properties.values())
             total = unparsed + sum(len(p.true) for p in properties.values())
             caption = (
-                f"{group.label}, {split}: numeric answers of answers-{split}.jsonl parsed with the qa task's "
-                f"parser (molbridge.plugins.tasks.numbers.parse_number); {unparsed} of {total} answers "
-                f"held no number and are left out. Runs: {runs_caption([group])}."
+                f"{group.label}, {split}: numeric answers of answers-{split}.jsonl as the task parsed them "
+                f"(value against target); {unparsed} of {total} answers held no number and are left out. "
+                f"Runs: {runs_caption([group])}."
             )
             fig = plots.parity_plot(properties, f"{group.label}: predicted vs true ({split})", caption)
             report.add(
@@ -299,29 +311,25 @@ def _parities(groups: list[Group], artifacts: Artifacts, report: Report) -> None
 
 
 def parse_answers(path: Path, run: RunRow, into: dict[str, plots.Parity]) -> None:
-    """Add the numeric answers of one ``answers-<split>.jsonl`` to ``into`` (by property): an answer
-    without a number is counted as unparsed; a reference without one is an error naming the line."""
-    from molbridge.plugins.tasks.numbers import parse_number
-    from molbridge.plugins.tasks.qa import DESCRIPTIVE
-
+    """Add the numeric answers of one ``answers-<split>.jsonl`` to ``into`` (by ``task``): records with a
+    ``target`` are numeric; a null ``value`` counts as unparsed; a null ``target`` is an error naming the line.
+    Records without ``target`` (text answers, or artifacts of older runs) are not drawn."""
     seed = run.identity.get("seed", "")
     for number, record in _jsonl(path, run):
-        prop = record["task"]
-        if prop in DESCRIPTIVE:
+        if "target" not in record:
             continue
-        truth = parse_number(record["reference"])
-        if truth is None:
+        truth, answer = record["target"], record.get("value")
+        if not isinstance(truth, int | float):
             raise MolbridgeError(
                 f"{path.name} of run {run.name} ({run.run_id}), line {number}: the reference "
-                f"{record['reference']!r} holds no number"
+                f"{record.get('reference')!r} holds no number"
             )
-        entry = into.setdefault(prop, plots.Parity([], [], []))
-        answer = parse_number(record["answer"])
-        if answer is None:
+        entry = into.setdefault(record["task"], plots.Parity([], [], []))
+        if not isinstance(answer, int | float):
             entry.unparsed += 1
         else:
-            entry.true.append(truth)
-            entry.predicted.append(answer)
+            entry.true.append(float(truth))
+            entry.predicted.append(float(answer))
             entry.seeds.append(seed)
 
 

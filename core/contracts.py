@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from torch import Tensor, nn
@@ -69,10 +69,13 @@ class Encoder(nn.Module, ABC):
 
 
 class Projector(nn.Module, ABC):
-    """Maps encoder outputs to ``num_tokens`` soft tokens of width ``output_dim``.
+    """Maps encoder outputs to ``num_tokens`` soft tokens of width ``output_dim``: that is all a projector must do.
 
     Factory: ``factory(config, input_dim=encoder.output_dim) -> Projector``.
     Must mask encoder padding: the tokens of a molecule do not change with the batch's padding.
+    Stage 1 (retrieval) wraps any projector in a text side of its own (a BERT text tower and the stage-1
+    heads, reading the soft tokens as a prefix); a projector that has a text side of its own (the Q-Former's
+    BERT shares self-attention between queries and text) implements :class:`TextSide` too.
     """
 
     num_tokens: int
@@ -81,6 +84,60 @@ class Projector(nn.Module, ABC):
     @abstractmethod
     def forward(self, encoded: EncoderOutput) -> Tensor:
         """(B, num_tokens, output_dim) soft tokens."""
+
+
+@runtime_checkable
+class TextSide(Protocol):
+    """What stage 1's losses need besides soft tokens: a text tower and the molecule-text heads.
+
+    Implemented by the retrieval task's default text side around any projector, and by projectors that
+    supply their own (``qformer``, ``linear``). Features are L2-normalised; molecule features are (B, P, E)
+    (P soft tokens), text features (B, E); similarity is the max over P (BLIP-2).
+    """
+
+    hidden_size: int
+    text_pooling: str
+
+    def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Token ids and attention mask (1 = real token), padded to the longest text and truncated."""
+
+    def pooled_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, H) summary of each text by the text tower, before the contrastive projection."""
+
+    def project_text(self, pooled: Tensor) -> Tensor:
+        """(B, H) pooled text -> (B, E) normalised contrastive features."""
+
+    def text_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, E) normalised contrastive text features (``project_text(pooled_text(...))``)."""
+
+    def molecule_features(self, encoded: EncoderOutput) -> Tensor:
+        """(B, P, E) normalised contrastive molecule features."""
+
+    def match_logits(self, encoded: EncoderOutput, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, 2) no-match / match logits of molecule i with text i."""
+
+    def caption_loss(self, encoded: EncoderOutput, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Scalar next-token loss of the text decoded from the molecule."""
+
+    def text_tower_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the text tower that a locked tower freezes."""
+
+    def freeze_heads(self, matching: bool, captioning: bool) -> None:
+        """Freeze the matching / captioning head when its loss is off (DDP rejects parameters without gradient)."""
+
+
+@dataclass
+class Components:
+    """The components a recipe names, built by core in the order each needs the previous one's width
+    (``encoder`` -> ``projector(input_dim=encoder.output_dim)`` -> ``llm(input_dim=projector.output_dim)``);
+    a section the recipe lacks is None. Tasks receive them in :meth:`Task.build_model`."""
+
+    encoder: Encoder | None = None
+    projector: Projector | None = None
+    llm: LanguageModel | None = None
+
+    def items(self) -> list[tuple[str, nn.Module]]:
+        return [(kind, part) for kind in ("encoder", "projector", "llm") if (part := getattr(self, kind)) is not None]
 
 
 class LanguageModel(nn.Module, ABC):
@@ -132,17 +189,21 @@ class StepOutput:
 class Task(ABC):
     """A task owns its datasets, its model assembly, its training step and its metrics.
 
-    Factory: ``factory(config, recipe=recipe, registry=registry) -> Task`` where ``config`` is the
-    recipe's ``task`` section and ``recipe`` the whole validated recipe (to build the components
-    named in its ``encoder``/``projector``/``llm`` sections through ``registry.build``).
+    Factory: ``factory(config, recipe=recipe, registry=registry) -> Task`` where ``config`` is the recipe's
+    ``task`` section and ``recipe`` the whole validated recipe. Construction must be cheap: load data in
+    :meth:`datasets` (``bench ask`` and ``bench recipes validate`` build tasks without training them).
+    Components come from core, already built, in :meth:`build_model`.
     """
 
     #: The metric that picks the best checkpoint, and whether higher is better.
     monitor: ClassVar[tuple[str, Literal["max", "min"]]] = ("loss", "min")
+    #: Metric patterns ``bench compare --plots`` draws as bars by default (empty: the monitored metric).
+    report_metrics: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
-    def build_model(self) -> nn.Module:
-        """The model to train (frozen parts included; the recipe's ``train.trainable`` selects)."""
+    def build_model(self, components: Components) -> nn.Module:
+        """The model to train from the recipe's components (frozen parts included; ``train.trainable``
+        selects). It must run ``components``' modules, not copies: core checks their contracts."""
 
     @classmethod
     def assemble(
@@ -167,7 +228,16 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(self, model: nn.Module, fabric: Fabric, split: str) -> dict[str, float]:
-        """Metrics on one split, deterministic (no random cropping or conformer choice)."""
+        """Metrics on one split, deterministic (no random cropping or conformer choice). Under DDP every rank
+        calls it; a task shards the work with :func:`molbridge.core.distributed.shard` and gathers the results,
+        so every rank returns the metrics a single process would."""
+
+    def answer(
+        self, model: nn.Module, fabric: Fabric, samples: Sequence[Mapping[str, Any]], **generation: Any
+    ) -> list[str]:
+        """Answers to the ``INSTRUCTION`` of each sample (a molecule item plus the question), for ``bench ask``.
+        Optional: tasks without a language model do not answer."""
+        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """Facts about how results were obtained (dataset, split, sizes), logged with the run."""
@@ -175,5 +245,10 @@ class Task(ABC):
 
     def write_outputs(self, folder: Path) -> list[Path]:
         """Files of the last :meth:`evaluate` worth keeping beside ``metrics.json`` (e.g. generated answers),
-        written into ``folder``; they are logged to MLflow as artifacts. Returns their paths."""
+        written into ``folder``; they are logged to MLflow as artifacts. Returns their paths.
+
+        Two artifact formats are understood by ``bench compare --plots`` whatever the task: ``ranks-SPLIT.json``
+        (``{"model": {"m2t": [...], "t2m": [...]}, "baseline": ...}``, 0-based full-set ranks: Recall@k
+        curves) and ``answers-SPLIT.jsonl`` records with numeric ``value`` and ``target`` fields (parity
+        plots per ``task``)."""
         return []

@@ -32,6 +32,10 @@ class CheckpointError(MolbridgeError):
     """A checkpoint is missing, corrupt or does not match the model it is loaded into."""
 
 
+class ContractError(MolbridgeError):
+    """A plugin's component broke its contract (shapes, dtypes, mask convention); the message names the plugin."""
+
+
 class NonFiniteLossError(MolbridgeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
 

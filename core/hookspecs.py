@@ -9,6 +9,10 @@ See :mod:`molbridge.core.registry` for what ``register`` accepts and what a fact
 import pluggy
 
 PROJECT_NAME = "molbridge"
+#: The hook API: the hooks below and the contracts of molbridge.core.contracts. A plugin declares the version
+#: it was written for with a module attribute ``molbridge_hook_api = 2``; another number is refused at load.
+#: 2: tasks receive built components (``Task.build_model(components)``); a projector only needs ``forward``.
+HOOK_API_VERSION = 2
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)

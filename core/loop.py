@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from molbridge.core import batch as keys
 from molbridge.core import checkpoint
-from molbridge.core.errors import MolbridgeError, NonFiniteLossError, RecipeError
+from molbridge.core.contracts import StepOutput
+from molbridge.core.errors import ContractError, MolbridgeError, NonFiniteLossError, RecipeError
 
 if TYPE_CHECKING:
     from lightning_fabric import Fabric
@@ -243,16 +244,22 @@ class Loop:
         self.best: dict[str, Any] | None = None
         self.last_checkpoint: Path | None = None
         self.init_report: dict[str, Any] | None = None  # what train.init_from loaded
+        self.trust_pickle = False
+        self._step_checked = False
         self.history: list[dict[str, float]] = []
 
     def request_stop(self) -> None:
         self.stop_requested = True
 
     # -- setup -----------------------------------------------------------------------------------------
-    def setup(self, model: nn.Module, resume_from: Path | None) -> None:
+    def setup(
+        self, model: nn.Module, resume_from: Path | None, init_from: Path | None = None, trust_pickle: bool = False
+    ) -> None:
+        """``init_from``: a state file to start from (resolved by the runner from ``train.init_from``)."""
         fabric, train = self.fabric, self.train
-        if train.init_from and resume_from is None:  # resuming restores this run's own weights instead
-            self.init_report = checkpoint.init_weights(model, train.init_from)
+        self.trust_pickle = trust_pickle
+        if init_from is not None and resume_from is None:  # resuming restores this run's own weights instead
+            self.init_report = checkpoint.init_weights(model, init_from)
             if fabric.is_global_zero:
                 log.info(
                     "initialised %d tensors from %s; new: %s",
@@ -293,7 +300,7 @@ class Loop:
 
     def _restore(self, folder: Path) -> None:
         state = self._state()
-        checkpoint.load(self.fabric, folder, state)
+        checkpoint.load(self.fabric, folder, state, trust_pickle=self.trust_pickle)
         self.step, self.best, self.last_checkpoint = state["step"], state["best"], folder
         if self.fabric.is_global_zero:
             log.info("resumed from %s (step %d)", folder, self.step)
@@ -329,8 +336,23 @@ class Loop:
         with self.fabric.no_backward_sync(self.model, enabled=not last):
             with self.fabric.autocast():  # also covers tasks that call submodules, not only forward()
                 out = self.task.training_step(self.model, batch)
+            if not self._step_checked:
+                self._check_step_output(out)
             self.fabric.backward(out.loss / self.train.grad_accum)
         return {"loss": out.loss.detach()} | {k: torch.as_tensor(v).detach() for k, v in out.logs.items()}
+
+    def _check_step_output(self, out: Any) -> None:
+        """The task contract on the first micro-step: a StepOutput whose loss is a scalar tensor with a graph."""
+        name = f"task '{self.recipe.task.name}'"
+        if not isinstance(out, StepOutput):
+            raise ContractError(f"{name}: training_step must return StepOutput, got {type(out).__name__}")
+        loss = out.loss
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ContractError(f"{name}: training_step's loss must be a 0-dim tensor, got {shape}")
+        if not loss.requires_grad:
+            raise ContractError(f"{name}: training_step's loss has no gradient (computed under no_grad or detached?)")
+        self._step_checked = True
 
     def _agree(self, flag: bool) -> bool:
         """True if ``flag`` is set on any rank (all ranks take the same branch)."""
@@ -461,6 +483,8 @@ def fit(
     output_dir: Path,
     *,
     resume_from: Path | None = None,
+    init_from: Path | None = None,
+    trust_pickle: bool = False,
     callbacks: Sequence[Callback] = (),
     log_metrics: Callable[[Mapping[str, float], int], None] | None = None,
 ) -> tuple[FitResult, Loop]:
@@ -472,5 +496,5 @@ def fit(
     DDP synchronises gradients only for computations that went through it.
     """
     loop = Loop(fabric, task, recipe, output_dir, callbacks, log_metrics)
-    loop.setup(model, resume_from)
+    loop.setup(model, resume_from, init_from, trust_pickle)
     return loop.run(), loop

@@ -26,6 +26,36 @@ from molbridge.core.errors import RecipeError, suggest, unknown_name
 from molbridge.core.registry import KINDS, ComponentConfig, Registry
 
 PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
+BOUNDS = {
+    "ge": (">=", lambda v, b: v >= b),
+    "gt": (">", lambda v, b: v > b),
+    "le": ("<=", lambda v, b: v <= b),
+    "lt": ("<", lambda v, b: v < b),
+}
+
+
+def bounded(default: Any = dataclasses.MISSING, *, ge=None, gt=None, le=None, lt=None, choices=None, **kwargs) -> Any:
+    """A dataclass field with a valid range (and optionally choices) that recipe validation enforces.
+
+    ``lr: float = bounded(1e-4, gt=0)``; ``dropout: float = bounded(0.1, ge=0, le=1)``. ``None`` values of
+    optional fields are always accepted. Relations between fields belong in a schema method
+    ``problems(self) -> list[str]``, which validation calls on the merged section.
+    """
+    limits = {name: bound for name, bound in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if bound is not None}
+    metadata = dict(kwargs.pop("metadata", {})) | ({"bounds": limits} if limits else {})
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if default is not dataclasses.MISSING and "default_factory" not in kwargs:
+        kwargs["default"] = default
+    return field(metadata=metadata, **kwargs)
+
+
+def out_of_bounds(value: Any, limits: dict[str, Any]) -> str | None:
+    """``'must be >= 1'`` when ``value`` breaks a limit of :func:`bounded`, else None."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    broken = [f"{BOUNDS[name][0]} {bound}" for name, bound in limits.items() if not BOUNDS[name][1](value, bound)]
+    return f"{value} is out of range: must be {' and '.join(broken)}" if broken else None
 
 
 @dataclass
@@ -34,15 +64,15 @@ class DataConfig:
     """A packaged dataset name or a directory written by ``bench data prepare``."""
     split: str = field(default="scaffold", metadata={"choices": ("scaffold", "random")})
     """Which stored split to train and evaluate on."""
-    batch_size: int = 32
+    batch_size: int = bounded(32, ge=1)
     """Molecules per optimizer micro-step and per process."""
-    eval_batch_size: int = 64
+    eval_batch_size: int = bounded(64, ge=1)
     """Molecules per evaluation batch (64 is the paper's in-batch retrieval size)."""
-    num_workers: int = 0
+    num_workers: int = bounded(0, ge=0)
     """Data-loader worker processes."""
-    limit: int | None = None
+    limit: int | None = bounded(None, ge=1)
     """Use only the first N training molecules (quick experiments); evaluation splits are untouched."""
-    eval_limit: int | None = None
+    eval_limit: int | None = bounded(None, ge=1)
     """Evaluate on only the first N molecules of each evaluation split (smoke tests; not for results)."""
     augment: bool = True
     """Training draws a seeded random conformer per molecule and epoch; evaluation always uses conformer 0."""
@@ -50,31 +80,31 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000
+    max_steps: int = bounded(1000, ge=1)
     """Optimizer steps (each of ``grad_accum`` micro-batches)."""
-    lr: float = 1e-4
+    lr: float = bounded(1e-4, gt=0)
     """Peak learning rate (AdamW)."""
-    min_lr: float = 5e-6
+    min_lr: float = bounded(5e-6, ge=0)
     """Learning rate at the end of the cosine schedule."""
-    warmup_steps: int = 0
+    warmup_steps: int = bounded(0, ge=0)
     """Linear warm-up steps from 0 to ``lr``."""
-    weight_decay: float = 0.05
+    weight_decay: float = bounded(0.05, ge=0)
     """AdamW weight decay (not applied to biases and norms)."""
-    grad_accum: int = 1
+    grad_accum: int = bounded(1, ge=1)
     """Micro-batches per optimizer step; gradients are synchronised on the last one only."""
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = bounded(1.0, gt=0)
     """Clip the gradient norm to this value; null disables clipping."""
     trainable: list[str] = field(default_factory=lambda: ["*"])
     """Glob patterns over parameter names that train; every other parameter is frozen."""
     frozen: list[str] = field(default_factory=list)
     """Glob patterns frozen even when ``trainable`` matches them."""
-    eval_every: int = 0
+    eval_every: int = bounded(0, ge=0)
     """Evaluate on the validation split every N steps (0: at the end only)."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = bounded(0, ge=0)
     """Save a checkpoint every N steps (0: at the end only)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = bounded(2, ge=1)
     """Periodic checkpoints to keep (the best and the last are always kept)."""
-    log_every: int = 10
+    log_every: int = bounded(10, ge=0)
     """Log training scalars every N steps."""
     resume: str = "auto"
     """``auto`` (latest checkpoint in the output directory, if any), ``never``, or a checkpoint path."""
@@ -90,9 +120,17 @@ class TrainConfig:
     """cpu, cuda, auto."""
     devices: Any = 1
     """Devices per node (an int, or "auto")."""
-    num_nodes: int = 1
+    num_nodes: int = bounded(1, ge=1)
     deterministic: bool = True
     """Use deterministic algorithms (exact resume on CPU); turn off for speed on GPU."""
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.warmup_steps and self.warmup_steps >= self.max_steps:
+            found.append(f"train.warmup_steps={self.warmup_steps} must be < train.max_steps={self.max_steps}")
+        if self.min_lr > self.lr:
+            found.append(f"train.min_lr={self.min_lr} must be <= train.lr={self.lr}")
+        return found
 
 
 @dataclass
@@ -290,6 +328,19 @@ def _check_section(schema: type, data: Any, path: str, origin: dict[str, str], p
                 f"{dotted} ({_where(dotted, origin)}): '{value}' is not one of {', '.join(choices)}"
                 f"{suggest(str(value), choices)}"
             )
+        broken = out_of_bounds(value, fields[key].metadata.get("bounds", {}))
+        if broken:
+            problems.append(f"{dotted} ({_where(dotted, origin)}): {broken}")
+
+
+def _relation_problems(section: DictConfig, origin: dict[str, str], path: str) -> list[str]:
+    """What the section schema's ``problems()`` says about the merged values (e.g. warm-up < steps)."""
+    instance = OmegaConf.to_object(section)
+    check = getattr(instance, "problems", None)
+    if not callable(check):
+        return []
+    where = _where(path, origin)
+    return [problem if where == "defaults" else f"{problem} ({where})" for problem in check()]
 
 
 def _component_schema(kind: str, section: Any, registry: Registry, origin: dict[str, str], problems: list[str]) -> type:
@@ -334,6 +385,10 @@ def validate(
     missing = sorted(OmegaConf.missing_keys(recipe))
     if missing:
         raise RecipeError(source, [f"{key}: required value missing" for key in missing])
+    for path in ("data", "train", *schemas):
+        problems += _relation_problems(recipe[path], origin, path)
+    if problems:
+        raise RecipeError(source, problems)
     OmegaConf.set_struct(recipe, True)
     return recipe
 
@@ -374,29 +429,3 @@ def flatten(recipe: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
 
 def to_yaml(recipe: DictConfig) -> str:
     return OmegaConf.to_yaml(recipe, resolve=True)
-
-
-# --- names shared by tracking and output folders -------------------------------------------------
-
-
-def _component_name(recipe: DictConfig, kind: str) -> str:
-    section = recipe.get(kind)
-    return section.name if section is not None else "none"
-
-
-def experiment_name(recipe: DictConfig) -> str:
-    """One MLflow experiment per task and dataset, unless the recipe names one."""
-    return recipe.tracking.experiment or f"{recipe.task.name}-{recipe.data.name}"
-
-
-def run_name(recipe: DictConfig) -> str:
-    """Deterministic: ``{encoder}-{projector}-{llm}-s{seed}``, unless the recipe names one."""
-    if recipe.tracking.run_name:
-        return recipe.tracking.run_name
-    parts = [_component_name(recipe, kind) for kind in ("encoder", "projector", "llm")]
-    return "-".join(parts + [f"s{recipe.seed}"])
-
-
-def output_dir(recipe: DictConfig) -> Path:
-    """Checkpoints and metrics.json: ``output_dir`` or ``runs/{experiment}/{run_name}``."""
-    return Path(recipe.output_dir or Path("runs") / experiment_name(recipe) / run_name(recipe))

@@ -47,6 +47,11 @@ class Component:
 @dataclass
 class Registry:
     components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    contested: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(kind, name) registered by two plugins -> the message saying how to choose; using it is an error."""
+
+    def contest(self, kind: str, name: str, message: str) -> None:
+        self.contested[(kind, name)] = message
 
     def add(self, component: Component) -> None:
         existing = self.components[component.kind].get(component.name)
@@ -61,6 +66,8 @@ class Registry:
     def get(self, kind: str, name: str) -> Component:
         if kind not in KINDS:
             raise unknown_name("component kind", kind, KINDS)
+        if (kind, name) in self.contested:
+            raise PluginError(self.contested[(kind, name)])
         try:
             return self.components[kind][name]
         except KeyError:
@@ -87,3 +94,32 @@ def make_register(registry: Registry, kind: str, plugin: str, distribution: str 
         registry.add(Component(kind, name, factory, schema, description, plugin, distribution, version))
 
     return register
+
+
+def build_components(recipe: Any, registry: Registry) -> Any:
+    """The recipe's encoder, projector and LLM, each built with the width of the one before it.
+
+    A projector needs an encoder and an LLM a projector (their ``input_dim``); a section without the one
+    it reads from is a recipe error naming both.
+    """
+    from molbridge.core.contracts import Components
+    from molbridge.core.errors import RecipeError
+
+    sections = {kind: recipe.get(kind) for kind in ("encoder", "projector", "llm")}
+    needs = {"projector": "encoder", "llm": "projector"}
+    problems = [
+        f"{kind}: '{sections[kind].name}' reads the output of a {needs[kind]}, "
+        f"but the recipe has no {needs[kind]} section"
+        for kind in needs
+        if sections[kind] is not None and sections[needs[kind]] is None
+    ]
+    if problems:
+        raise RecipeError(str(recipe.get("recipe", "recipe")), problems)
+    built = Components()
+    if sections["encoder"] is not None:
+        built.encoder = registry.build("encoder", sections["encoder"])
+    if sections["projector"] is not None:
+        built.projector = registry.build("projector", sections["projector"], input_dim=built.encoder.output_dim)
+    if sections["llm"] is not None:
+        built.llm = registry.build("llm", sections["llm"], input_dim=built.projector.output_dim)
+    return built

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from molbridge.core.errors import MolbridgeError
+from molbridge.core.identity import is_stage_reference
 from molbridge.core.loop import apply_freezing
 from molbridge.core.registry import Registry
 
@@ -136,35 +137,20 @@ def _projector_section(section: DictConfig, scratch: Path, notes: list[str]) -> 
     return _clear_weights("projector", section, notes)
 
 
-def _build_llm(section: DictConfig, registry: Registry, input_dim: int, notes: list[str]) -> tuple[nn.Module, int]:
-    """(LLM as the plugin wraps it, base LLM parameters), on the meta device; caller holds the meta context."""
-    from molbridge.plugins.llms.base import CausalLMConfig, SoftPromptLM, as_config
-    from molbridge.plugins.llms.sizing import LLAMA2_7B, meta_llama
+def _build_llm(
+    section: DictConfig, registry: Registry, input_dim: int, notes: list[str]
+) -> tuple[nn.Module, int | None]:
+    """(LLM as the plugin wraps it, base LLM parameters or None), on the meta device; caller holds the meta context.
 
-    schema = registry.get("llm", section.name).config_schema
-    if not issubclass(schema, CausalLMConfig):
-        raise NotImplementedError(f"llm '{section.name}' is not a SoftPromptLM plugin")
-    config = as_config(section, schema)
-    if config.path is None:
-        from molbridge.plugins.llms.demo import DEMO_NAME, demo_model_path
-
-        folder = demo_model_path()
-        notes.append(f"llm.path null: {DEMO_NAME} (the offline demo model)")
-    else:
-        folder = Path(config.path).expanduser()
-        if not (folder / "config.json").is_file():
-            notes.append(
-                f"llm.path {config.path}: NOT FOUND on this machine; sized as Llama-2-7B's shape "
-                "(plugins/llms/sizing.py LLAMA2_7B)"
-            )
-            return meta_llama(config, input_dim, LLAMA2_7B)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True))
-    base = sum(p.numel() for p in model.parameters())
-    notes.append(f"llm: shape from {folder}/config.json; weights not loaded")
-    return SoftPromptLM(config, model, tokenizer, input_dim), base
+    An LLM plugin whose factory has ``size_on_meta(section, input_dim, notes) -> (module, base parameters)``
+    sizes itself (e.g. from a model folder's config, or a known shape when the folder is not here); any other
+    is built through its factory on the meta device."""
+    factory = registry.get("llm", section.name).factory
+    size_on_meta = getattr(factory, "size_on_meta", None)
+    if size_on_meta is not None:
+        return size_on_meta(section, input_dim, notes)
+    notes.append(f"llm '{section.name}': built through its factory on the meta device")
+    return registry.build("llm", section, input_dim=input_dim), None
 
 
 def _assemble(
@@ -216,16 +202,17 @@ def size_recipe(recipe: DictConfig, registry: Registry) -> Sizing:
             )
         with torch.device("meta"):
             if recipe.get("llm") is not None and parts["projector"] is not None:
-                try:
-                    parts["llm"], llm_base = _build_llm(
-                        _plain(recipe.llm), registry, parts["projector"].output_dim, notes
-                    )
-                except NotImplementedError as exc:
-                    notes.append(f"{exc}: the LLM is not sized")
+                parts["llm"], llm_base = _build_llm(_plain(recipe.llm), registry, parts["projector"].output_dim, notes)
             model = _assemble(recipe, registry, parts, notes)
     apply_freezing(model, recipe.train.trainable, recipe.train.frozen, recipe.recipe)
-    if recipe.train.init_from and not Path(recipe.train.init_from).exists():
-        notes.append(f"train.init_from {recipe.train.init_from}: not there yet (run the previous stage first)")
+    spec = recipe.train.init_from
+    if spec and is_stage_reference(spec):
+        notes.append(
+            f"train.init_from {spec}: the completed run of that recipe with this run's components, data and "
+            "seed, found when the run starts"
+        )
+    elif spec and not Path(spec).exists():
+        notes.append(f"train.init_from {spec}: not there yet (run the previous stage first)")
     return Sizing(_rows(model, recipe), notes, llm_base)
 
 

@@ -2,8 +2,10 @@
 
 A sweep is a base recipe, fixed overrides, a grid and seeds. Every configuration is validated before
 anything runs, and all problems are reported at once. Children then run one after another in this
-process through :func:`molbridge.core.runner.run`, each in its own folder ``ROOT/sweep-NAME/CONFIG-sSEED``,
-so running the same sweep again skips finished children, resumes an interrupted one from its checkpoint
+process through :func:`molbridge.core.runner.run`, each under the identity ``bench run`` would give it
+(:mod:`molbridge.core.identity`: components, seed and the hash of every setting that differs from the task's
+packaged recipe) in the folder ``ROOT/sweep-NAME/{run name}``, so two grid points never share a folder or
+a run, running the same sweep again skips finished children, resumes an interrupted one from its checkpoint
 and reuses the parent run. A child that raises is recorded as failed (in MLflow and ``sweep.json``)
 and the others go on.
 
@@ -40,7 +42,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from molbridge.core import tracking
 from molbridge.core.errors import MolbridgeError, RecipeError, suggest
-from molbridge.core.recipe import experiment_name, load_recipe
+from molbridge.core.identity import experiment_name, identify
+from molbridge.core.recipe import load_recipe
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +54,11 @@ RESERVED = {
     "seed": "use seeds",
     "task": "a sweep runs one task",
     "output_dir": "the sweep sets each child's",
-    "tracking.run_name": "the sweep names each child",
+    "tracking.run_name": "each child is named by its identity",
 }
 SWEEP_FILE = "sweep.json"
 CHILD_FILE = "sweep_child.json"
 FOLDER_NAME = re.compile(r"[A-Za-z0-9_.+=-]+")
-MAX_TAG_LENGTH = 5000  # MLflow accepts 8000 characters in a tag value
 
 
 class SweepError(MolbridgeError):
@@ -221,7 +223,7 @@ def plan(sweep: Sweep, registry, root: str | Path = "runs") -> list[Child]:
         where = "every configuration" if len(configs) == len(configurations) > 1 else ", ".join(configs)
         problems.append(f"{problem} [in {where}]")
     if children and not problems:
-        problems += _consistency_problems(children)
+        problems += _definition_problems(sweep, root) + _consistency_problems(children)
     if problems:
         raise SweepError(sweep.source if sweep.source != "command line" else sweep.name, problems)
     return children
@@ -300,23 +302,14 @@ def _child(sweep: Sweep, registry, root, label: str, assignment: dict[str, Any],
                 f"runs its children in this process; run multi-device jobs with bench run"
             ],
         )
-    output_dir = sweep_dir(root, sweep.name) / f"{label}-s{recipe.seed}"
+    output_dir = sweep_dir(root, sweep.name) / identify(recipe, registry).name
     OmegaConf.update(recipe, "output_dir", str(output_dir))
-    OmegaConf.update(recipe, "tracking.run_name", _run_name(recipe, assignment))
     definition = {"sweep": sweep.name, "recipe": sweep.base, "components": components, "overrides": overrides}
     return Child(label, int(recipe.seed), assignment, recipe, output_dir, definition)
 
 
-def _run_name(recipe: DictConfig, assignment: Mapping[str, Any]) -> str:
-    """``{encoder}-{projector}-{llm}`` as for ``bench run``, then the other grid values, then ``-s{seed}``."""
-    names = [recipe[kind].name if recipe.get(kind) is not None else "none" for kind in COMPONENTS]
-    others = {key: value for key, value in assignment.items() if key not in COMPONENTS}
-    extra = _label(others) if others else ""
-    return "-".join(names + ([extra] if extra else []) + [f"s{recipe.seed}"])
-
-
 def _consistency_problems(children: list[Child]) -> list[str]:
-    problems = []
+    problems = _same_run_problems(children)
     stores = {(c.recipe.tracking.enabled, tracking_uri_of(c.recipe)) for c in children}
     if len(stores) > 1:
         problems.append(
@@ -331,6 +324,42 @@ def _consistency_problems(children: list[Child]) -> list[str]:
                 f"({_difference(recorded, child.definition)}); give the sweep another name, "
                 f"or delete that folder to redo it"
             )
+    return problems
+
+
+def _definition_problems(sweep: Sweep, root: str | Path) -> list[str]:
+    """A sweep is one definition: rerunning it may add grid values or seeds, but not change its recipe or
+    overrides (its earlier children would then be a different experiment under the same parent run)."""
+    recorded = _read_json(sweep_dir(root, sweep.name) / SWEEP_FILE, strict=False)
+    if not recorded:
+        return []
+    now = {"recipe": sweep.base, "overrides": sweep.overrides}
+    was = {key: recorded.get(key) for key in now}
+    if was == now:
+        return []
+    return [
+        f"sweep {sweep.name} was run with other settings ({_difference(was, now)}); give the sweep another name, "
+        f"or delete {sweep_dir(root, sweep.name)} to redo it"
+    ]
+
+
+def _same_run_problems(children: list[Child]) -> list[str]:
+    """Grid points with one identity would share a folder and a run: each pair is a problem naming the keys that
+    make them differ (settings that do not change a result, so the grid over them measures nothing)."""
+    by_folder: dict[Path, list[Child]] = {}
+    for child in children:
+        by_folder.setdefault(child.output_dir, []).append(child)
+    problems = []
+    for folder, same in by_folder.items():
+        if len(same) > 1:
+            first, *others = same
+            for other in others:
+                keys = sorted(k for k in first.assignment if first.assignment[k] != other.assignment.get(k))
+                problems.append(
+                    f"grid points {first.assignment} and {other.assignment} (seed {first.seed}) are the same run "
+                    f"({folder.name}): {', '.join(keys)} does not change a run's result (see molbridge.core.identity), "
+                    f"so it cannot be a grid key"
+                )
     return problems
 
 
@@ -365,17 +394,17 @@ class ParentRun(NullParent):
     """The sweep's MLflow run; children point at it with MLflow's ``mlflow.parentRunId`` tag."""
 
     def __init__(self, sweep: Sweep, children: list[Child], folder: Path):
-        from mlflow import MlflowClient  # lazy: about a second to import
-
         first = children[0].recipe
-        self.client = MlflowClient(tracking_uri=tracking_uri_of(first))
+        self.uri = tracking_uri_of(first)
+        self.client = tracking.client_for(self.uri)
         self.experiment = experiment_name(first)
         tags = _parent_tags(sweep, children)
         id_file = folder / tracking.RUN_ID_FILE  # as in a run's own folder
         self.run_id = self._reopen(id_file.read_text().strip(), tags) if id_file.is_file() else None
         if self.run_id is None:
-            experiment_id = tracking._experiment_id(self.client, self.experiment)
-            run = self.client.create_run(experiment_id, run_name=f"sweep-{sweep.name}", tags=tags)
+            experiment_id = tracking.experiment_id(self.client, self.experiment, self.uri)
+            with tracking.store_lock(self.uri):
+                run = self.client.create_run(experiment_id, run_name=f"sweep-{sweep.name}", tags=tags)
             self.run_id = run.info.run_id
             id_file.write_text(self.run_id + "\n")
 
@@ -388,8 +417,9 @@ class ParentRun(NullParent):
         except MlflowException:
             log.warning("the sweep's parent run %s is not in this MLflow store; starting a new one", run_id)
             return None
-        self.client.update_run(run_id, status="RUNNING")
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])  # the grid may have grown
+        with tracking.store_lock(self.uri):
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])  # the grid may have grown
         return run_id
 
     def child_tags(self, child: Child, invocation: str) -> dict[str, str]:
@@ -403,26 +433,26 @@ class ParentRun(NullParent):
 
     def record_failure(self, child: Child, invocation: str, error: str, registry) -> str:
         """Tag the failed child's run with its error; create a FAILED run when it failed before opening one."""
-        experiment_id = tracking._experiment_id(self.client, experiment_name(child.recipe))
+        experiment_id = tracking.experiment_id(self.client, experiment_name(child.recipe), self.uri)
         found = self.client.search_runs(
             [experiment_id],
             max_results=1,
             filter_string=(f"tags.`sweep.child` = '{child.key}' and tags.`sweep.invocation` = '{invocation}'"),
         )
-        if found:
-            run_id = found[0].info.run_id
-        else:
-            tags = tracking.run_tags(child.recipe, registry) | self.child_tags(child, invocation)
-            run_id = self.client.create_run(
-                experiment_id, run_name=child.recipe.tracking.run_name, tags=tags
-            ).info.run_id
-        self.client.set_tag(run_id, "error", error[:MAX_TAG_LENGTH])
-        self.client.set_terminated(run_id, status="FAILED")
+        with tracking.store_lock(self.uri):
+            if found:
+                run_id = found[0].info.run_id
+            else:
+                tags = tracking.run_tags(child.recipe, registry) | self.child_tags(child, invocation)
+                run_id = self.client.create_run(experiment_id, run_name=child.output_dir.name, tags=tags).info.run_id
+            self.client.set_tag(run_id, "error", error[: tracking.MAX_TAG_LENGTH])
+            self.client.set_terminated(run_id, status="FAILED")
         return run_id
 
     def finish(self, status: str, summary_file: Path) -> None:
-        self.client.log_artifact(self.run_id, str(summary_file))
-        self.client.set_terminated(self.run_id, status=status)
+        with tracking.store_lock(self.uri):
+            self.client.log_artifact(self.run_id, str(summary_file))
+            self.client.set_terminated(self.run_id, status=status)
 
 
 def _parent_tags(sweep: Sweep, children: list[Child]) -> dict[str, str]:
@@ -565,10 +595,7 @@ def reproduce_command(child: Child) -> str:
     """The ``bench run`` command line that runs this child alone."""
     words = ["bench", "run", child.recipe.task.name, "--recipe", child.definition["recipe"]]
     words += [word for kind, name in child.definition["components"].items() for word in (f"--{kind}", name)]
-    words += child.definition["overrides"] + [
-        f"output_dir={child.output_dir}",
-        f"tracking.run_name={child.recipe.tracking.run_name}",
-    ]
+    words += child.definition["overrides"] + [f"output_dir={child.output_dir}"]
     return shlex.join(words)
 
 

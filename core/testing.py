@@ -1,21 +1,37 @@
-"""Contract checks for plugin authors: run them against your own encoder or projector.
+"""Contract checks: what every encoder, projector, LLM and task must satisfy, for plugin authors and at run time.
 
-    from molbridge.core.testing import check_encoder, check_projector, example_molecules
-    check_encoder(MyEncoder(config), example_molecules())
+Plugin authors run them in their own tests (``bench plugins --check`` runs them on every installed
+component)::
+
+    from molbridge.core.testing import check_encoder, check_projector, check_llm, check_task
+    check_encoder(MyEncoder(config))                           # shapes, masks, invariances, on real molecules
     check_projector(MyProjector(config, input_dim=64), input_dim=64)
+    check_llm(my_llm, input_dim=64)                            # prompts, labels, a loss, generation
+    check_task("my-task", overrides=["data.limit=8"])          # datasets, a training step, evaluation
 
-Each check raises AssertionError with a message saying which property failed and by how much.
+Each raises AssertionError saying which property failed and by how much. Every ``bench run`` also checks
+its encoder, projector and LLM on the first molecules of its training set before training
+(:func:`check_run_contracts`), so a component that returns an inverted mask or a transposed output fails at
+once with a :class:`~molbridge.core.errors.ContractError` naming its plugin and distribution.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from molbridge.core.contracts import Encoder, EncoderOutput, Projector
+from molbridge.core import batch as keys
+from molbridge.core.contracts import Components, Encoder, EncoderOutput, Projector
+from molbridge.core.errors import ContractError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from molbridge.core.registry import Registry
 
 Molecule = tuple[np.ndarray, np.ndarray]  # atomic numbers (N,), positions (N, 3) in angstrom
 
@@ -39,9 +55,14 @@ def example_molecules(smiles: Sequence[str] = EXAMPLE_SMILES, seed: int = 0) -> 
     return molecules
 
 
-def _encode(encoder: Encoder, molecules: Sequence[Molecule]) -> EncoderOutput:
+def _encode(encoder: Encoder, molecules: Sequence[Molecule | Mapping[str, Any]], device: Any = None) -> EncoderOutput:
+    """Encode (z, positions) molecules or dataset items (through ``featurize_item``) as one batch."""
+    features = [encoder.featurize_item(m) if isinstance(m, Mapping) else encoder.featurize(*m) for m in molecules]
+    inputs = encoder.collate(features)
+    if device is not None:
+        inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
     with torch.no_grad():
-        return encoder(encoder.collate([encoder.featurize(z, pos) for z, pos in molecules]))
+        return encoder(inputs)
 
 
 def _rows(out: EncoderOutput, i: int) -> Tensor:
@@ -60,9 +81,11 @@ def _random_rotation(seed: int) -> np.ndarray:
     return (q if np.linalg.det(q) > 0 else -q).astype(np.float32)
 
 
-def check_encoder_outputs(encoder: Encoder, molecules: Sequence[Molecule]) -> EncoderOutput:
+def check_encoder_outputs(
+    encoder: Encoder, molecules: Sequence[Molecule | Mapping[str, Any]], device: Any = None
+) -> EncoderOutput:
     """Shapes, dtypes, the padding-mask convention and zero rows at padding."""
-    out = _encode(encoder, molecules)
+    out = _encode(encoder, molecules, device)
     b = len(molecules)
     assert isinstance(out, EncoderOutput), f"forward must return EncoderOutput, got {type(out).__name__}"
     assert out.atom_embeddings.dim() == 3 and out.atom_embeddings.shape[0] == b, "atom_embeddings must be (B, N, D)"
@@ -71,8 +94,12 @@ def check_encoder_outputs(encoder: Encoder, molecules: Sequence[Molecule]) -> En
     assert out.padding_mask.shape == out.atom_embeddings.shape[:2], "padding_mask must be (B, N)"
     assert out.pooled.shape == (b, encoder.output_dim), "pooled must be (B, output_dim)"
     assert torch.isfinite(out.atom_embeddings).all() and torch.isfinite(out.pooled).all(), "non-finite outputs"
-    assert (~out.padding_mask).any(1).all(), "every molecule must have at least one non-padding position"
-    assert not out.atom_embeddings[out.padding_mask].any(), "rows at padding positions must be zero"
+    assert (~out.padding_mask).any(1).all(), (
+        "every molecule must have at least one non-padding position (is padding_mask inverted? it is True at padding)"
+    )
+    assert not out.atom_embeddings[out.padding_mask].any(), (
+        "rows at padding positions must be zero (is padding_mask inverted? it is True at padding)"
+    )
     return out
 
 
@@ -84,11 +111,13 @@ def check_rigid_motion_invariance(encoder: Encoder, molecules: Sequence[Molecule
     _close(a.pooled, b.pooled, atol, "pooled output after rotation + translation")
 
 
-def check_padding_invariance(encoder: Encoder, molecules: Sequence[Molecule], atol: float = 1e-5) -> None:
+def check_padding_invariance(
+    encoder: Encoder, molecules: Sequence[Molecule | Mapping[str, Any]], atol: float = 1e-5, device: Any = None
+) -> None:
     """A molecule's outputs are the same alone and in a batch padded to a larger molecule."""
-    together = _encode(encoder, molecules)
+    together = _encode(encoder, molecules, device)
     for i, molecule in enumerate(molecules):
-        alone = _encode(encoder, [molecule])
+        alone = _encode(encoder, [molecule], device)
         _close(_rows(alone, 0), _rows(together, i), atol, f"molecule {i}: atom embeddings alone vs padded batch")
         _close(alone.pooled[0], together.pooled[i], atol, f"molecule {i}: pooled alone vs padded batch")
 
@@ -133,15 +162,178 @@ def synthetic_encoder_output(
 def check_projector(projector: Projector, input_dim: int, atol: float = 1e-5) -> None:
     """Output shape (B, num_tokens, output_dim), finite, and independent of the encoder's padding."""
     projector.eval()
-    sizes = [5, 9, 3]
+    check_projector_on(projector, synthetic_encoder_output([5, 9, 3], input_dim), atol)
+
+
+def _repadded(encoded: EncoderOutput, extra: int = 4) -> EncoderOutput:
+    """The same molecules with ``extra`` more padding positions holding garbage that a correct mask ignores."""
+    b, n, d = encoded.atom_embeddings.shape
+    x = encoded.atom_embeddings.new_full((b, n + extra, d), 1e3)
+    mask = torch.ones(b, n + extra, dtype=torch.bool, device=encoded.padding_mask.device)
+    x[:, :n], mask[:, :n] = encoded.atom_embeddings, encoded.padding_mask
+    x[mask] = 1e3
+    return EncoderOutput(atom_embeddings=x, padding_mask=mask, pooled=encoded.pooled)
+
+
+def check_projector_on(projector: Projector, encoded: EncoderOutput, atol: float = 1e-5) -> Tensor:
+    """The projector contract on given encoder outputs: shape, finite, unchanged by extra padding."""
     with torch.no_grad():
-        tight = projector(synthetic_encoder_output(sizes, input_dim))
-        extra = synthetic_encoder_output(sizes, input_dim, pad_to=16)
-        extra.atom_embeddings[:, :9] = synthetic_encoder_output(sizes, input_dim).atom_embeddings
-        extra.atom_embeddings[extra.padding_mask] = 1e3  # garbage a correct mask ignores
-        padded = projector(extra)
-    assert tight.shape == (len(sizes), projector.num_tokens, projector.output_dim), (
-        f"projector output must be (B, num_tokens, output_dim), got {tuple(tight.shape)}"
+        tight, padded = projector(encoded), projector(_repadded(encoded))
+    b = encoded.atom_embeddings.shape[0]
+    assert isinstance(tight, Tensor) and tight.shape == (b, projector.num_tokens, projector.output_dim), (
+        f"projector output must be (B, num_tokens, output_dim) = {(b, projector.num_tokens, projector.output_dim)}, "
+        f"got {tuple(tight.shape) if isinstance(tight, Tensor) else type(tight).__name__}"
     )
     assert torch.isfinite(tight).all(), "projector output has non-finite values"
-    _close(tight, padded, atol, "projector output with extra padding")
+    _close(tight.float(), padded.float(), atol, "projector output with extra padding (is the encoder mask used?)")
+    return tight
+
+
+# --- language models ---------------------------------------------------------------------------------------
+
+
+def check_llm(llm: Any, input_dim: int) -> None:
+    """Prompts carry ``num_mol_tokens`` placeholders, labels cover only the response, a teacher-forced pass gives
+    a finite loss, and generation answers every prompt of a batch."""
+    prompts = [llm.format_prompt("What is the LogP of this molecule?", smiles) for smiles in ("CCO", "c1ccccc1O")]
+    responses = ["The LogP is -0.0014.", "The LogP is 1.39."]
+    batch = llm.tokenize_batch(prompts, responses)
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert ids.shape == labels.shape == batch["attention_mask"].shape, "tokenize_batch: ids, mask and labels differ"
+    placeholders = (ids == llm.tokenizer.convert_tokens_to_ids(llm.mol_token)).sum(1)
+    assert placeholders.tolist() == [llm.num_mol_tokens] * 2, f"each prompt needs {llm.num_mol_tokens} mol tokens"
+    assert ((labels != -100) & (ids == llm.tokenizer.convert_tokens_to_ids(llm.mol_token))).sum() == 0, (
+        "labels must be -100 on the prompt (loss on the response only)"
+    )
+    mol = torch.randn(2, llm.num_mol_tokens, input_dim)
+    llm.eval()
+    with torch.no_grad():
+        out = llm(ids, batch["attention_mask"], mol, labels=labels)
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss), f"the loss must be a finite scalar, got {out.loss}"
+        prompt = llm.tokenize_prompts(prompts)
+        answers = llm.generate(prompt["input_ids"], prompt["attention_mask"], mol, max_new_tokens=4)
+    assert isinstance(answers, list) and len(answers) == 2 and all(isinstance(a, str) for a in answers), (
+        f"generate must return one string per prompt, got {answers!r}"
+    )
+
+
+# --- tasks ---------------------------------------------------------------------------------------------------
+
+
+def check_task(task: str, recipe: str | None = None, overrides: Sequence[str] = (), registry: Registry | None = None):
+    """Build task ``task`` from ``recipe`` (default: its packaged recipe) with ``overrides``, then check it: its
+    datasets have a train split, a batch collates and trains to a finite loss with a gradient, evaluation returns
+    finite floats including the monitored metric. Keep it small with overrides such as ``data.limit=8``."""
+    from molbridge.core.contracts import StepOutput
+    from molbridge.core.plugins import get_registry
+    from molbridge.core.recipe import load_recipe
+    from molbridge.core.registry import build_components
+
+    registry = registry or get_registry()
+    config = load_recipe(recipe or task, list(overrides), registry)
+    built = registry.build("task", config.task, recipe=config, registry=registry)
+    components = build_components(config, registry)
+    model = built.build_model(components)
+    splits = built.datasets()
+    assert "train" in splits and len(splits["train"]) > 0, (
+        f"datasets() needs a non-empty train split, got {list(splits)}"
+    )
+    size = min(len(splits["train"]), int(config.data.batch_size))
+    batch = built.collate([splits["train"][i] for i in range(size)])
+    out = built.training_step(model, batch)
+    assert isinstance(out, StepOutput), f"training_step must return StepOutput, got {type(out).__name__}"
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.loss.requires_grad, f"bad loss {out.loss!r}"
+    out.loss.backward()
+
+    class _Fabric:  # the two members evaluate() may use, on the CPU
+        device = torch.device("cpu")
+        is_global_zero, world_size, global_rank = True, 1, 0
+
+        @staticmethod
+        def to_device(value):
+            return value
+
+        @staticmethod
+        def autocast():
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    split = "valid" if "valid" in splits else "train"
+    metrics = built.evaluate(model, _Fabric(), split)
+    assert isinstance(metrics, dict) and metrics, "evaluate must return a non-empty dict of metrics"
+    assert built.monitor[0] in metrics, f"evaluate must return the monitored metric '{built.monitor[0]}'"
+    assert all(isinstance(v, float | int) for v in metrics.values()), "metric values must be numbers"
+
+
+# --- at run time ---------------------------------------------------------------------------------------------
+
+
+def component_label(registry: Registry, kind: str, name: str) -> str:
+    """``encoder 'x' (plugin 'p', distribution 'd 1.0')``: who to blame for a broken contract."""
+    try:
+        component = registry.get(kind, name)
+    except KeyError:
+        return f"{kind} '{name}'"
+    origin = (
+        f"{component.distribution} {component.version or ''}".strip() if component.distribution else "no distribution"
+    )
+    return f"{kind} '{name}' (plugin '{component.plugin}', distribution {origin})"
+
+
+def check_run_contracts(
+    components: Components,
+    model: torch.nn.Module,
+    task: Any,
+    registry: Registry,
+    recipe: DictConfig,
+    fabric: Any,
+    count: int = 3,
+) -> None:
+    """Cheap checks of the run's components on the first ``count`` molecules of its training set, before
+    training: encoder outputs (shapes, dtypes, the padding mask, zero padding rows, independence from extra
+    padding), projector outputs (shape, finite, independence from extra encoder padding) and that the LLM
+    reads as many soft tokens as the projector makes. Only components the task's model runs are checked (a task
+    may ignore a section). A failure is a ContractError naming the plugin."""
+    used = {id(module) for module in model.modules()}
+    components = Components(
+        *(
+            part if part is not None and id(part) in used else None
+            for part in (components.encoder, components.projector, components.llm)
+        )
+    )
+    if components.encoder is None:
+        return
+    train = task.datasets()["train"]
+    items = [train[i] for i in range(min(count, len(train)))]
+    modules = [m for _, m in components.items()]
+    modes = [m.training for m in modules]
+    low_precision = any(p.dtype in (torch.bfloat16, torch.float16) for m in modules for p in m.parameters())
+    atol = 5e-2 if low_precision else 1e-4
+    for module in modules:
+        module.eval()
+    kind, name = "encoder", recipe.encoder.name
+    try:
+        encoded = check_encoder_outputs(components.encoder, items, fabric.device)
+        check_padding_invariance(components.encoder, items, atol, fabric.device)
+        if components.projector is not None:
+            kind, name = "projector", recipe.projector.name
+            check_projector_on(components.projector, encoded, atol)
+        if components.llm is not None and components.projector is not None:
+            kind, name = "llm", recipe.llm.name
+            tokens = getattr(components.llm, "num_mol_tokens", None)
+            assert tokens == components.projector.num_tokens, (
+                f"reads {tokens} soft tokens per molecule but projector '{recipe.projector.name}' makes "
+                f"{components.projector.num_tokens} (set llm.num_mol_tokens)"
+            )
+    except AssertionError as exc:
+        raise ContractError(f"{component_label(registry, kind, name)} breaks its contract: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a plugin's own crash on real data, named as the plugin's
+        ids = ", ".join(str(item.get(keys.MOL_ID)) for item in items)
+        raise ContractError(
+            f"{component_label(registry, kind, name)} failed on the first molecules ({ids}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        for module, mode in zip(modules, modes, strict=True):
+            module.train(mode)

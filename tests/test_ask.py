@@ -12,13 +12,14 @@ from rdkit.Chem import AllChem
 from safetensors.torch import load_file
 
 from molbridge.core import batch as keys
+from molbridge.core.ask import Asker, from_sdf
 from molbridge.core.checkpoint import RECIPE_FILE, STATE_FILE
 from molbridge.core.cli import main
 from molbridge.core.data import ConformerConfig, MoleculeInput, make_record, open_dataset
 from molbridge.core.plugins import get_registry
 from molbridge.core.recipe import load_recipe, to_yaml
+from molbridge.core.registry import build_components
 from molbridge.plugins.llms.demo import demo_model_path
-from molbridge.plugins.tasks.ask import Asker, from_sdf
 
 # the smallest qa run that trains and checkpoints: one step, numeric answers only (no METEOR to load)
 TINY = [
@@ -56,8 +57,8 @@ def direct(run_dir):
     folder = next((run_dir / "checkpoints").glob("step-*"))
     registry = get_registry()
     recipe = load_recipe(folder / RECIPE_FILE, registry=registry)
-    task = registry.build("task", recipe.task, recipe=recipe, registry=registry, load_data=False)
-    model = task.build_model()
+    task = registry.build("task", recipe.task, recipe=recipe, registry=registry)
+    model = task.build_model(build_components(recipe, registry))
     model.load_state_dict(torch.load(folder / STATE_FILE, weights_only=True)["model"])
     model.eval()
 
@@ -188,8 +189,8 @@ def bad_inputs(run_dir, tmp_path_factory):
         (
             "retrieval",
             ["--smiles", "C"],
-            "step-000001/recipe.yaml: a 'retrieval' run has no language model to answer "
-            "with; bench ask needs a captioning or qa run",
+            "checkpoints/step-000001: a 'retrieval' run cannot answer questions (its task does not implement "
+            "answer(); bench ask needs a run of a task with a language model, e.g. captioning or qa)",
         ),
         ("corrupt", ["--smiles", "C"], "cannot read ...corrupt/state.ckpt: "),
         ("empty", ["--smiles", "C"], "empty: neither a run directory (with checkpoints/) nor a checkpoint folder"),

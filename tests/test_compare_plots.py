@@ -22,6 +22,7 @@ from molbridge.core.cli import main
 from molbridge.core.compare import DEFAULT_METRICS, RunRow, gather_runs, group_runs, render_aggregate
 from molbridge.core.compare_report import baseline_metric, parse_answers, sweep_parent, write_report
 from molbridge.core.errors import MolbridgeError
+from molbridge.plugins.tasks.numbers import parse_number
 
 RETRIEVAL, QA = "retrieval-molbridge-mini", "qa-molbridge-mini"
 CONFIGS = ("unimol-qformer-none", "schnet-linear-none")
@@ -33,6 +34,15 @@ FINAL = {
     ("schnet-linear-none", 1): (0.30, 0.10),
 }
 N_MOLECULES = 10
+
+
+def _parsed(task, reference, answer):
+    """The numbers the qa task writes beside a numeric answer (plugins/tasks/qa.py QATask.parsed)."""
+    if task == "Description":
+        return {}
+    return {"value": parse_number(answer), "target": parse_number(reference)}
+
+
 ANSWERS = [  # (property, reference, answer of seed 0, answer of seed 1)
     ("LogP", "The LogP for the input molecule is 1.20.", "The LogP is 1.5.", "It is 0.9"),
     ("LogP", "The LogP for the input molecule is -0.40.", "I cannot tell.", "The LogP is -0.2."),
@@ -134,6 +144,7 @@ def store(tmp_path_factory):
                     "reference": ref,
                     "answer": answers[seed],
                 }
+                | _parsed(prop, ref, answers[seed])
             )
             for i, (prop, ref, *answers) in enumerate(ANSWERS)
         ]
@@ -345,7 +356,9 @@ def test_parity_plots_leave_out_answers_without_a_number(store, tmp_path):
 
     properties = {}
     path = tmp_path / "answers.jsonl"
-    path.write_text("\n".join(json.dumps({"task": p, "reference": r, "answer": a}) for p, r, a, _ in ANSWERS))
+    path.write_text(
+        "\n".join(json.dumps({"task": p, "reference": r, "answer": a} | _parsed(p, r, a)) for p, r, a, _ in ANSWERS)
+    )
     parse_answers(path, rows[0], properties)
     assert set(properties) == {"LogP", "Molecular Weight"}
     assert (properties["LogP"].true, properties["LogP"].predicted, properties["LogP"].unparsed) == ([1.2], [1.5], 1)
@@ -365,7 +378,9 @@ def test_unreadable_inputs_and_unmatched_patterns_are_named(store, tmp_path, cap
     assert "go with --plots" in capsys.readouterr().err
 
     bad = tmp_path / "answers-test.jsonl"
-    bad.write_text(json.dumps({"task": "LogP", "reference": "unknown", "answer": "1"}) + "\n")
+    bad.write_text(
+        json.dumps({"task": "LogP", "reference": "unknown", "answer": "1", "value": 1.0, "target": None}) + "\n"
+    )
     run = RunRow("r-s0", "id0", QA, "FINISHED", 0, {"seed": "0"})
     with pytest.raises(MolbridgeError, match=r"answers-test.jsonl of run r-s0 \(id0\), line 1: the reference"):
         parse_answers(bad, run, {})

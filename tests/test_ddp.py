@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from molbridge.core import checkpoint
+
 HELPER = Path(__file__).resolve().parent / "ddp_run.py"
 
 
@@ -47,7 +49,14 @@ def test_two_process_cpu_ddp_run(tmp_path):
     assert metrics["provenance"]["world_size"] == 2 and metrics["provenance"]["steps"] == 6
     assert set(metrics["metrics"]) == {"test/mse", "test/mae"}
     last = tmp_path / "out" / "checkpoints" / "step-000006"
-    assert {p.name for p in last.iterdir()} >= {"state.ckpt", "recipe.yaml", "rng-rank0.pt", "rng-rank1.pt"}
+    assert {p.name for p in last.iterdir()} >= {
+        "state.ckpt",
+        "recipe.yaml",
+        "rng-rank0.json",
+        "rng-rank1.json",
+        "manifest.json",
+    }
+    assert checkpoint.verify(last) is None  # the manifest covers every rank's file
 
 
 @pytest.mark.slow

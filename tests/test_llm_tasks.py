@@ -63,8 +63,8 @@ def test_shape_facts_score_the_class_and_the_radius_of_gyration():
 def test_a_stage_without_its_previous_run_says_which_to_run_first(tmp_cwd, capsys):
     assert main(["run", "qa", *TINY[:-1]]) == 2
     error = capsys.readouterr().err
-    assert "runs/captioning-molbridge-mini/unimol-qformer-llama-s0 does not exist" in error
-    assert "run the previous stage first" in error
+    assert "train.init_from=stage:captioning: no completed run of recipe 'captioning' matches under runs/" in error
+    assert "run that stage first (e.g. bench run captioning with the same --encoder/--projector/--llm" in error
 
 
 def test_qa_scores_every_property_against_the_training_mean(tmp_cwd):
@@ -84,6 +84,7 @@ def test_qa_mixture_follows_size_to_the_quarter():
     registry = get_registry()
     recipe = load_recipe("qa", TINY + ["data.limit=200"], registry)
     task = registry.build("task", recipe.task, recipe=recipe, registry=registry)
+    train = task.splits["train"]  # the mixture is drawn when the examples are (on first use)
     sizes = {}
     molecules = task.molecules["train"]
     for row in molecules.indices:
@@ -93,7 +94,7 @@ def test_qa_mixture_follows_size_to_the_quarter():
     total = sum(sizes.values())
     for t, count in task.train_mixture.items():
         assert abs(count - total * weights[t] / sum(weights.values())) <= 1, t
-    assert len(task.splits["train"]) == sum(task.train_mixture.values())
+    assert len(train) == sum(task.train_mixture.values())
     # the descriptive QA task has 3x the records of a property but is drawn only 3^0.25 = 1.32x as often
     assert 1.2 < task.train_mixture["Descriptive QA"] / task.train_mixture["LogP"] < 1.45
 

@@ -10,6 +10,7 @@ from lightning_fabric import Fabric
 
 from molbridge.core import checkpoint
 from molbridge.core.cli import main
+from molbridge.core.contracts import Components
 from molbridge.core.errors import CheckpointError, NonFiniteLossError, RecipeError
 from molbridge.core.loop import ResumableSampler, apply_freezing, build_optimizer, fit, lr_factor
 from molbridge.core.recipe import validate
@@ -32,12 +33,12 @@ def toy_fit(recipe, registry, out):
     fabric = Fabric(accelerator="cpu", devices=1, precision=recipe.train.precision)
     fabric.seed_everything(recipe.seed)
     task = registry.build("task", recipe.task, recipe=recipe, registry=registry)
-    return fit(fabric, task, task.build_model(), recipe, out)
+    return fit(fabric, task, task.build_model(Components()), recipe, out)
 
 
 def test_freezing_by_glob_patterns(toy_registry):
     task = toy_registry.build("task", toy_recipe(toy_registry).task, recipe=None, registry=toy_registry)
-    model = task.build_model()
+    model = task.build_model(Components())
     trainable, total = apply_freezing(model, ["encoder.*"], ["encoder.1.*"])
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         "encoder.0.weight",
@@ -53,7 +54,7 @@ def test_frozen_parameters_do_not_change(toy_registry, tmp_path):
     result, loop = toy_fit(recipe, toy_registry, tmp_path)
     initial = toy_registry.build("task", recipe.task, recipe=recipe, registry=toy_registry)
     torch.manual_seed(0)
-    fresh = initial.build_model()
+    fresh = initial.build_model(Components())
     trained = loop.model.module if hasattr(loop.model, "module") else loop.model
     assert torch.equal(trained.encoder[0].weight, fresh.encoder[0].weight)
     assert not torch.equal(trained.head.weight, fresh.head.weight)
@@ -61,7 +62,7 @@ def test_frozen_parameters_do_not_change(toy_registry, tmp_path):
 
 def test_no_weight_decay_on_biases_and_norms(toy_registry):
     task = toy_registry.build("task", toy_recipe(toy_registry).task, recipe=None, registry=toy_registry)
-    model = task.build_model()
+    model = task.build_model(Components())
     apply_freezing(model, ["*"], [])
     decay, no_decay = build_optimizer(model, lr=1e-3, weight_decay=0.1).param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -106,7 +107,7 @@ def test_nan_loss_stops_naming_step_terms_molecules_and_checkpoint(toy_registry,
     good = checkpoint.step_dir(tmp_path / "checkpoints", 4)
     assert "at step 5" in message and "loss, mse" in message and "train-" in message and str(good) in message
     assert checkpoint.latest_checkpoint(tmp_path / "checkpoints") == good
-    state = torch.load(good / checkpoint.STATE_FILE, weights_only=False)
+    state = torch.load(good / checkpoint.STATE_FILE, weights_only=True)
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -119,14 +120,14 @@ def test_corrupt_checkpoint_is_named(toy_registry, tmp_path):
     fabric = Fabric(accelerator="cpu", devices=1)
     task = toy_registry.build("task", again.task, recipe=again, registry=toy_registry)
     with pytest.raises(CheckpointError, match=str(latest / checkpoint.STATE_FILE)):
-        fit(fabric, task, task.build_model(), again, tmp_path, resume_from=latest)
+        fit(fabric, task, task.build_model(Components()), again, tmp_path, resume_from=latest)
 
 
 def test_unfinished_checkpoint_is_never_resumed(tmp_path):
     (tmp_path / "checkpoints" / "step-000002").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "step-000002" / checkpoint.STATE_FILE).write_bytes(b"x")
+    torch.save({}, tmp_path / "checkpoints" / "step-000002" / checkpoint.STATE_FILE)
     (tmp_path / "checkpoints" / "step-000004.tmp").mkdir()
-    (tmp_path / "checkpoints" / "step-000004.tmp" / checkpoint.STATE_FILE).write_bytes(b"x")
+    torch.save({}, tmp_path / "checkpoints" / "step-000004.tmp" / checkpoint.STATE_FILE)
     assert checkpoint.resolve_resume("auto", tmp_path).name == "step-000002"
     assert checkpoint.resolve_resume("never", tmp_path) is None
     with pytest.raises(CheckpointError, match="no checkpoint there"):
@@ -201,7 +202,7 @@ def test_train_scalars_are_logged_every_log_every_steps(toy_registry, tmp_path):
     fit(
         fabric,
         task,
-        task.build_model(),
+        task.build_model(Components()),
         recipe,
         tmp_path,
         log_metrics=lambda m, step: logged.append((step, m)),

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from molbridge.core.compare import Group, RunRow
+from molbridge.core.identity import stage_differences
 from molbridge.core.plugins import get_registry
 from molbridge.core.sweep import load_sweep, plan
 
@@ -27,8 +28,10 @@ def test_the_three_sweeps_are_one_chain_of_the_same_configurations_and_seeds():
     assert len(keys["retrieval"]) == 18 and keys["retrieval"] == keys["captioning"] == keys["qa"]
     assert {c.recipe.encoder.name for c in stages["qa"]} == {"unimol", "schnet", "smiles"}
     for previous, stage in (("retrieval", "captioning"), ("captioning", "qa")):
-        for child, before in zip(stages[stage], stages[previous], strict=True):
-            assert Path(child.recipe.train.init_from) == before.output_dir  # each child starts from its own
+        for child in stages[stage]:  # each child starts from its own: exactly one previous child matches it
+            assert child.recipe.train.init_from == f"stage:{previous}@runs/sweep-mini-{previous}"
+            matching = [b for b in stages[previous] if not stage_differences(child.recipe, b.recipe)]
+            assert [b.key for b in matching] == [child.key]
 
 
 def _group(encoder: str, projector: str, values: dict[str, list[float]]) -> Group:

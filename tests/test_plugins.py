@@ -1,13 +1,15 @@
 """Plugin loading: entry points, isolation of broken plugins, clashes, misspelled hooks, switches."""
 
 import textwrap
+import tomllib
 import warnings
+from pathlib import Path
 
 import pytest
 
 from molbridge.core.errors import PluginError
+from molbridge.core.hookspecs import HOOK_API_VERSION
 from molbridge.core.plugins import (
-    BUILTIN_PLUGINS,
     ENV_BLOCKED,
     ENV_NO_EXTERNAL,
     PluginLoadWarning,
@@ -75,12 +77,46 @@ def test_strict_mode_makes_a_broken_plugin_fatal(site):
         load_plugins(strict=True)
 
 
-def test_name_clash_names_both_plugins(site):
+def test_a_name_clash_disables_the_later_plugin_and_the_name_until_one_is_blocked(site, monkeypatch):
     make_distribution(site, "first-dist", "first_mod", GOOD.format(name="same"))
-    make_distribution(site, "second-dist", "second_mod", GOOD.format(name="same"))
-    with pytest.raises(PluginError, match=r"encoder 'same' is registered twice") as info:
-        load_plugins()
-    assert "'first_mod' (first-dist)" in str(info.value) and "'second_mod' (second-dist)" in str(info.value)
+    two = GOOD.format(name="same") + '    register("extra", lambda cfg: ("built", 0), Cfg, description="another")\n'
+    make_distribution(site, "second-dist", "second_mod", two)
+    with pytest.warns(PluginLoadWarning, match=r"'second_mod' \(second-dist 1.0\) is disabled") as caught:
+        loaded = load_plugins()
+    message = str(caught[0].message)
+    assert "already registered by plugin 'first_mod' (first-dist 1.0)" in message
+    assert "MOLBRIDGE_BLOCKED_PLUGINS=second_mod" in message and "MOLBRIDGE_BLOCKED_PLUGINS=first_mod" in message
+    # the rest keeps working: other components, listing; the later plugin registered nothing
+    assert "unimol" in loaded.registry.names("encoder") and "extra" not in loaded.registry.names("encoder")
+    with pytest.raises(PluginError, match="is disabled: its encoder 'same'"):
+        loaded.registry.get("encoder", "same")  # neither plugin's 'same' is taken silently
+    monkeypatch.setenv(ENV_BLOCKED, "second_mod")
+    assert load_plugins().registry.get("encoder", "same").distribution == "first-dist"
+    monkeypatch.delenv(ENV_BLOCKED)
+    with pytest.raises(PluginError, match="is disabled"):
+        load_plugins(strict=True)
+
+
+def test_a_module_without_hook_implementations_gets_a_warning(site):
+    forgot = GOOD.format(name="plain").replace("@hookimpl\n", "")
+    make_distribution(site, "plain-dist", "plain_mod", forgot)
+    with pytest.warns(PluginLoadWarning, match=r"'plain_mod' \(plain-dist 1.0\) defines no hook implementation"):
+        loaded = load_plugins()
+    assert "plain" not in loaded.registry.names("encoder")
+
+
+def test_a_plugin_declaring_another_hook_api_is_refused_by_name(site):
+    make_distribution(site, "old-dist", "old_mod", "molbridge_hook_api = 1\n" + GOOD.format(name="old"))
+    make_distribution(
+        site, "new-dist", "new_mod", f"molbridge_hook_api = {HOOK_API_VERSION}\n" + GOOD.format(name="new")
+    )
+    with pytest.warns(
+        PluginLoadWarning,
+        match=f"'old_mod' was written for molbridge hook API 1; this molbridge has {HOOK_API_VERSION}",
+    ):
+        loaded = load_plugins()
+    assert "old" not in loaded.registry.names("encoder")
+    assert next(p for p in loaded.plugins if p.name == "new_mod").hook_api == HOOK_API_VERSION
 
 
 def test_misspelled_hook_is_caught_at_start_up_with_a_suggestion(site):
@@ -117,5 +153,7 @@ def test_builtin_plugins_load_cleanly():
     with warnings.catch_warnings():
         warnings.simplefilter("error", PluginLoadWarning)
         loaded = load_plugins(external=False, strict=True)
-    assert [p.module for p in loaded.plugins] == list(BUILTIN_PLUGINS)
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    modules = declared["project"]["entry-points"]["molbridge"].values()
+    assert sorted(p.module for p in loaded.plugins) == sorted(modules)
     assert all(p.builtin and p.error is None and p.components for p in loaded.plugins)

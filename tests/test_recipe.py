@@ -5,14 +5,8 @@ from dataclasses import dataclass
 import pytest
 
 from molbridge.core.errors import RecipeError, UnknownComponentError
-from molbridge.core.recipe import (
-    experiment_name,
-    find_recipe,
-    flatten,
-    load_recipe,
-    packaged_recipes,
-    run_name,
-)
+from molbridge.core.identity import experiment_name, identify
+from molbridge.core.recipe import find_recipe, flatten, load_recipe, packaged_recipes
 from molbridge.core.registry import Registry, make_register
 
 
@@ -48,7 +42,7 @@ def test_extends_merges_over_the_base_and_overrides_win(recipe_file, registry):
     recipe = load_recipe(recipe_file, ["train.lr=0.5", "seed=3"], registry=registry)
     assert (recipe.train.lr, recipe.train.max_steps, recipe.data.batch_size) == (0.5, 7, 8)
     assert (recipe.encoder.width, recipe.encoder.preset) == (32, "small")  # plugin schema defaults filled
-    assert run_name(recipe) == "enc-none-none-s3"
+    assert identify(recipe, registry).name.startswith("enc-none-none-s3-")
     assert experiment_name(recipe) == "toy-molbridge-mini"
 
 

@@ -10,7 +10,7 @@ import pytest
 from molbridge.core.cli import main
 from molbridge.core.errors import RecipeError
 from molbridge.core.plugins import load_plugins
-from molbridge.core.recipe import load_recipe, output_dir
+from molbridge.core.recipe import load_recipe
 from molbridge.core.sizing import size_recipe
 
 PAPER = ("3d-molm-stage1", "3d-molm-stage2", "3d-molm-stage3")
@@ -80,8 +80,8 @@ def test_the_three_paper_recipes_validate_with_the_papers_settings():
 
 def test_stages_chain_by_init_from_and_paths_come_from_the_environment(monkeypatch):
     stage1, stage2, stage3 = (load_recipe(name) for name in PAPER)
-    assert stage2.train.init_from == str(output_dir(stage1))
-    assert stage3.train.init_from == str(output_dir(stage2))
+    # each stage names the previous one by its recipe; the run finds it by identity (tests/test_identity.py)
+    assert (stage2.train.init_from, stage3.train.init_from) == (f"stage:{stage1.recipe}", f"stage:{stage2.recipe}")
     monkeypatch.setenv("MOLBRIDGE_LLAMA2_7B", "/weights/llama")
     assert load_recipe("3d-molm-stage3").llm.path == "/weights/llama"
     monkeypatch.delenv("MOLBRIDGE_LLAMA2_7B")

@@ -9,9 +9,10 @@ from lightning_fabric import Fabric
 from molbridge.core import batch as keys
 from molbridge.core.cli import main
 from molbridge.core.cli.run import results_table
-from molbridge.core.errors import MolbridgeError
+from molbridge.core.contracts import Projector, TextSide
 from molbridge.core.plugins import get_registry
 from molbridge.core.recipe import load_recipe
+from molbridge.core.registry import build_components
 from molbridge.plugins.tasks.stage1 import CACHED_TEXT
 
 # A run sized for a test: tiny models, a slice of each split, the text tower trained, every loss and the
@@ -115,7 +116,7 @@ def test_locked_text_tower_caches_what_the_tower_computes():
     registry = get_registry()
     recipe = load_recipe("retrieval", SMALL + LOCKED + ["task.baseline=false"], registry)
     task = registry.build("task", recipe.task, recipe=recipe, registry=registry)
-    model = task.build_model()
+    model = task.build_model(build_components(recipe, registry))
     projector = model.projector
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     assert "projector.bert.embeddings.word_embeddings.weight" in frozen
@@ -149,21 +150,42 @@ def test_evaluation_is_deterministic():
     fabric = Fabric(accelerator="cpu", devices=1)
     torch.manual_seed(0)
     task = registry.build("task", recipe.task, recipe=recipe, registry=registry)
-    model = task.build_model()
+    model = task.build_model(build_components(recipe, registry))
     first = task.evaluate(model, fabric, "test")
     model.train()  # dropout on between the two evaluations must not matter
     assert task.evaluate(model, fabric, "test") == first
 
 
-def test_a_projector_without_a_text_side_is_refused(monkeypatch):
+def test_a_projector_without_a_text_side_gets_the_tasks_text_tower():
+    """Any projector takes part in stage 1: the task's own BERT text tower reads its soft tokens as a prefix."""
+
+    class Pooled(Projector):  # forward only: the whole projector contract
+        def __init__(self, width):
+            super().__init__()
+            self.num_tokens, self.output_dim, self.proj = 4, 32, torch.nn.Linear(width, 4 * 32)
+
+        def forward(self, encoded):
+            keep = (~encoded.padding_mask).unsqueeze(-1).float()
+            mean = (encoded.atom_embeddings * keep).sum(1) / keep.sum(1)
+            return self.proj(mean).view(-1, 4, 32)
+
     registry = get_registry()
-    recipe = load_recipe("retrieval", SMALL, registry)
-    task = registry.build("task", recipe.task, recipe=recipe, registry=registry)
-    build = registry.build
-    monkeypatch.setattr(
+    recipe = load_recipe(
+        "retrieval",
+        SMALL
+        + ["task.baseline=false", "task.lock_text_tower=false", "task.matching_weight=1", "task.captioning_weight=1"],
         registry,
-        "build",
-        lambda kind, config, **kwargs: torch.nn.Identity() if kind == "projector" else build(kind, config, **kwargs),
     )
-    with pytest.raises(MolbridgeError, match="projector 'qformer' has no stage-1 text side .* qformer or linear"):
-        task.build_model()
+    task = registry.build("task", recipe.task, recipe=recipe, registry=registry)
+    components = build_components(recipe, registry)
+    components.projector = Pooled(components.encoder.output_dim)
+    model = task.build_model(components)
+    assert not isinstance(components.projector, TextSide) and isinstance(model.text, TextSide)
+    names = {name for name, _ in model.named_parameters()}
+    assert {"projector.proj.weight", "text_side.adapt.weight", "text_side.match_head.weight"} <= names
+    assert not any(n.startswith("text_side._projector") for n in names)  # the projector is registered once
+    terms = model(task.collate([task.splits["train"][i] for i in range(4)]))
+    terms["loss"].backward()
+    assert set(terms) == {"contrastive", "matching", "captioning", "loss"}
+    assert components.projector.proj.weight.grad.abs().sum() > 0  # every loss reaches the projector
+    assert task.describe()["text_side"].startswith("the task's text tower")

@@ -98,7 +98,7 @@ def tiny_batch(projector):
 def test_stage1_model_weights_and_gradients(tiny_model_parts):
     projector = tiny_model_parts
     batch = tiny_batch(projector)
-    model = Stage1Model(PassThrough(), projector, Stage1Options())
+    model = Stage1Model(PassThrough(), projector, projector, Stage1Options())
     terms = model(batch)
     assert set(terms) == {"contrastive", "matching", "captioning", "loss"}
     assert torch.allclose(terms["loss"], terms["contrastive"] + terms["matching"] + terms["captioning"])
@@ -113,7 +113,7 @@ def test_stage1_model_weights_and_gradients(tiny_model_parts):
         assert dict(model.named_parameters())[name].grad is not None, name
     model.zero_grad()
 
-    only = Stage1Model(PassThrough(), projector, Stage1Options(matching_weight=0, captioning_weight=0.5))
+    only = Stage1Model(PassThrough(), projector, projector, Stage1Options(matching_weight=0, captioning_weight=0.5))
     terms = only(batch)
     assert "matching" not in terms and torch.allclose(terms["loss"], terms["contrastive"] + 0.5 * terms["captioning"])
     terms["loss"].backward()
@@ -122,8 +122,10 @@ def test_stage1_model_weights_and_gradients(tiny_model_parts):
 
 
 def test_temperature_fixed_or_learned(tiny_model_parts):
-    fixed = Stage1Model(PassThrough(), tiny_model_parts, Stage1Options(temperature=0.1))
-    learned = Stage1Model(PassThrough(), tiny_model_parts, Stage1Options(temperature=0.07, learn_temperature=True))
+    fixed = Stage1Model(PassThrough(), tiny_model_parts, tiny_model_parts, Stage1Options(temperature=0.1))
+    learned = Stage1Model(
+        PassThrough(), tiny_model_parts, tiny_model_parts, Stage1Options(temperature=0.07, learn_temperature=True)
+    )
     assert "log_temperature" not in dict(fixed.named_parameters())
     assert "log_temperature" in dict(learned.named_parameters())
     assert torch.isclose(fixed.temperature, torch.tensor(0.1))

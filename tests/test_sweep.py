@@ -52,7 +52,11 @@ def test_grid_runs_every_child_under_one_parent_and_a_rerun_skips_them(toy_cli, 
     assert keys == [f"{enc}-lr{lr}-s{seed}" for enc in ("unimol", "schnet") for lr in (0.01, 0.05) for seed in (0, 1)]
     assert {c["status"] for c in state["children"]} == {"completed"} and state["status"] == "completed"
     for child in state["children"]:
-        metrics = json.loads((toy_cli / "runs/sweep-grid" / child["key"] / "metrics.json").read_text())
+        folder = toy_cli / child["output_dir"]
+        assert folder.parent == toy_cli / "runs/sweep-grid" and folder.name.startswith(
+            f"{child['assignment']['encoder']}-none-none-s{child['seed']}-"
+        )  # the identity bench run gives: components, seed and the hash of what differs
+        metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["status"] == "completed" and metrics["provenance"]["seed"] == child["seed"]
         assert child["monitor"] == {"name": "test/mse", "value": metrics["metrics"]["test/mse"]}
         assert f"| {child['config']} | {child['seed']} | completed | {child['monitor']['value']:.4f} |" in out
@@ -64,10 +68,13 @@ def test_grid_runs_every_child_under_one_parent_and_a_rerun_skips_them(toy_cli, 
     children = children_of(client, parent.info.run_id)
     assert len(children) == 8 and {r.info.status for r in children} == {"FINISHED"}
     assert {r.info.run_id for r in children} == {c["run_id"] for c in state["children"]}
-    names = {r.info.run_name for r in children}
-    assert "unimol-none-none-lr0.05-s1" in names and len(names) == 8
-    lr_of = {r.info.run_name: r.data.params["train.lr"] for r in children}
-    assert lr_of["schnet-none-none-lr0.01-s0"] == "0.01"
+    by_name = {r.info.run_name: r for r in children}
+    assert set(by_name) == {os.path.basename(c["output_dir"]) for c in state["children"]}
+    for child in state["children"]:
+        run = by_name[os.path.basename(child["output_dir"])]
+        assert run.data.params["train.lr"] == str(child["assignment"]["train.lr"])
+    hashes = {r.data.tags["molbridge.config"] for r in children}
+    assert len(hashes) == 4  # 4 configurations, each shared by its 2 seeds
 
     assert main(["sweep", str(path)]) == 0  # the same sweep again: nothing runs, the parent is reused
     again = json.loads((toy_cli / "runs/sweep-grid/sweep.json").read_text())
@@ -81,25 +88,27 @@ def test_grid_runs_every_child_under_one_parent_and_a_rerun_skips_them(toy_cli, 
 
 def test_a_failing_child_is_recorded_and_the_others_finish(toy_cli, capsys):
     # task.size=4 passes validation but the loop refuses 4 samples for batches of 8 (after MLflow opened
-    # the run); a missing train.resume checkpoint fails before the run is opened, so the sweep records one.
-    grid = {"task.size": [32, 4], "train.resume": ["auto", "nowhere/state.ckpt"]}
+    # the run); a missing train.init_from fails before the run is opened, so the sweep records one.
+    grid = {"task.size": [32, 4], "train.init_from": [None, "nowhere"]}
     path = write_sweep(toy_cli, "faulty", grid)
     assert main(["sweep", str(path)]) == 1
     out = capsys.readouterr().out
     state = json.loads((toy_cli / "runs/sweep-faulty/sweep.json").read_text())
     status = {c["key"]: c["status"] for c in state["children"]}
     assert status == {
-        "size32-resumeauto-s0": "completed",
-        "size32-resumenowhere_state.ckpt-s0": "failed",
-        "size4-resumeauto-s0": "failed",
-        "size4-resumenowhere_state.ckpt-s0": "failed",
+        "size32-init_fromnull-s0": "completed",
+        "size32-init_fromnowhere-s0": "failed",
+        "size4-init_fromnull-s0": "failed",
+        "size4-init_fromnowhere-s0": "failed",
     }
     assert state["status"] == "failed" and state["failures"] == [k for k, s in status.items() if s == "failed"]
     errors = {c["key"]: c["error"] for c in state["children"]}
-    assert errors["size4-resumeauto-s0"].startswith("RecipeError: 1 problem(s) in recipe toy:\n  - data.batch_size=8")
-    assert "CheckpointError: train.resume='nowhere/state.ckpt'" in errors["size32-resumenowhere_state.ckpt-s0"]
+    assert errors["size4-init_fromnull-s0"].startswith(
+        "RecipeError: 1 problem(s) in recipe toy:\n  - data.batch_size=8"
+    )
+    assert "CheckpointError: train.init_from: nowhere does not exist" in errors["size32-init_fromnowhere-s0"]
     assert "3 failed:" in out
-    assert "size4-resumeauto-s0: RecipeError: 1 problem(s) in recipe toy: - data.batch_size=8 is larger" in out
+    assert "size4-init_fromnull-s0: RecipeError: 1 problem(s) in recipe toy: - data.batch_size=8 is larger" in out
 
     client = MlflowClient(default_uri())
     assert client.get_run(state["parent_run_id"]).info.status == "FAILED"
@@ -111,7 +120,17 @@ def test_a_failing_child_is_recorded_and_the_others_finish(toy_cli, capsys):
 
     assert main(["sweep", str(path)]) == 1  # a rerun retries only the failed children
     rerun = json.loads((toy_cli / "runs/sweep-faulty/sweep.json").read_text())["children"]
-    assert {c["key"]: c["status"] for c in rerun} == status | {"size32-resumeauto-s0": "skipped"}
+    assert {c["key"]: c["status"] for c in rerun} == status | {"size32-init_fromnull-s0": "skipped"}
+
+
+def test_grid_points_that_would_share_a_run_are_refused_before_anything_runs(toy_cli, toy_registry):
+    """Keys that cannot change a result (where a run goes, how often it logs) give one identity: not a grid."""
+    sweep = sweeps.load_sweep(write_sweep(toy_cli, "same", {"train.log_every": [1, 2], "train.lr": [0.01, 0.02]}))
+    with pytest.raises(sweeps.SweepError) as caught:
+        sweeps.run_sweep(sweep, toy_registry)
+    problems = caught.value.problems
+    assert len(problems) == 2 and all("train.log_every does not change a run's result" in p for p in problems)
+    assert not (toy_cli / "runs").exists() or not any((toy_cli / "runs").rglob("metrics.json"))
 
 
 def test_every_bad_key_is_reported_before_anything_runs(toy_cli, toy_registry):
@@ -143,7 +162,7 @@ def test_a_rerun_with_other_settings_is_refused(toy_cli, toy_registry):
     assert not (toy_cli / "mlflow.db").exists()
     changed = sweeps.load_sweep(path)
     changed.overrides.append("train.max_steps=3")
-    with pytest.raises(sweeps.SweepError, match=r"lr0.01-s0: .* was run with other settings \(overrides: "):
+    with pytest.raises(sweeps.SweepError, match=r"sweep twice was run with other settings \(overrides: "):
         sweeps.run_sweep(changed, toy_registry)
 
 
@@ -169,7 +188,7 @@ def test_an_interrupted_sweep_resumes_its_child_from_the_checkpoint(toy_cli, toy
 
     second = sweeps.run_sweep(sweep, toy_registry)
     assert second["status"] == "completed" and second["parent_run_id"] == first["parent_run_id"]
-    resumed = json.loads((toy_cli / "runs/sweep-stop/lr0.01-s0/metrics.json").read_text())
+    resumed = json.loads((toy_cli / second["children"][0]["output_dir"] / "metrics.json").read_text())
     assert resumed["provenance"]["resumed_from"].endswith("step-000002") and resumed["provenance"]["steps"] == 4
     assert second["children"][0]["run_id"] == first["children"][0]["run_id"]  # the same MLflow child run
     assert len(children_of(client, first["parent_run_id"])) == 2
@@ -193,7 +212,7 @@ def test_inline_grid_on_the_command_line(toy_cli, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("sweep toy-regression-encoder-lr: 4 children, all valid")
-    assert "unimol-lr1e-2-s3" in out and "runs/sweep-toy-regression-encoder-lr/schnet-lr5e-2-s3" in out
+    assert "unimol-lr1e-2-s3" in out and "runs/sweep-toy-regression-encoder-lr/schnet-none-none-s3-" in out
     assert not (toy_cli / "runs").exists()
     assert main(["sweep", "toy-regresion", "--encoder", "unimol"]) == 2
     assert "unknown task 'toy-regresion' (did you mean 'toy-regression'?)" in capsys.readouterr().err

@@ -8,8 +8,9 @@ from mlflow import MlflowClient
 from molbridge.core.cli import main
 from molbridge.core.compare import gather_runs, render
 from molbridge.core.errors import MolbridgeError
+from molbridge.core.identity import identify
 from molbridge.core.recipe import find_recipe, load_recipe
-from molbridge.core.tracking import RUN_ID_FILE, NullTracker, default_uri, start_run
+from molbridge.core.tracking import CONFIG_TAG, CONTINUES_TAG, RUN_ID_FILE, NullTracker, default_uri, start_run
 
 
 @pytest.fixture
@@ -26,16 +27,22 @@ def _recipe(path, registry, *overrides):
     return load_recipe(find_recipe(path), list(overrides), registry=registry)
 
 
+def _start(recipe, registry, out, **options):
+    return start_run(recipe, registry, out, identify(recipe, registry), **options)
+
+
 def test_run_is_logged_and_read_back(toy_registry, tmp_cwd, recipe_file):
     recipe = _recipe(recipe_file, toy_registry, "seed=3", "train.lr=0.01")
-    tracker = start_run(recipe, toy_registry, tmp_cwd / "out", resume=False)
+    tracker = _start(recipe, toy_registry, tmp_cwd / "out", resume=False)
     tracker.log_metrics({"train/loss": 0.5, "train/bad": float("nan")}, step=2)
     tracker.log_summary({"test/mse": 0.25, "best/valid/mse": 0.2})
     tracker.finish()
 
     client = MlflowClient(default_uri())
     run = client.get_run(tracker.run_id)
-    assert run.info.run_name == "none-none-none-s3" and run.info.status == "FINISHED"
+    identity = identify(recipe, toy_registry)
+    assert run.info.run_name == f"none-none-none-s3-{identity.hash}" and run.info.status == "FINISHED"
+    assert run.data.tags[CONFIG_TAG] == identity.hash
     assert client.get_experiment(run.info.experiment_id).name == "toy-regression-molbridge-mini"
     assert run.data.params["train.lr"] == "0.01" and run.data.params["data.batch_size"] == "8"
     assert run.data.tags["task"] == "toy-regression" and run.data.tags["seed"] == "3"
@@ -47,15 +54,28 @@ def test_run_is_logged_and_read_back(toy_registry, tmp_cwd, recipe_file):
 
 def test_resume_reopens_the_same_run(toy_registry, tmp_cwd, recipe_file):
     recipe = _recipe(recipe_file, toy_registry)
-    first = start_run(recipe, toy_registry, tmp_cwd / "out", resume=False)
+    first = _start(recipe, toy_registry, tmp_cwd / "out", resume=False)
     first.finish("KILLED")
-    again = start_run(recipe, toy_registry, tmp_cwd / "out", resume=True)
+    again = _start(recipe, toy_registry, tmp_cwd / "out", resume=True)
     assert again.run_id == first.run_id
     assert MlflowClient(default_uri()).get_run(again.run_id).info.status == "RUNNING"
 
 
+def test_a_finished_run_is_never_reopened_a_continuation_points_back(toy_registry, tmp_cwd, recipe_file):
+    recipe = _recipe(recipe_file, toy_registry)
+    first = _start(recipe, toy_registry, tmp_cwd / "out", resume=False)
+    first.finish("FINISHED")
+    later = _start(recipe, toy_registry, tmp_cwd / "out", resume=True, continued={"train.max_steps": [4, 8]})
+    client = MlflowClient(default_uri())
+    assert later.run_id != first.run_id and client.get_run(first.run_id).info.status == "FINISHED"
+    tags = client.get_run(later.run_id).data.tags
+    assert tags[CONTINUES_TAG] == first.run_id and json.loads(tags["molbridge.resume_changes"]) == {
+        "train.max_steps": [4, 8]
+    }
+
+
 def test_disabled_tracking_is_a_null_tracker(toy_registry, tmp_cwd, recipe_file):
-    tracker = start_run(
+    tracker = _start(
         _recipe(recipe_file, toy_registry, "tracking.enabled=false"), toy_registry, tmp_cwd / "out", resume=False
     )
     assert type(tracker) is NullTracker and not (tmp_cwd / "mlflow.db").exists()
@@ -70,20 +90,22 @@ def test_compare_shows_runs_side_by_side_with_filters(toy_registry, tmp_cwd, rec
     capsys.readouterr()
 
     rows = gather_runs(task="toy-regression")
-    assert [r.name for r in rows] == ["none-none-none-s1", "none-none-none-s0"]
+    digest = identify(_recipe(recipe_file, toy_registry), toy_registry).hash  # the seeds share the configuration
+    s1, s0 = f"none-none-none-s1-{digest}", f"none-none-none-s0-{digest}"
+    assert [r.name for r in rows] == [s1, s0]
     assert all(any(k.startswith("test/") for k in r.metrics) for r in rows)
     table = render(rows)
-    assert table.splitlines()[0] == "|  | none-none-none-s1 | none-none-none-s0 |"
+    assert table.splitlines()[0] == f"|  | {s1} | {s0} |"
     assert "| seed | 1 | 0 |" in table
 
     assert main(["compare", "--task", "toy-regression", "seed=1", "--format", "json"]) == 0
     (only,) = json.loads(capsys.readouterr().out)
-    assert only["name"] == "none-none-none-s1" and only["identity"]["seed"] == "1"
+    assert only["name"] == s1 and only["identity"]["seed"] == "1"
     assert main(["compare", "--task", "toy-regression", "--format", "csv"]) == 0
-    assert capsys.readouterr().out.startswith(",none-none-none-s1,none-none-none-s0")
+    assert capsys.readouterr().out.startswith(f",{s1},{s0}")
 
 
 def test_compare_names_the_experiments_that_exist(toy_registry, tmp_cwd, recipe_file):
-    start_run(_recipe(recipe_file, toy_registry), toy_registry, tmp_cwd / "out", resume=False).finish()
+    _start(_recipe(recipe_file, toy_registry), toy_registry, tmp_cwd / "out", resume=False).finish()
     with pytest.raises(MolbridgeError, match="no MLflow experiment retrieval-x.*toy-regression-molbridge-mini"):
         gather_runs(experiments=["retrieval-x"])

@@ -73,7 +73,7 @@ class ToyRegression(Task):
             "test": ToyDataset(quarter, config.dim, 3, "test"),
         }
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, components) -> nn.Module:
         return ToyModel(self.config.dim, self.config.hidden, self.config.dropout)
 
     def datasets(self):

@@ -81,7 +81,7 @@ def add_parser(sub) -> None:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from molbridge.plugins.tasks.ask import Asker, AskError
+    from molbridge.core.ask import Asker, AskError
 
     if args.record is not None and args.sdf is None:
         raise AskError("--record needs --sdf")

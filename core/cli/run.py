@@ -4,8 +4,9 @@ import argparse
 from pathlib import Path
 
 from molbridge.core.errors import MolbridgeError, unknown_name
+from molbridge.core.identity import experiment_name
 from molbridge.core.plugins import get_registry
-from molbridge.core.recipe import experiment_name, load_recipe, packaged_recipes
+from molbridge.core.recipe import load_recipe, packaged_recipes
 
 DESCRIPTION = """\
 Train and evaluate TASK as a recipe describes, through the one Lightning Fabric loop.
@@ -14,10 +15,17 @@ The recipe is the packaged recipe named TASK unless --recipe gives another (a pa
 YAML path). --encoder/--projector/--llm swap a component: options it shares with the old one
 (e.g. preset) carry over, the rest take its defaults. key=value changes any recipe key and ~key
 resets one to its default
-(`bench recipes show TASK` prints every key). Checkpoints and metrics.json go to --output, else to
-the recipe's output_dir, else runs/{experiment}/{run_name}. A run that finds checkpoints there
-resumes from the latest (train.resume=auto; set train.resume=never to start over). Ctrl-C saves a
-checkpoint at the end of the current step and stops; a second Ctrl-C aborts.
+(`bench recipes show TASK` prints every key).
+
+Every configuration has its own name and folder: {encoder}-{projector}-{llm}-s{seed}-{hash}, where the
+hash covers every setting that differs from the task's packaged recipe (so train.lr=0.01 and
+train.lr=0.5 are two runs, two folders and two MLflow runs). Checkpoints and metrics.json go to
+--output, else to the recipe's output_dir, else runs/{experiment}/{name}. A run that finds its own
+checkpoints there resumes from the newest intact one (train.resume=auto; train.resume=never starts over);
+a folder holding another configuration is refused, naming the settings that differ (only step counts and
+intervals may change on resume); --force-new sets the folder aside and starts afresh. A run already
+completed there returns its stored result. Ctrl-C saves a checkpoint at the end of the current step and
+stops; a second Ctrl-C aborts. Exit status: 0 completed, 130 interrupted, 2 a user error, 1 a failure.
 """
 
 EPILOG = """\
@@ -68,6 +76,17 @@ def add_parser(sub):
     parser.add_argument("--recipe", metavar="R", help="packaged recipe name or YAML path (default: TASK)")
     parser.add_argument("--output", type=Path, metavar="DIR", help="output directory (checkpoints, metrics.json)")
     parser.add_argument("--seed", type=int, metavar="N", help="random seed (same as seed=N)")
+    parser.add_argument(
+        "--force-new",
+        action="store_true",
+        help="rename an existing folder of this run to NAME.set-aside-TIME and start afresh",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow resuming a checkpoint of molbridge < 0.2 whose RNG file is a pickle "
+        "(unpickling can run code: trusted files only)",
+    )
     parser.set_defaults(func=run_command)
 
 
@@ -96,7 +115,9 @@ def run_command(args) -> int:
             f"the recipe is for task '{recipe.task.name}', not '{args.task}'; "
             f"run `bench run {recipe.task.name} ...` or pick another --recipe"
         )
-    result = run(recipe, registry, output=args.output)
+    result = run(recipe, registry, output=args.output, force_new=args.force_new, trust_pickle=args.trust_pickle)
+    if result.get("reused"):
+        print(f"already completed: {Path(result['path']).parent} (--force-new to run it again)\n")
     print(results_table(result))
     print(f"\nmetrics: {result['path']}")
     if result.get("tracking_run_id"):

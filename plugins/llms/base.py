@@ -116,7 +116,9 @@ def as_config(config: Any, schema: type[CausalLMConfig]) -> CausalLMConfig:
 
 
 def llm_factory(schema: type[CausalLMConfig]):
-    """The registry factory of an LLM plugin whose recipe section is ``schema`` (its name and prompt)."""
+    """The registry factory of an LLM plugin whose recipe section is ``schema`` (its name and prompt).
+
+    The factory also has ``size_on_meta`` (``bench recipes validate`` sizes a 7B recipe without its weights)."""
 
     def build(config: Any, input_dim: int, texts: Iterable[str] | None = None) -> SoftPromptLM:
         """Load ``config.path`` (or build the demo model, its tokenizer trained on ``texts``) and wrap it."""
@@ -129,6 +131,33 @@ def llm_factory(schema: type[CausalLMConfig]):
         model, tokenizer = load_pretrained(path, DTYPES[config.dtype])
         return SoftPromptLM(config, model, tokenizer, input_dim)
 
+    def size_on_meta(section: Any, input_dim: int, notes: list[str]) -> tuple[nn.Module, int]:
+        """The wrapped LLM on the meta device from its folder's config (or Llama-2-7B's shape when the folder is
+        not on this machine), and the base LLM's parameter count; the caller holds the meta device context."""
+        from molbridge.plugins.llms.sizing import LLAMA2_7B, meta_llama
+
+        config = as_config(section, schema)
+        if config.path is None:
+            from molbridge.plugins.llms.demo import DEMO_NAME, demo_model_path
+
+            folder = demo_model_path()
+            notes.append(f"llm.path null: {DEMO_NAME} (the offline demo model)")
+        else:
+            folder = Path(config.path).expanduser()
+            if not (folder / "config.json").is_file():
+                notes.append(
+                    f"llm.path {config.path}: NOT FOUND on this machine; sized as Llama-2-7B's shape "
+                    "(plugins/llms/sizing.py LLAMA2_7B)"
+                )
+                return meta_llama(config, input_dim, LLAMA2_7B)
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True))
+        notes.append(f"llm: shape from {folder}/config.json; weights not loaded")
+        return SoftPromptLM(config, model, tokenizer, input_dim), sum(p.numel() for p in model.parameters())
+
+    build.size_on_meta = size_on_meta
     return build
 
 

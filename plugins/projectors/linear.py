@@ -18,15 +18,16 @@ from torch import Tensor, nn
 
 from molbridge.core import hookimpl
 from molbridge.core.contracts import EncoderOutput
+from molbridge.core.recipe import bounded
 from molbridge.plugins.projectors.stage1 import Stage1Projector, TextTowerConfig
 
 
 @dataclass
 class LinearConfig(TextTowerConfig):
     name: str = "linear"
-    num_tokens: int = 8
+    num_tokens: int = bounded(8, ge=1)
     """Soft tokens per molecule."""
-    hidden_dim: int | None = None
+    hidden_dim: int | None = bounded(None, ge=1)
     """Width of the per-atom MLP (null: the text tower's hidden size)."""
 
 

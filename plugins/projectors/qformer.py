@@ -19,15 +19,16 @@ from torch import Tensor, nn
 from molbridge.core import hookimpl
 from molbridge.core.contracts import EncoderOutput
 from molbridge.core.errors import CheckpointError
+from molbridge.core.recipe import bounded
 from molbridge.plugins.projectors.stage1 import Stage1Projector, TextTowerConfig
 
 
 @dataclass
 class QFormerConfig(TextTowerConfig):
     name: str = "qformer"
-    num_query_tokens: int = 8
+    num_query_tokens: int = bounded(8, ge=1)
     """Learned queries = soft tokens per molecule (3D-MoLM: 8)."""
-    cross_attention_freq: int = 2
+    cross_attention_freq: int = bounded(2, ge=1)
     """Cross-attention on layers 0, k, 2k, ... (3D-MoLM: 2)."""
     reference_padding_mask: bool = False
     """Reproduce the reference code's inverted encoder mask (only to match its released checkpoints)."""

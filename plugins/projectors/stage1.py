@@ -1,10 +1,14 @@
-"""What a projector offers stage 1 (molecule-text representation learning), shared by both projectors.
+"""A stage-1 text side (:class:`molbridge.core.contracts.TextSide`): a BERT text tower and the stage-1 heads.
 
-A stage-1 projector owns a BERT text tower (:class:`PrefixBert`) and four heads: the molecule and text
+:class:`Stage1Projector` owns a BERT text tower (:class:`PrefixBert`) and four heads: the molecule and text
 projections for contrastive retrieval, the matching head, and the LM head for captioning. Molecule
 features are (B, P, E) (P query tokens or soft tokens), text features (B, E), both L2-normalised;
-similarity is the max over P (3D-MoLM/BLIP-2). A projector only says what prefix the BERT reads
+similarity is the max over P (3D-MoLM/BLIP-2). A subclass only says what prefix the BERT reads
 (:meth:`Stage1Projector.prefix`) and how it makes soft tokens (``forward``).
+
+Two kinds of subclass: projectors that supply their own text side (``qformer``, whose queries share the
+BERT's self-attention with the text; ``linear``), and :class:`PrefixTextSide`, which the retrieval task puts
+around any other projector: the projector's soft tokens, mapped to the BERT's width, are the prefix.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import Tensor, nn
 
 from molbridge.core.contracts import EncoderOutput, Projector
 from molbridge.core.errors import CheckpointError, check_choice
+from molbridge.core.recipe import bounded
 from molbridge.plugins.projectors.bert import BertShape, PrefixBert, load_pretrained_bert, resize_vocabulary
 
 DECODER_TOKEN = "[DEC]"  # BLIP-2's captioning BOS, added to the BERT vocabulary
@@ -29,15 +34,15 @@ class TextTowerConfig:
 
     bert: str | None = None
     """Local HuggingFace BERT folder (SciBERT for the paper); null: the packaged all-MiniLM-L6-v2."""
-    num_layers: int | None = None
+    num_layers: int | None = bounded(None, ge=1)
     """Keep only the first N BERT layers (null: all); a cheaper tower for CPU runs."""
     pretrained: bool = True
     """Copy the BERT weights; false keeps the shape only (random initialisation)."""
-    dropout: float | None = None
+    dropout: float | None = bounded(None, ge=0, le=1)
     """Dropout in the BERT (hidden and attention); null: the checkpoint's config (0.1 for BERT)."""
-    embed_dim: int = 256
+    embed_dim: int = bounded(256, ge=1)
     """Width of the contrastive projections (3D-MoLM: 256)."""
-    max_text_length: int = 128
+    max_text_length: int = bounded(128, ge=2)
     """Texts are truncated to this many tokens."""
     text_pooling: str = field(default="cls", metadata={"choices": ("cls", "mean")})
     """Text feature from the [CLS] state (BLIP-2, SciBERT) or the mean over tokens (sentence encoders
@@ -138,6 +143,11 @@ class Stage1Projector(Projector):
         """(B, H) pooled text -> (B, E) normalised features (the only text step a locked tower trains)."""
         return F.normalize(self.text_proj(pooled), dim=-1)
 
+    def freeze_heads(self, matching: bool, captioning: bool) -> None:
+        """Freeze the matching / LM head when its loss is off (DDP rejects parameters that get no gradient)."""
+        self.match_head.requires_grad_(matching)
+        self.lm_head.requires_grad_(captioning)
+
     def text_tower_parameters(self):
         """(name, parameter) pairs of the BERT that only text passes need to train: everything except the
         BLIP-2 additions for the prefix (cross-attention, prefix FFN). Self-attention is shared."""
@@ -163,3 +173,25 @@ class Stage1Projector(Projector):
         logits = self.lm_head(states[:, prefix.shape[1] : -1], self.bert.embeddings.word_embeddings.weight)
         labels = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+
+class PrefixTextSide(Stage1Projector):
+    """The stage-1 text side the retrieval task builds around a projector that has none of its own.
+
+    Soft tokens -> ``adapt`` (Linear to the BERT width) are both the molecule's contrastive tokens and the
+    prefix the BERT reads for matching and captioning (no cross-attention). The projector is used, not
+    owned: it stays the model's ``projector`` (so stage 2 finds its weights under that name), and this
+    module holds only the text tower, ``adapt`` and the heads.
+    """
+
+    def __init__(self, projector: Projector, config: TextTowerConfig):
+        super().__init__(config)
+        self._projector = (projector,)  # a tuple: not registered as a submodule of the text side
+        self.adapt = nn.Linear(projector.output_dim, self.hidden_size)
+        self.num_tokens, self.output_dim = projector.num_tokens, self.hidden_size
+
+    def forward(self, encoded: EncoderOutput) -> Tensor:
+        return self.adapt(self._projector[0](encoded))
+
+    def prefix(self, encoded: EncoderOutput) -> tuple[Tensor, None, None]:
+        return self(encoded), None, None

@@ -38,6 +38,7 @@ class CaptioningConfig:
 
 class CaptioningTask(LLMStageTask):
     monitor = ("bleu4", "max")
+    report_metrics = ("test/bleu4", "test/meteor", "test/rougeL", "test/shape_acc", "test/rg_mae")
 
     def examples(self, split: str) -> list[Example]:
         molecules = self.molecules[split]

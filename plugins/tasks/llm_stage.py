@@ -15,12 +15,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from molbridge.core import batch as keys
-from molbridge.core.contracts import EncoderOutput, StepOutput, Task
+from molbridge.core import distributed
+from molbridge.core.contracts import Components, EncoderOutput, StepOutput, Task
 from molbridge.core.data import MoleculeDataset
+from molbridge.core.errors import MolbridgeError
 from molbridge.core.testing import synthetic_encoder_output
 
 SPLITS = ("train", "valid", "test")
@@ -108,27 +110,38 @@ def freeze_unused(projector: nn.Module, input_dim: int) -> list[str]:
 
 
 class LLMStageTask(Task):
-    """Base of the ``captioning`` and ``qa`` tasks: subclasses define ``examples(split)`` and ``score``."""
+    """Base of the ``captioning`` and ``qa`` tasks: subclasses define ``examples(split)`` and ``score``.
 
-    def __init__(self, config, recipe, registry, load_data: bool = True):
-        """``load_data=False`` skips the datasets: enough to build the model and collate prompts (``bench ask``)."""
-        self.config, self.recipe, self.registry = config, recipe, registry
-        self.molecules, self.splits = {}, {}
-        if load_data:
-            data = recipe.data
-            self.molecules = {
+    Data is read on first use (``molecules``, ``splits``): building the task for ``bench ask`` reads none."""
+
+    def __init__(self, config, recipe, registry=None):
+        self.config, self.recipe = config, recipe
+        self._molecule_splits: dict[str, MoleculeDataset] | None = None
+        self._splits: dict[str, ExampleDataset] | None = None
+        self.encoder = self.projector = self.llm = None
+
+    @property
+    def molecules(self) -> dict[str, MoleculeDataset]:
+        if self._molecule_splits is None:
+            data = self.recipe.data
+            self._molecule_splits = {
                 split: MoleculeDataset.from_split(
                     data.name,
                     split,
                     data.split,
-                    seed=recipe.seed,
+                    seed=self.recipe.seed,
                     augment=data.augment and split == "train",
                     limit=data.limit if split == "train" else data.eval_limit,
                 )
                 for split in SPLITS
             }
-            self.splits = {split: ExampleDataset(self.molecules[split], self.examples(split)) for split in SPLITS}
-        self.encoder = self.projector = self.llm = None
+        return self._molecule_splits
+
+    @property
+    def splits(self) -> dict[str, ExampleDataset]:
+        if self._splits is None:
+            self._splits = {split: ExampleDataset(self.molecules[split], self.examples(split)) for split in SPLITS}
+        return self._splits
 
     # -- what a stage defines -------------------------------------------------------------------------
     def examples(self, split: str) -> list[Example]:
@@ -142,10 +155,10 @@ class LLMStageTask(Task):
         return {"max_new_tokens": self.config.max_new_tokens}
 
     # -- model and batches ----------------------------------------------------------------------------
-    def build_model(self) -> MolLLM:
-        self.encoder = self.registry.build("encoder", self.recipe.encoder)
-        self.projector = self.registry.build("projector", self.recipe.projector, input_dim=self.encoder.output_dim)
-        self.llm = self.registry.build("llm", self.recipe.llm, input_dim=self.projector.output_dim)
+    def build_model(self, components: Components) -> MolLLM:
+        if components.llm is None:
+            raise MolbridgeError(f"task '{self.recipe.task.name}' needs an encoder, a projector and an llm section")
+        self.encoder, self.projector, self.llm = components.encoder, components.projector, components.llm
         return self.assemble(self.config, self.encoder, self.projector, self.llm)
 
     @classmethod
@@ -187,25 +200,46 @@ class LLMStageTask(Task):
 
     # -- evaluation -----------------------------------------------------------------------------------
     def answers(self, model, fabric, split: str) -> tuple[list[Example], list[str]]:
-        """Generated answers for every example of ``split``, batched by task (each with its settings)."""
+        """Generated answers for every example of ``split``, batched by task (each with its settings).
+
+        Under DDP each rank generates its share of the batches and every rank gets all answers, the same as
+        one process generates them (:mod:`molbridge.core.distributed`)."""
         dataset, module = self.splits[split], getattr(model, "module", model)  # Fabric's wrapper -> MolLLM
         by_task: dict[str, list[int]] = {}
         for i, example in enumerate(dataset.examples):
             by_task.setdefault(example.task, []).append(i)
-        answers: list[str] = [""] * len(dataset)
-        batch_size = self.recipe.data.eval_batch_size
-        bar = tqdm(total=len(dataset), desc=f"generate {split}", leave=False, disable=not fabric.is_global_zero)
-        for task, rows in by_task.items():
-            loader = DataLoader([dataset[i] for i in rows], batch_size=batch_size, collate_fn=self.collate_prompts)
-            done = 0
-            for batch in loader:
-                texts = module.generate(fabric.to_device(batch), **self.generation(task))
-                for offset, text in enumerate(texts):
-                    answers[rows[done + offset]] = text
-                done += len(texts)
-                bar.update(len(texts))
+        size = self.recipe.data.eval_batch_size
+        work = [
+            (task, [rows[i] for i in r]) for task, rows in by_task.items() for r in distributed.batches(len(rows), size)
+        ]
+        mine = distributed.shard(work)
+        bar = tqdm(
+            total=sum(len(r) for _, r in mine), desc=f"generate {split}", leave=False, disable=not fabric.is_global_zero
+        )
+        texts = []
+        for task, rows in mine:
+            batch = self.collate_prompts([dataset[i] for i in rows])
+            texts.append(module.generate(fabric.to_device(batch), **self.generation(task)))
+            bar.update(len(rows))
         bar.close()
+        answers: list[str] = [""] * len(dataset)
+        for (_, rows), generated in zip(work, distributed.gather(texts), strict=True):
+            for row, text in zip(rows, generated, strict=True):
+                answers[row] = text
         return dataset.examples, answers
+
+    @torch.no_grad()
+    def answer(self, model, fabric, samples, **generation: Any) -> list[str]:
+        """``bench ask``: one answer per sample (a molecule item with an ``INSTRUCTION``), greedy unless
+        ``generation`` says otherwise."""
+        module = getattr(model, "module", model)
+        settings = {"do_sample": False} | {k: v for k, v in generation.items() if v is not None}
+        answers: list[str] = []
+        for rows in distributed.batches(len(samples), self.recipe.data.eval_batch_size):
+            batch = self.collate_prompts([samples[i] for i in rows])
+            with fabric.autocast():
+                answers += module.generate(fabric.to_device(batch), **settings)
+        return answers
 
     @torch.no_grad()
     def evaluate(self, model, fabric, split: str) -> dict[str, float]:
@@ -215,6 +249,11 @@ class LLMStageTask(Task):
         metrics = self.score(split, examples, answers)
         model.train()
         return metrics
+
+    def parsed(self, example: Example, answer: str) -> dict[str, Any]:
+        """Extra fields of an answer's record: a numeric task gives ``value`` (parsed answer, null when none)
+        and ``target`` (parsed reference), which ``bench compare --plots`` draws as parity plots."""
+        return {}
 
     def write_outputs(self, folder: Path) -> list[Path]:
         """``answers-<split>.jsonl``: every generated answer of the last evaluation beside its reference."""
@@ -236,6 +275,7 @@ class LLMStageTask(Task):
                             "reference": example.response,
                             "answer": answer,
                         }
+                        | self.parsed(example, answer)
                     )
                     + "\n"
                 )

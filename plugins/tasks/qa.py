@@ -44,6 +44,12 @@ class QAConfig:
 
 class QATask(LLMStageTask):
     monitor = ("skill", "max")
+    report_metrics = ("test/*/mae",)
+
+    def parsed(self, example: Example, answer: str) -> dict[str, Any]:
+        if example.task in DESCRIPTIVE:
+            return {}
+        return {"value": parse_number(answer), "target": parse_number(example.response)}
 
     def examples(self, split: str) -> list[Example]:
         molecules = self.molecules[split]

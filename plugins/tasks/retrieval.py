@@ -16,17 +16,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from molbridge.core import batch as keys
-from molbridge.core import hookimpl
-from molbridge.core.contracts import StepOutput, Task
+from molbridge.core import distributed, hookimpl
+from molbridge.core.contracts import Components, StepOutput, Task
 from molbridge.core.data import MoleculeDataset
 from molbridge.core.errors import MolbridgeError
+from molbridge.core.recipe import bounded
 from molbridge.plugins.tasks.fingerprint_baseline import FingerprintRidge
 from molbridge.plugins.tasks.retrieval_metrics import full_set_ranks, retrieval_report
-from molbridge.plugins.tasks.stage1 import CACHED_TEXT, Stage1Model, Stage1Options, check_options
+from molbridge.plugins.tasks.stage1 import CACHED_TEXT, Stage1Model, Stage1Options, check_options, text_side_for
 
 SPLITS = ("train", "valid", "test")
 
@@ -36,9 +36,9 @@ class RetrievalConfig(Stage1Options):
     name: str = "retrieval"
     text_field: str = "description"
     """Which stored text of a molecule is its caption."""
-    inbatch_size: int = 64
+    inbatch_size: int = bounded(64, ge=1)
     """Candidates per batch for the in-batch protocol (3D-MoLM: 64)."""
-    rerank_top_k: int = 0
+    rerank_top_k: int = bounded(0, ge=0)
     """Re-rank the top k candidates by similarity + matching logit (3D-MoLM: 64; 0 = off, it is slow on CPU)."""
     baseline: bool = True
     """Score the Morgan-fingerprint ridge baseline in the same run."""
@@ -46,58 +46,60 @@ class RetrievalConfig(Stage1Options):
 
 class RetrievalTask(Task):
     monitor = ("full_acc", "max")
+    report_metrics = ("test/full_m2t_acc", "test/full_t2m_acc")
 
-    def __init__(self, config: RetrievalConfig, recipe, registry):
-        self.config, self.recipe, self.registry = config, recipe, registry
+    def __init__(self, config: RetrievalConfig, recipe, registry=None):
+        self.config, self.recipe = config, recipe
         check_options(config, recipe.data.batch_size, "task section")
-        data = recipe.data
-        self.splits = {
-            split: MoleculeDataset.from_split(
-                data.name,
-                split,
-                data.split,
-                seed=recipe.seed,
-                augment=data.augment and split == "train",
-                limit=data.limit if split == "train" else data.eval_limit,
-                text_field=config.text_field,
-            )
-            for split in SPLITS
-        }
-        self.encoder = self.projector = None
+        self._splits: dict[str, MoleculeDataset] | None = None
+        self.encoder = self.projector = self.text_side = None
         self._baseline: dict[str, tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor]]] = {}
         self._last_ranks: tuple[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
+    @property
+    def splits(self) -> dict[str, MoleculeDataset]:
+        """The train/valid/test datasets, read on first use (building the task reads no data)."""
+        if self._splits is None:
+            data = self.recipe.data
+            self._splits = {
+                split: MoleculeDataset.from_split(
+                    data.name,
+                    split,
+                    data.split,
+                    seed=self.recipe.seed,
+                    augment=data.augment and split == "train",
+                    limit=data.limit if split == "train" else data.eval_limit,
+                    text_field=self.config.text_field,
+                )
+                for split in SPLITS
+            }
+        return self._splits
+
     # -- model ----------------------------------------------------------------------------------------
-    def build_model(self) -> Stage1Model:
-        self.encoder = self.registry.build("encoder", self.recipe.encoder)
-        self.projector = self.registry.build("projector", self.recipe.projector, input_dim=self.encoder.output_dim)
-        missing = [
-            m
-            for m in ("text_features", "molecule_features", "match_logits", "caption_loss")
-            if not hasattr(self.projector, m)
-        ]
-        if missing:
-            raise MolbridgeError(
-                f"projector '{self.recipe.projector.name}' has no stage-1 text side "
-                f"({', '.join(missing)}); retrieval needs one, e.g. qformer or linear"
-            )
+    def build_model(self, components: Components) -> Stage1Model:
+        if components.encoder is None or components.projector is None:
+            raise MolbridgeError("retrieval needs an encoder and a projector section in the recipe")
+        self.encoder, self.projector = components.encoder, components.projector
+        model = self.assemble(self.config, self.encoder, self.projector, None)
+        self.text_side = model.text
         if self.config.baseline or self.config.lock_text_tower:
             self._encode_texts()  # before training: the text tower is still the pretrained one
         if self.config.baseline:
             self._fit_baseline()
-        return self.assemble(self.config, self.encoder, self.projector, None)
+        return model
 
     @classmethod
     def assemble(cls, config, encoder, projector, llm) -> Stage1Model:
-        """Encoder + projector with the stage-1 losses; heads whose loss is off (and a locked tower) frozen."""
-        return Stage1Model(encoder, projector, config)
+        """Encoder + projector + text side with the stage-1 losses; heads whose loss is off (and a locked
+        tower) frozen."""
+        return Stage1Model(encoder, projector, text_side_for(projector, config), config)
 
     def datasets(self):
         return self.splits
 
     def collate(self, samples):
         features = [self.encoder.featurize_item(s) for s in samples]
-        ids, mask = self.projector.tokenize([s[keys.TEXT] for s in samples])
+        ids, mask = self.text_side.tokenize([s[keys.TEXT] for s in samples])
         batch = {
             keys.ENCODER_INPUT: self.encoder.collate(features),
             keys.TEXT_INPUT_IDS: ids,
@@ -115,20 +117,27 @@ class RetrievalTask(Task):
     # -- evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()
     def features(self, fabric, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Molecule (N, P, E) and text (N, E) features of a split, in dataset order, float32 on CPU."""
-        loader = DataLoader(self.splits[split], batch_size=self.recipe.data.eval_batch_size, collate_fn=self.collate)
-        mols, texts = [], []
-        for batch in tqdm(loader, desc=f"encode {split}", leave=False, disable=not fabric.is_global_zero):
-            batch = fabric.to_device(batch)
+        """Molecule (N, P, E) and text (N, E) features of a split, in dataset order, float32 on CPU.
+
+        Under DDP each rank encodes its share of the batches (:mod:`molbridge.core.distributed`); every rank
+        gets all features, identical to a single process's."""
+        dataset, text_side = self.splits[split], self.text_side
+        ranges = distributed.batches(len(dataset), self.recipe.data.eval_batch_size)
+        mine = []
+        for rows in tqdm(
+            distributed.shard(ranges), desc=f"encode {split}", leave=False, disable=not fabric.is_global_zero
+        ):
+            batch = fabric.to_device(self.collate([dataset[i] for i in rows]))
             encoded = self.encoder(batch[keys.ENCODER_INPUT])
-            mols.append(self.projector.molecule_features(encoded).float().cpu())
+            mol = text_side.molecule_features(encoded).float().cpu()
             text = (
-                self.projector.project_text(batch[CACHED_TEXT])
+                text_side.project_text(batch[CACHED_TEXT])
                 if CACHED_TEXT in batch
-                else self.projector.text_features(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK])
+                else text_side.text_features(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK])
             )
-            texts.append(text.float().cpu())
-        return torch.cat(mols), torch.cat(texts)
+            mine.append((mol, text.float().cpu()))
+        parts = distributed.gather(mine)
+        return torch.cat([m for m, _ in parts]), torch.cat([t for _, t in parts])
 
     @torch.no_grad()
     def evaluate(self, model, fabric, split: str) -> dict[str, float]:
@@ -160,10 +169,10 @@ class RetrievalTask(Task):
                 mols = [dataset[int(i)] for i in mol_index[start : start + batch_size]]
                 texts = [dataset[int(j)] for j in text_index[start : start + batch_size]]
                 batch = self.collate(mols)
-                ids, mask = self.projector.tokenize([t[keys.TEXT] for t in texts])
+                ids, mask = self.text_side.tokenize([t[keys.TEXT] for t in texts])
                 batch = fabric.to_device(batch | {keys.TEXT_INPUT_IDS: ids, keys.TEXT_ATTENTION_MASK: mask})
                 encoded = self.encoder(batch[keys.ENCODER_INPUT])
-                logits = self.projector.match_logits(
+                logits = self.text_side.match_logits(
                     encoded, batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]
                 ).float()
                 out.append((logits[:, 1] - logits[:, 0]).cpu())
@@ -175,18 +184,19 @@ class RetrievalTask(Task):
     @torch.no_grad()
     def _encode_texts(self) -> None:
         """Pooled states of every text under the text tower as loaded, by molecule id (CPU, float32)."""
-        device = next(self.projector.parameters()).device  # built under fabric.init_module: maybe a GPU
-        self.projector.eval()
+        text_side = self.text_side
+        device = next(text_side.parameters()).device  # built under fabric.init_module: maybe a GPU
+        text_side.eval()
         self._pooled_text = {}
         for split in SPLITS:
             dataset = self.splits[split]
             mols = [dataset.store[int(row)] for row in dataset.indices]
             for start in tqdm(range(0, len(mols), 128), desc=f"text tower: encode {split} texts", leave=False):
                 chunk = mols[start : start + 128]
-                ids, mask = self.projector.tokenize([m.texts.get(self.config.text_field, "") for m in chunk])
-                pooled = self.projector.pooled_text(ids.to(device), mask.to(device)).float().cpu()
+                ids, mask = text_side.tokenize([m.texts.get(self.config.text_field, "") for m in chunk])
+                pooled = text_side.pooled_text(ids.to(device), mask.to(device)).float().cpu()
                 self._pooled_text.update(zip((m.id for m in chunk), pooled, strict=True))
-        self.projector.train()
+        text_side.train()
 
     def _frozen_targets(self, split: str) -> torch.Tensor:
         dataset = self.splits[split]
@@ -238,10 +248,15 @@ class RetrievalTask(Task):
             "text_field": self.config.text_field,
             "protocol": f"M2T/T2M accuracy and R@20, in batches of {self.config.inbatch_size} and against "
             "the full split; conformer 0; dataset order",
+            "text_side": (
+                f"the projector's own ({self.recipe.projector.name})"
+                if self.text_side is self.projector
+                else "the task's text tower (task.text_tower) reading the projector's soft tokens as a prefix"
+            ),
         }
         if self.config.baseline:
             facts["baseline"] = self.baseline.describe() | {
-                "text_embeddings": f"{self.projector.text_pooling}-pooled states of the text tower as loaded, "
+                "text_embeddings": f"{self.text_side.text_pooling}-pooled states of the text tower as loaded, "
                 "before training"
             }
         return facts

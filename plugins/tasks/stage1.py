@@ -6,7 +6,7 @@ without launching processes; :func:`gather` supplies them under DDP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -14,22 +14,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from molbridge.core import batch as keys
+from molbridge.core.contracts import TextSide
 from molbridge.core.errors import RecipeError
+from molbridge.core.recipe import bounded
+from molbridge.plugins.projectors.stage1 import PrefixTextSide, TextTowerConfig
 
 
 @dataclass
 class Stage1Options:
     """Loss weights and temperature (the ``task`` section of a stage-1 recipe holds these keys)."""
 
-    contrastive_weight: float = 1.0
-    matching_weight: float = 1.0
-    captioning_weight: float = 1.0
-    temperature: float = 0.1
+    contrastive_weight: float = bounded(1.0, ge=0)
+    matching_weight: float = bounded(1.0, ge=0)
+    captioning_weight: float = bounded(1.0, ge=0)
+    temperature: float = bounded(0.1, gt=0)
     """Contrastive temperature (3D-MoLM: 0.1 fixed; BLIP-2 learns it from 0.07)."""
     learn_temperature: bool = False
     lock_text_tower: bool = False
     """Freeze the BERT for text and encode each text once, before training; the text projection still
     trains (LiT-style locked tuning). Contrastive loss only: matching and captioning run the text tower."""
+    text_tower: TextTowerConfig = field(default_factory=TextTowerConfig)
+    """The text side built around a projector that has none of its own (any projector but qformer and linear,
+    which bring theirs and ignore this section): a BERT text tower reading the soft tokens as a prefix."""
+
+
+def text_side_for(projector: nn.Module, options: Stage1Options) -> TextSide:
+    """The projector itself when it implements :class:`TextSide`, else the task's text tower around it."""
+    return projector if isinstance(projector, TextSide) else PrefixTextSide(projector, options.text_tower)
 
 
 #: Batch key of the cached (B, H) text-tower summaries when the text tower is locked.
@@ -82,7 +93,7 @@ def hard_negatives(sim: Tensor, generator: torch.Generator | None = None) -> Ten
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
-def matching_loss(projector, encoded, ids: Tensor, mask: Tensor, sim_local: Tensor) -> Tensor:
+def matching_loss(text_side: TextSide, encoded, ids: Tensor, mask: Tensor, sim_local: Tensor) -> Tensor:
     """Binary matching on [positives ; (mol, hard-negative text) ; (hard-negative mol, text)].
 
     Hard negatives come from the local batch (drawing them from other ranks would need their encoder
@@ -104,7 +115,7 @@ def matching_loss(projector, encoded, ids: Tensor, mask: Tensor, sim_local: Tens
     texts = torch.cat(
         [torch.arange(len(neg_text), device=ids.device), neg_text, torch.arange(len(neg_text), device=ids.device)]
     )
-    logits = projector.match_logits(mols, ids[texts], mask[texts])
+    logits = text_side.match_logits(mols, ids[texts], mask[texts])
     labels = torch.zeros(len(texts), dtype=torch.long, device=ids.device)
     labels[: len(neg_text)] = 1
     return F.cross_entropy(logits.float(), labels)
@@ -115,21 +126,22 @@ def _cat_encoded(encoded, index: Tensor):
 
 
 class Stage1Model(nn.Module):
-    """Encoder + stage-1 projector; ``forward(batch)`` returns the weighted loss and its terms.
+    """Encoder + projector + text side with the stage-1 losses; ``forward(batch)`` returns the weighted loss
+    and its terms.
 
-    Heads whose loss is off are frozen (they would get no gradient, which DDP rejects), and so is the
-    text tower when it is locked.
+    The text side is the projector itself (``qformer``, ``linear``) or the task's around it (registered as
+    ``text_side``; the projector's weights keep their ``projector.`` names). Heads whose loss is off are frozen
+    (they would get no gradient, which DDP rejects), and so is the text tower when it is locked.
     """
 
-    def __init__(self, encoder: nn.Module, projector: nn.Module, options: Stage1Options):
+    def __init__(self, encoder: nn.Module, projector: nn.Module, text_side: TextSide, options: Stage1Options):
         super().__init__()
         self.encoder, self.projector, self.options = encoder, projector, options
-        if not options.matching_weight:
-            projector.match_head.requires_grad_(False)
-        if not options.captioning_weight:
-            projector.lm_head.requires_grad_(False)
+        if text_side is not projector:
+            self.text_side = text_side
+        text_side.freeze_heads(matching=bool(options.matching_weight), captioning=bool(options.captioning_weight))
         if options.lock_text_tower:
-            for _, parameter in projector.text_tower_parameters():
+            for _, parameter in text_side.text_tower_parameters():
                 parameter.requires_grad_(False)
         log_temp = torch.tensor(float(options.temperature)).log()
         if options.learn_temperature:
@@ -138,25 +150,30 @@ class Stage1Model(nn.Module):
             self.register_buffer("log_temperature", log_temp)
 
     @property
+    def text(self) -> TextSide:
+        """The text side: ``text_side`` when the task built one, else the projector (not registered twice)."""
+        return self._modules.get("text_side", self.projector)
+
+    @property
     def temperature(self) -> Tensor:
         return self.log_temperature.exp().clamp(1e-3, 0.5)  # BLIP-2 clamps its learned temperature too
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
-        options, projector = self.options, self.projector
+        options, text_side = self.options, self.text
         encoded = self.encoder(batch[keys.ENCODER_INPUT])
         ids, mask = batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]
-        mol = projector.molecule_features(encoded)
+        mol = text_side.molecule_features(encoded)
         text = (
-            projector.project_text(batch[CACHED_TEXT]) if CACHED_TEXT in batch else projector.text_features(ids, mask)
+            text_side.project_text(batch[CACHED_TEXT]) if CACHED_TEXT in batch else text_side.text_features(ids, mask)
         )
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         contrastive, sim_m2t, _ = contrastive_loss(mol, text, gather(mol), gather(text), rank, self.temperature)
         terms = {"contrastive": contrastive}
         if options.matching_weight:
             local = sim_m2t[:, rank * len(ids) : (rank + 1) * len(ids)].detach()
-            terms["matching"] = matching_loss(projector, encoded, ids, mask, local / self.temperature.detach())
+            terms["matching"] = matching_loss(text_side, encoded, ids, mask, local / self.temperature.detach())
         if options.captioning_weight:
-            terms["captioning"] = projector.caption_loss(encoded, ids, mask)
+            terms["captioning"] = text_side.caption_loss(encoded, ids, mask)
         weights = {
             "contrastive": options.contrastive_weight,
             "matching": options.matching_weight,

@@ -8,6 +8,8 @@ from torch import nn
 from molbridge.core import hookimpl
 from molbridge.core.contracts import EncoderOutput, Projector
 
+molbridge_hook_api = 2  # the molbridge hook API this plugin is written for (molbridge.core.HOOK_API_VERSION)
+
 
 @dataclass
 class MeanPoolConfig:
@@ -53,7 +55,7 @@ def molbridge_register_tasks(register):
 
     register(
         "property",
-        lambda config, recipe, registry: PropertyTask(config, recipe, registry),
+        PropertyTask,
         PropertyTaskConfig,
         description="regress a molecular property from 3D structure (example plugin)",
     )

@@ -36,27 +36,29 @@ class PropertyModel(nn.Module):
 class PropertyTask(Task):
     monitor = ("mae", "min")
 
-    def __init__(self, config, recipe, registry):
-        self.config, self.recipe, self.registry = config, recipe, registry
-        data = recipe.data
-        self.splits = {
-            split: MoleculeDataset.from_split(data.name, split, data.split, seed=recipe.seed)
-            for split in ("train", "valid", "test")
-        }
-        train_values = torch.tensor([self._value(self.splits["train"], i) for i in range(len(self.splits["train"]))])
-        self.mean, self.std = train_values.mean(), train_values.std().clamp(min=1e-6)
-        self.encoder = None
+    def __init__(self, config, recipe, registry=None):
+        self.config, self.recipe = config, recipe
+        self.splits, self.encoder = None, None
 
     def _value(self, dataset, i):
         row = int(dataset.indices[i])
         return float(dataset.store[row].properties[self.config.target])
 
-    def build_model(self):
-        self.encoder = self.registry.build("encoder", self.recipe.encoder)
-        projector = self.registry.build("projector", self.recipe.projector, input_dim=self.encoder.output_dim)
-        return PropertyModel(self.encoder, projector)
+    def build_model(self, components):
+        self.encoder = components.encoder
+        return PropertyModel(components.encoder, components.projector)
 
     def datasets(self):
+        """The splits, read on first use (building a task reads no data)."""
+        if self.splits is None:
+            data = self.recipe.data
+            self.splits = {
+                split: MoleculeDataset.from_split(data.name, split, data.split, seed=self.recipe.seed)
+                for split in ("train", "valid", "test")
+            }
+            train = self.splits["train"]
+            values = torch.tensor([self._value(train, i) for i in range(len(train))])
+            self.mean, self.std = values.mean(), values.std().clamp(min=1e-6)
         return self.splits
 
     def collate(self, samples):
@@ -74,7 +76,9 @@ class PropertyTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, fabric, split):
-        loader = DataLoader(self.splits[split], batch_size=self.recipe.data.eval_batch_size, collate_fn=self.collate)
+        loader = DataLoader(
+            self.datasets()[split], batch_size=self.recipe.data.eval_batch_size, collate_fn=self.collate
+        )
         model.eval()
         errors, baseline = [], []
         for batch in loader:
@@ -90,6 +94,6 @@ class PropertyTask(Task):
             "target": self.config.target,
             "dataset": self.recipe.data.name,
             "split": self.recipe.data.split,
-            "sizes": {k: len(v) for k, v in self.splits.items()},
+            "sizes": {k: len(v) for k, v in self.datasets().items()},
             "baseline": "predict the training mean",
         }

@@ -1,9 +1,10 @@
 """``bench ask``: questions about molecules to a trained captioning or qa model, from its checkpoint.
 
-The model is rebuilt from the checkpoint's own ``recipe.yaml`` through the registry (the task's
-``build_model``, without its datasets), its weights loaded strictly, and prompts go through the task's
-``collate_prompts`` and ``MolLLM.generate``: the path evaluation takes, so for the same molecule, question
-and generation settings the answer is the one ``bench run`` would have generated.
+The model is rebuilt from the checkpoint's own ``recipe.yaml`` through the registry (core builds the
+components, the task's ``build_model`` assembles them; no dataset is read), its weights loaded strictly,
+and the question goes to the task's :meth:`~molbridge.core.contracts.Task.answer`: the path its evaluation
+takes, so for the same molecule, question and generation settings the answer is the one ``bench run``
+would have generated. Any task that implements ``answer`` can be asked (the built-in captioning and qa).
 
 Molecules become 3D records through the data layer with the conformer settings of the run's dataset
 (``dataset.json``), so a SMILES gets the conformer 0 that training and evaluation saw. An SDF record
@@ -25,10 +26,10 @@ from lightning_fabric import Fabric
 from omegaconf import DictConfig
 from rdkit import Chem
 from rdkit.Chem.MolStandardize import rdMolStandardize
-from torch.utils.data import DataLoader
 
 from molbridge.core import batch as keys
 from molbridge.core.checkpoint import CHECKPOINTS, RECIPE_FILE, STATE_FILE, latest_checkpoint, read_best, step_dir
+from molbridge.core.contracts import Task
 from molbridge.core.data import (
     ConformerConfig,
     DatasetError,
@@ -42,8 +43,7 @@ from molbridge.core.data.conformers import REASONS
 from molbridge.core.data.readers import read_sdf
 from molbridge.core.errors import CheckpointError, MolbridgeError
 from molbridge.core.recipe import load_recipe
-from molbridge.core.registry import Registry
-from molbridge.plugins.tasks.llm_stage import LLMStageTask, MolLLM
+from molbridge.core.registry import Registry, build_components
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +99,25 @@ def _run_checkpoint(root: Path) -> Path:
 
 
 def checkpoint_recipe(state_file: Path, registry: Registry) -> DictConfig:
-    """The recipe stored beside ``state_file``, validated against the installed plugins; LLM tasks only."""
+    """The recipe stored beside ``state_file``, validated against the installed plugins."""
     path = state_file.parent / RECIPE_FILE
     if not path.is_file():
         raise CheckpointError(
             f"{state_file.parent}: no {RECIPE_FILE} beside {state_file.name}; bench ask rebuilds "
             "the model from the recipe its run saved there"
         )
-    recipe = load_recipe(path, registry=registry)
-    task = registry.get("task", recipe.task.name).factory
-    if not (isinstance(task, type) and issubclass(task, LLMStageTask)):
+    return load_recipe(path, registry=registry)
+
+
+def answering_task(recipe: DictConfig, registry: Registry, where: Path) -> Task:
+    """The run's task, built without data; an error when its task cannot answer questions."""
+    task = registry.build("task", recipe.task, recipe=recipe, registry=registry)
+    if type(task).answer is Task.answer:
         raise CheckpointError(
-            f"{path}: a '{recipe.task.name}' run has no language model to answer with; "
-            "bench ask needs a captioning or qa run"
+            f"{where}: a '{recipe.task.name}' run cannot answer questions (its task does not implement "
+            "answer(); bench ask needs a run of a task with a language model, e.g. captioning or qa)"
         )
-    return recipe
+    return task
 
 
 # --- molecules -------------------------------------------------------------------------------------------
@@ -219,20 +223,19 @@ class Asker:
         self.registry = registry or get_registry()
         self.state_file = find_state_file(path)
         self.recipe = checkpoint_recipe(self.state_file, self.registry)
+        self.task = answering_task(self.recipe, self.registry, self.state_file.parent)
         self.conformers = conformer_config(self.recipe)
-        self.task: LLMStageTask | None = None
-        self.model: MolLLM | None = None
+        self.model: torch.nn.Module | None = None
         self.fabric: Fabric | None = None
 
-    def load_model(self, device: str = "auto", precision: str | None = None) -> MolLLM:
+    def load_model(self, device: str = "auto", precision: str | None = None) -> torch.nn.Module:
         """Rebuild the model through the registry (the task's ``build_model``), load the weights, eval mode.
 
         ``precision`` defaults to the run's (``train.precision``), applied by Lightning Fabric as in evaluation.
         """
         weights = read_weights(self.state_file)
         recipe = self.recipe
-        self.task = self.registry.build("task", recipe.task, recipe=recipe, registry=self.registry, load_data=False)
-        model = self.task.build_model()
+        model = self.task.build_model(build_components(recipe, self.registry))
         mismatch = f"{self.state_file} does not fit the model its {RECIPE_FILE} builds"
         try:
             result = model.load_state_dict(weights, strict=False)
@@ -263,14 +266,10 @@ class Asker:
         if self.model is None:
             self.load_model()
         samples = [self._sample(question, mol) for mol in molecules]
-        loader = DataLoader(samples, batch_size=self.recipe.data.eval_batch_size, collate_fn=self._collate)
-        settings = {"do_sample": False} | {k: v for k, v in generation.items() if v is not None}
-        module = getattr(self.model, "module", self.model)  # Fabric's wrapper -> MolLLM
-        answers: list[str] = []
-        for batch in loader:
-            with self.fabric.autocast():
-                answers += module.generate(self.fabric.to_device(batch), **settings)
-        return answers
+        try:
+            return self.task.answer(self.model, self.fabric, samples, **generation)
+        except MolbridgeError as exc:  # e.g. an element the encoder has no token for
+            raise AskError(f"molecule(s) {', '.join(str(s[keys.MOL_ID]) for s in samples)}: {exc}") from exc
 
     def _sample(self, question: str, mol: MoleculeRecord) -> dict[str, Any]:
         return {
@@ -280,12 +279,6 @@ class Asker:
             keys.ATOMIC_NUMBERS: mol.atomic_numbers,
             keys.POSITIONS: mol.conformers[0],
         }
-
-    def _collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        try:
-            return self.task.collate_prompts(samples)
-        except MolbridgeError as exc:  # e.g. an element the encoder has no token for
-            raise AskError(f"molecule(s) {', '.join(str(s[keys.MOL_ID]) for s in samples)}: {exc}") from exc
 
 
 def _fabric(device: str, precision: str) -> Fabric:
