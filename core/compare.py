@@ -19,7 +19,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from molbridge.core.errors import MolbridgeError
-from molbridge.core.tracking import tracking_uri
+from molbridge.core.tracking import client_for, tracking_uri
 
 #: Tags shown for every run: what distinguishes one configuration from another.
 IDENTITY = ("task", "dataset", "encoder", "projector", "llm", "seed", "recipe")
@@ -83,9 +83,7 @@ def gather_runs(
     uri: str | None = None,
 ) -> list[RunRow]:
     """Runs matching the selection, newest first; with ``latest`` one per run name."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri(uri))
+    client = client_for(uri)
     known = {e.name: e.experiment_id for e in client.search_experiments()}
     names = experiments or [
         n

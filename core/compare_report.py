@@ -32,7 +32,7 @@ from molbridge.core.compare import (
     select_metrics,
 )
 from molbridge.core.errors import MolbridgeError
-from molbridge.core.tracking import tracking_uri
+from molbridge.core.tracking import client_for, store_lock, tracking_uri
 
 #: Metrics drawn as bars for a task that declares no ``report_metrics`` (and is not installed here).
 FALLBACK_PLOT_METRICS = ("best/*",)
@@ -79,9 +79,7 @@ def write_report(
     tables' metrics, ``plot_metrics`` the bar charts' (default: :data:`DEFAULT_PLOT_METRICS` by task; a
     pattern given here that matches nothing is an error naming it).
     """
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri(uri))
+    client = client_for(uri)
     report = Report(Path(folder))
     report.folder.mkdir(parents=True, exist_ok=True)
     groups = group_runs(rows)
@@ -98,16 +96,16 @@ def write_report(
 
 def log_report(report: Report, run_id: str, uri: str | None = None, artifact_path: str = "compare") -> None:
     """Log every file of the report to run ``run_id`` under ``artifact_path``."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=tracking_uri(uri))
+    client = client_for(uri)
     try:
         client.get_run(run_id)
     except MlflowException as exc:
         raise MolbridgeError(f"cannot log the comparison to run {run_id}: no such run at {tracking_uri(uri)}") from exc
-    for path in report.files:
-        client.log_artifact(run_id, str(path), artifact_path)
+    with store_lock(tracking_uri(uri)):
+        for path in report.files:
+            client.log_artifact(run_id, str(path), artifact_path)
 
 
 def sweep_parent(rows: list[RunRow]) -> str | None:

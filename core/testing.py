@@ -55,6 +55,26 @@ def example_molecules(smiles: Sequence[str] = EXAMPLE_SMILES, seed: int = 0) -> 
     return molecules
 
 
+def example_items(smiles: Sequence[str] = EXAMPLE_SMILES, seed: int = 0) -> list[dict[str, Any]]:
+    """:func:`example_molecules` as dataset items (``MOL_ID``, ``SMILES``, ``ATOMIC_NUMBERS``, ``POSITIONS``): what
+    tasks hand an encoder's ``featurize_item``, so encoders of any input (3D or SMILES) can be checked."""
+    return [
+        {keys.MOL_ID: f"example-{i}", keys.SMILES: text, keys.ATOMIC_NUMBERS: z, keys.POSITIONS: pos}
+        for i, (text, (z, pos)) in enumerate(zip(smiles, example_molecules(smiles, seed), strict=True))
+    ]
+
+
+def _geometry(molecule: Molecule | Mapping[str, Any]) -> Molecule:
+    return (molecule[keys.ATOMIC_NUMBERS], molecule[keys.POSITIONS]) if isinstance(molecule, Mapping) else molecule
+
+
+def _with_geometry(molecule: Molecule | Mapping[str, Any], z: np.ndarray, pos: np.ndarray):
+    """The same molecule (tuple or item) with other atoms/positions (an item keeps its SMILES)."""
+    if isinstance(molecule, Mapping):
+        return {**molecule, keys.ATOMIC_NUMBERS: z, keys.POSITIONS: pos}
+    return (z, pos)
+
+
 def _encode(encoder: Encoder, molecules: Sequence[Molecule | Mapping[str, Any]], device: Any = None) -> EncoderOutput:
     """Encode (z, positions) molecules or dataset items (through ``featurize_item``) as one batch."""
     features = [encoder.featurize_item(m) if isinstance(m, Mapping) else encoder.featurize(*m) for m in molecules]
@@ -103,9 +123,14 @@ def check_encoder_outputs(
     return out
 
 
-def check_rigid_motion_invariance(encoder: Encoder, molecules: Sequence[Molecule], atol: float = 1e-4) -> None:
+def check_rigid_motion_invariance(
+    encoder: Encoder, molecules: Sequence[Molecule | Mapping[str, Any]], atol: float = 1e-4
+) -> None:
     """Rotating and translating every molecule changes no output beyond ``atol``."""
-    moved = [(z, pos @ _random_rotation(i).T + np.float32([3.0, -7.5, 12.0])) for i, (z, pos) in enumerate(molecules)]
+    moved = []
+    for i, molecule in enumerate(molecules):
+        z, pos = _geometry(molecule)
+        moved.append(_with_geometry(molecule, z, pos @ _random_rotation(i).T + np.float32([3.0, -7.5, 12.0])))
     a, b = _encode(encoder, molecules), _encode(encoder, moved)
     _close(a.atom_embeddings, b.atom_embeddings, atol, "atom embeddings after rotation + translation")
     _close(a.pooled, b.pooled, atol, "pooled output after rotation + translation")
@@ -122,13 +147,19 @@ def check_padding_invariance(
         _close(alone.pooled[0], together.pooled[i], atol, f"molecule {i}: pooled alone vs padded batch")
 
 
-def check_permutation_equivariance(encoder: Encoder, molecules: Sequence[Molecule], atol: float = 1e-4) -> None:
+def check_permutation_equivariance(
+    encoder: Encoder, molecules: Sequence[Molecule | Mapping[str, Any]], atol: float = 1e-4
+) -> None:
     """Shuffling atoms permutes the per-atom outputs (same multiset of rows) and leaves pooled unchanged.
 
     Rows are matched by nearest neighbour, so encoders that add special tokens or drop hydrogens pass too.
     """
     rng = np.random.default_rng(0)
-    shuffled = [(z[p], pos[p]) for z, pos in molecules for p in [rng.permutation(len(z))]]
+    shuffled = []
+    for molecule in molecules:
+        z, pos = _geometry(molecule)
+        order = rng.permutation(len(z))
+        shuffled.append(_with_geometry(molecule, z[order], pos[order]))
     a, b = _encode(encoder, molecules), _encode(encoder, shuffled)
     _close(a.pooled, b.pooled, atol, "pooled output after permuting atoms")
     for i in range(len(molecules)):
@@ -138,9 +169,11 @@ def check_permutation_equivariance(encoder: Encoder, molecules: Sequence[Molecul
         assert gap <= atol * ra.shape[1] ** 0.5, f"molecule {i}: a row has no counterpart after permutation ({gap:.3g})"
 
 
-def check_encoder(encoder: Encoder, molecules: Sequence[Molecule] | None = None, atol: float = 1e-4) -> None:
+def check_encoder(
+    encoder: Encoder, molecules: Sequence[Molecule | Mapping[str, Any]] | None = None, atol: float = 1e-4
+) -> None:
     """Every encoder property molbridge relies on (in eval mode, so dropout is off)."""
-    molecules = molecules or example_molecules()
+    molecules = molecules or example_items()
     encoder.eval()
     check_encoder_outputs(encoder, molecules)
     check_rigid_motion_invariance(encoder, molecules, atol)
@@ -337,3 +370,44 @@ def check_run_contracts(
     finally:
         for module, mode in zip(modules, modes, strict=True):
             module.train(mode)
+
+
+# --- every installed component (bench plugins --check) ----------------------------------------------------
+
+#: Overrides that keep a task check small whatever the task (its packaged recipe supplies the rest).
+TASK_CHECK_OVERRIDES = (
+    "data.limit=8",
+    "data.eval_limit=4",
+    "data.batch_size=4",
+    "data.eval_batch_size=4",
+    "train.init_from=null",
+    "tracking.enabled=false",
+)
+
+
+def check_component(registry: Registry, kind: str, name: str) -> str | None:
+    """Run the contract checks of one installed component with its default settings; None when it passes,
+    else what failed. A task is checked with its packaged recipe (a task without one is skipped: say so)."""
+    from omegaconf import OmegaConf
+
+    from molbridge.core.recipe import packaged_recipes
+
+    component = registry.get(kind, name)
+    config = OmegaConf.structured(component.config_schema)
+    config.name = name
+    try:
+        if kind == "encoder":
+            check_encoder(component.build(config))
+        elif kind == "projector":
+            check_projector(component.build(config, input_dim=64), input_dim=64)
+        elif kind == "llm":
+            check_llm(component.build(config, input_dim=64), input_dim=64)
+        elif name in packaged_recipes():
+            check_task(name, overrides=TASK_CHECK_OVERRIDES, registry=registry)
+        else:
+            return "skipped: no packaged recipe of that name; run molbridge.core.testing.check_task with yours"
+    except AssertionError as exc:
+        return f"breaks its contract: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a plugin's own crash is a finding, named as the plugin's
+        return f"failed: {type(exc).__name__}: {exc}"
+    return None

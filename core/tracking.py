@@ -123,9 +123,9 @@ def client_for(uri: str | None = None) -> Any:
     from mlflow import MlflowClient
 
     resolved = tracking_uri(uri)
-    client = MlflowClient(tracking_uri=resolved)
-    with store_lock(resolved):
-        client.search_experiments(max_results=1)  # creates and migrates the tables, once, under the lock
+    with store_lock(resolved):  # the client's constructor creates and migrates the tables: once, under the lock
+        client = MlflowClient(tracking_uri=resolved)
+        client.search_experiments(max_results=1)
     return client
 
 

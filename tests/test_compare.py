@@ -94,3 +94,26 @@ def test_cli_reports_bad_filters_and_missing_experiments(store, capsys):
     assert "not key=value" in capsys.readouterr().err
     assert main(["compare", "--task", "captioning"]) == 2
     assert EXPERIMENT in capsys.readouterr().err
+
+
+def test_gather_runs_pages_through_every_run(tmp_path, monkeypatch):
+    """No 1,000-run ceiling: search_runs is followed page by page (here with pages of 2)."""
+    from mlflow import MlflowClient
+
+    from molbridge.core import compare
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("toy-regression-paged")
+    for seed in range(5):
+        run = client.create_run(
+            experiment,
+            run_name=f"none-none-none-s{seed}-abcdef",
+            tags={"seed": str(seed), "molbridge.config": "abcdef"},
+        )
+        client.log_metric(run.info.run_id, "test/mse", float(seed))
+    monkeypatch.setattr(compare, "PAGE", 2)
+    rows = compare.gather_runs(experiments=["toy-regression-paged"], uri=uri)
+    assert sorted(r.identity["seed"] for r in rows) == ["0", "1", "2", "3", "4"]
+    (group,) = compare.group_runs(rows)  # one configuration hash: one group of five seeds
+    assert len(group.runs) == 5

@@ -1,6 +1,10 @@
 """MLflow tracking written by a run and read back; ``bench compare`` over the logged runs."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -109,3 +113,33 @@ def test_compare_names_the_experiments_that_exist(toy_registry, tmp_cwd, recipe_
     _start(_recipe(recipe_file, toy_registry), toy_registry, tmp_cwd / "out", resume=False).finish()
     with pytest.raises(MolbridgeError, match="no MLflow experiment retrieval-x.*toy-regression-molbridge-mini"):
         gather_runs(experiments=["retrieval-x"])
+
+
+@pytest.mark.slow
+def test_four_runs_started_at_once_in_a_fresh_directory_all_finish(tmp_path):
+    """The first runs in a new directory create and migrate mlflow.db concurrently: under the store's lock
+    they all finish, and bench compare sees every one."""
+    helper = Path(__file__).resolve().parent / "ddp_run.py"  # one run of the toy task per process
+    processes = []
+    for seed in range(4):
+        recipe = tmp_path / f"toy{seed}.yaml"
+        recipe.write_text(
+            f"recipe: toy\nseed: {seed}\ntask:\n  name: toy-regression\n  size: 16\ndata:\n  batch_size: 8\n"
+            "train:\n  max_steps: 2\n  accelerator: cpu\n"
+        )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(helper), str(recipe), f"out{seed}"],
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+        )
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0 and "finished: completed" in out, err[-2000:]
+    rows = gather_runs(task="toy-regression", uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert sorted(r.identity["seed"] for r in rows) == ["0", "1", "2", "3"]
+    assert {r.status for r in rows} == {"FINISHED"}

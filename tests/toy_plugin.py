@@ -113,7 +113,7 @@ def _rank() -> int:
 def molbridge_register_tasks(register):
     register(
         "toy-regression",
-        lambda config, recipe, registry: ToyRegression(config, recipe, registry),
+        ToyRegression,
         config_schema=ToyTaskConfig,
         description="Synthetic linear regression (tests only)",
     )
