@@ -55,6 +55,7 @@ REASONS = {
     "atom_clash": "two atoms of an optimised conformer are closer than 0.5 angstrom",
     "rdkit_error": "RDKit raised an unexpected error on this molecule (detail has the message)",
     "worker_crashed": "the worker process died on this molecule (a crash inside RDKit); the build went on",
+    "missing_conformer": "the record names a molecule (a CID or PubChemQC index) whose conformer is not in the input",
 }
 
 #: Force fields, in the order they are tried; ``none`` marks an unoptimised (or given) conformer.
@@ -114,6 +115,7 @@ class MoleculeInput:
     properties: dict[str, float] = field(default_factory=dict)
     instructions: list[dict[str, str]] = field(default_factory=list)  # {instruction, input, output, task[, subset]}
     split: str | None = None  # the input's own split (a split column, its file, the release's folder)
+    failure: tuple[str, str, str] | None = None  # (stage, reason, detail) when the reader already rejected it
 
     def source_text(self) -> str:
         """The input as a short string for failure reports."""
@@ -121,6 +123,8 @@ class MoleculeInput:
             return self.smiles
         if self.molblock is not None:
             return self.molblock[:200]
+        if self.atoms is None and self.instructions:
+            return str(self.instructions[0].get("input", ""))[:200]
         return " ".join(self.atoms or [])[:200]
 
 
@@ -350,6 +354,8 @@ def _from_given(item: MoleculeInput, config: ConformerConfig) -> MoleculeRecord:
 
 
 def _build(item: MoleculeInput, config: ConformerConfig) -> MoleculeRecord:
+    if item.failure is not None:
+        raise _Fail(*item.failure)
     for name in config.require_text:
         if not item.texts.get(name, "").strip():
             raise _Fail("check", "empty_text", f"text field '{name}' is empty")

@@ -1,4 +1,12 @@
-"""Seeded random and Bemis-Murcko scaffold splits (train/valid/test), stored with the dataset."""
+"""Split kinds stored with a dataset: seeded random and Bemis-Murcko scaffold splits (train/valid/test), and
+the input's own partition when it came with one.
+
+``given`` keeps the input's labels (a split column, the file each molecule came from, the 3D-MoLM release's
+folders), synonyms normalised (validation/val/dev -> valid). When the given split has a ``pretrain`` part
+(the 3D-MoLM release), ``given-pretrain`` is stored too: the same partition with ``pretrain`` as its
+``train`` (and the release's ``train`` renamed ``finetune``), so the pretraining phase of a recipe selects it
+with ``data.split: given-pretrain`` while valid and test stay those of the release.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,30 @@ from rdkit.Chem.Scaffolds import MurckoScaffold
 
 SPLIT_NAMES = ("train", "valid", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+GIVEN, GIVEN_PRETRAIN = "given", "given-pretrain"
+KINDS = ("random", "scaffold", GIVEN, GIVEN_PRETRAIN)
+SYNONYMS = {"validation": "valid", "val": "valid", "dev": "valid", "training": "train", "testing": "test"}
+UNASSIGNED = "unassigned"  # a molecule without a label when others of the input have one
+
+
+def normalize_label(label: str | None) -> str | None:
+    """A split label as stored: lower case, synonyms mapped (``validation`` -> ``valid``); None stays None."""
+    if label is None or not str(label).strip():
+        return None
+    text = str(label).strip().lower()
+    return SYNONYMS.get(text, text)
+
+
+def given_kinds(labels: list[str | None]) -> dict[str, np.ndarray]:
+    """The ``given`` (and ``given-pretrain``) kinds for per-molecule input labels; {} when no molecule has one."""
+    if all(label is None for label in labels):
+        return {}
+    given = np.array([UNASSIGNED if label is None else label for label in labels], dtype=object)
+    kinds = {GIVEN: given}
+    if "pretrain" in set(given.tolist()):
+        renamed = {"pretrain": "train", "train": "finetune"}
+        kinds[GIVEN_PRETRAIN] = np.array([renamed.get(label, label) for label in given], dtype=object)
+    return kinds
 
 
 def _labels_from_order(order: np.ndarray, n: int, fractions: tuple[float, float, float]) -> np.ndarray:
