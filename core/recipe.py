@@ -32,7 +32,7 @@ PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed",
 class DataConfig:
     name: str = "molbridge-mini"
     """A packaged dataset name or a directory written by ``bench data prepare``."""
-    split: str = field(default="scaffold", metadata={"choices": ("scaffold", "random")})
+    split: str = field(default="scaffold", metadata={"choices": ("scaffold", "random", "given", "given-pretrain")})
     """Which stored split to train and evaluate on."""
     batch_size: int = 32
     """Molecules per optimizer micro-step and per process."""

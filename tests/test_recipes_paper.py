@@ -78,10 +78,14 @@ def test_the_three_paper_recipes_validate_with_the_papers_settings():
     assert (stage3.data.batch_size, stage3.train.grad_accum, stage3.train.max_steps) == (8, 8, 40000)
 
 
-def test_stages_chain_by_init_from_and_paths_come_from_the_environment(monkeypatch):
+def test_stages_chain_by_init_from_as_the_reference_scripts_and_paths_come_from_the_environment(monkeypatch):
     stage1, stage2, stage3 = (load_recipe(name) for name in PAPER)
-    assert stage2.train.init_from == str(output_dir(stage1))
-    assert stage3.train.init_from == str(output_dir(stage2))
+    pretrain1, pretrain2 = load_recipe("3d-molm-stage1-pretrain"), load_recipe("3d-molm-stage2-pretrain")
+    # stage1_pretrain.sh -> stage1_ft.sh and stage2_pretrain.sh; stage2_pretrain.sh -> stage2_ft.sh and stage3
+    assert pretrain1.train.init_from is None
+    assert stage1.train.init_from == pretrain2.train.init_from == str(output_dir(pretrain1))
+    assert stage2.train.init_from == stage3.train.init_from == str(output_dir(pretrain2))
+    assert len({str(output_dir(r)) for r in (stage1, stage2, stage3, pretrain1, pretrain2)}) == 5
     monkeypatch.setenv("MOLBRIDGE_LLAMA2_7B", "/weights/llama")
     assert load_recipe("3d-molm-stage3").llm.path == "/weights/llama"
     monkeypatch.delenv("MOLBRIDGE_LLAMA2_7B")
@@ -143,3 +147,25 @@ def test_a_component_that_refuses_meta_tensors_is_sized_on_the_cpu(registry):
     sizing = size_recipe(recipe, registry)
     assert sizing.row("encoder schnet").parameters > 0
     assert any("encoder: cannot be built on the meta device" in note for note in sizing.notes)
+
+
+def test_pretraining_phases_use_the_enriched_descriptions_of_the_release_pretrain_split():
+    for name, steps in (("3d-molm-stage1-pretrain", 58750), ("3d-molm-stage2-pretrain", 23510)):
+        recipe = load_recipe(name)
+        assert (recipe.data.split, recipe.task.text_field, recipe.train.max_steps) == (
+            "given-pretrain",
+            "enriched_description",
+            steps,
+        )
+    for name, steps in (("3d-molm-stage1", 460), ("3d-molm-stage2", 930), ("3d-molm-stage3", 40000)):
+        recipe = load_recipe(name)
+        assert recipe.data.split == "given" and recipe.train.max_steps == steps
+        assert recipe.data.name == "data/3d-molm"  # MOLBRIDGE_3DMOLM_DATA unset: the documented --out
+        assert recipe.task.get("text_field", "description") == "description"
+
+
+def test_validate_names_a_dataset_without_the_given_split(monkeypatch, capsys):
+    monkeypatch.setenv("MOLBRIDGE_3DMOLM_DATA", "molbridge-mini")
+    assert main(["recipes", "validate", "3d-molm-stage1", "--no-size"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'molbridge-mini'" in err and "no split kind 'given'" in err and "random, scaffold" in err
