@@ -194,3 +194,34 @@ def test_300_atom_lipid_is_kept_for_the_encoders_to_crop():
         with torch.no_grad():
             out = model(model.collate([features]))
         assert int((~out.padding_mask).sum()) == atoms and torch.isfinite(out.pooled).all()
+
+
+def _real_sample_failures(molecules):
+    results = [make_record(MoleculeInput(i, m.id, smiles=m.smiles)) for i, m in enumerate(molecules)]
+    failures = [r for r in results if isinstance(r, Failure)]
+    unexpected = [(f.id, f.reason, f.detail) for f in failures if f.reason not in REASONS or f.reason == "rdkit_error"]
+    return results, failures, unexpected
+
+
+def test_real_molecules_subset_has_no_unexpected_failure():
+    """Every multi-fragment molecule and a spread of sizes from the 1,000-molecule real sample (see the slow test)."""
+    from molbridge.core.data.samples import real_sample
+
+    sample = real_sample()
+    subset = [m for m in sample if "." in m.smiles][::7] + sample[250::250]
+    results, failures, unexpected = _real_sample_failures(subset)
+    assert not unexpected
+    assert {f.reason for f in failures} <= {"no_forcefield_params"}  # metal complexes no force field types
+    kept = [r for r in results if not isinstance(r, Failure)]
+    assert kept and all(r.forcefield and r.embedding in ("etkdg", "random_coords") for r in kept)
+
+
+@pytest.mark.slow
+def test_real_molecules_1000_have_no_rdkit_error_and_only_named_failures():
+    from molbridge.core.data.samples import real_sample
+
+    sample = real_sample()
+    assert len(sample) == 1000 and 20 <= min(m.atoms for m in sample) and max(m.atoms for m in sample) <= 200
+    results, failures, unexpected = _real_sample_failures(sample)
+    assert not unexpected, unexpected
+    assert len(failures) <= 20, [(f.id, f.reason) for f in failures]  # metal complexes MMFF and UFF cannot type

@@ -252,19 +252,22 @@ def _embed(mol: Chem.Mol, config: ConformerConfig, limit: float) -> tuple[list[i
     raise _Fail("embed", "embedding_failed", f"ETKDGv3 and random coordinates returned no conformer ({detail})")
 
 
-def _choose_forcefield(mol: Chem.Mol, config: ConformerConfig) -> str:
-    """The first force field of ``config.forcefields`` that types every atom (typing needs no conformer)."""
+def _choose_forcefield(mol: Chem.Mol, config: ConformerConfig) -> tuple[str, Any]:
+    """The first force field of ``config.forcefields`` that types every atom (typing needs no conformer), and
+    its MMFF94 properties when it is MMFF94 (typed once, reused by the optimisation)."""
     for name in config.forcefields:
         # MMFFGetMoleculeProperties first: it sets MMFF aromaticity flags on the molecule, which ETKDG's
         # torsion rules then see; keeping that order keeps every conformer built before the fallbacks the same
-        if name == "mmff" and AllChem.MMFFGetMoleculeProperties(mol) and AllChem.MMFFHasAllMoleculeParams(mol):
-            return "mmff"
+        if name == "mmff":
+            props = AllChem.MMFFGetMoleculeProperties(mol)
+            if props is not None and AllChem.MMFFHasAllMoleculeParams(mol):
+                return "mmff", props
         if name == "uff" and AllChem.UFFHasAllMoleculeParams(mol):
-            return "uff"
+            return "uff", None
         if name not in FORCEFIELDS:
             raise _Fail("forcefield", "invalid_input", f"unknown force field '{name}' (known: {FORCEFIELDS})")
     if config.keep_untyped:
-        return "none"
+        return "none", None
     if tuple(config.forcefields) == ("mmff",):
         raise _Fail("forcefield", "mmff_missing_params", "MMFF94 lacks parameters for at least one atom")
     unusual = sorted({a.GetSymbol() for a in mol.GetAtoms()} - set(ORGANIC))
@@ -280,7 +283,7 @@ def _forcefield_for(mol: Chem.Mol, name: str, conf_id: int, mmff_props):
 
 
 def _optimize(
-    mol: Chem.Mol, ids: list[int], name: str, config: ConformerConfig
+    mol: Chem.Mol, ids: list[int], name: str, props: Any, config: ConformerConfig
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Optimise every conformer in place with force field ``name``: (energies kcal/mol, converged, force field).
 
@@ -292,7 +295,6 @@ def _optimize(
     used = ["none"] * len(ids)
     if name == "none":
         return energies, converged, used
-    props = AllChem.MMFFGetMoleculeProperties(mol) if name == "mmff" else None
     for k, conf_id in enumerate(ids):
         before = mol.GetConformer(conf_id).GetPositions()
         try:
@@ -368,10 +370,10 @@ def _build(item: MoleculeInput, config: ConformerConfig) -> MoleculeRecord:
     smiles = Chem.MolToSmiles(mol)
     mol = Chem.AddHs(mol)
     # before embedding: a certain failure must not depend on how long embedding takes
-    forcefield = _choose_forcefield(mol, config)
+    forcefield, props = _choose_forcefield(mol, config)
     ids, strategy = _embed(mol, config, time_limit(mol.GetNumAtoms(), config))
     embedded = {conf_id: mol.GetConformer(conf_id).GetPositions() for conf_id in ids}
-    energies, converged, used = _optimize(mol, ids, forcefield, config)
+    energies, converged, used = _optimize(mol, ids, forcefield, props, config)
     usable = set(_without_clashes(mol, ids, raise_if_none=False))
     for k, conf_id in enumerate(ids):  # an optimisation that made atoms overlap: keep the embedding instead
         if conf_id not in usable and used[k] != "none" and _min_distance(embedded[conf_id]) >= MIN_DISTANCE:

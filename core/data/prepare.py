@@ -132,7 +132,7 @@ def prepare(
     try:
         for k in todo:
             chunk = inputs[k * shard_size : (k + 1) * shard_size]
-            if workers > 1 and any(item.coordinates is None for item in chunk):
+            if workers > 1 and any(item.coordinates is None and item.failure is None for item in chunk):
                 if pool is None:
                     limit = hard_limit_s or hard_limit(config)
                     size = max(1, min(8, len(chunk) // (workers * 16)))
@@ -189,9 +189,10 @@ def finalize(
     shards, smiles, given, reasons = [], [], [], Counter()
     for k in range(num_shards):
         shard_file, failure_file = shard_paths(out, k)
-        table = pq.read_table(shard_file, columns=["smiles", "given_split"])
+        has_given = "given_split" in pq.read_schema(shard_file).names  # format-1 shards of a resumed build lack it
+        table = pq.read_table(shard_file, columns=["smiles", "given_split"] if has_given else ["smiles"])
         smiles += table["smiles"].to_pylist()
-        given += table["given_split"].to_pylist()
+        given += table["given_split"].to_pylist() if has_given else [None] * table.num_rows
         failures = [line for line in failure_file.read_text(encoding="utf-8").splitlines() if line]
         reasons.update(json.loads(line)["reason"] for line in failures)
         shards.append(
