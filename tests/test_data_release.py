@@ -127,7 +127,7 @@ def test_release_needs_the_pickle_opt_in(release, capsys):
 
 def test_release_joins_every_record_and_keeps_its_splits(prepared, capsys):
     store = open_dataset(prepared)
-    assert store.split_kinds() == ["random", "scaffold", "given", "given-pretrain"]
+    assert store.split_kinds() == ["random", "scaffold", "given", "given-described", "given-pretrain"]
     by_id = {m.id: (i, m) for i, m in enumerate(store)}
     # PubChem molecules (captioned, and 750 named only by a train record) and PubChemQC geometries by index
     assert set(by_id) == set(PUBCHEM) | {"pubchemqc:0", "pubchemqc:1"}
@@ -139,13 +139,12 @@ def test_release_joins_every_record_and_keeps_its_splits(prepared, capsys):
     assert sorted(m.given_split for m in store if m.id == "pubchemqc:0") == ["test", "train"]
     for kind, name in (("given", "pretrain"), ("given-pretrain", "train")):  # the pretraining phase's split
         assert {store[int(i)].id for i in store.split(name, kind)} == {"962", "702"}
-    assert {store[int(i)].id for i in store.split("finetune", "given-pretrain")} == {
-        "241",
-        "6342",
-        "750",
-        "pubchemqc:0",
-    }
+    # the text stages' kinds leave out PubChemQC molecules (no description), as the reference's stages 1 and 2
+    assert {store[int(i)].id for i in store.split("finetune", "given-pretrain")} == {"241", "6342", "750"}
     assert {store[int(i)].id for i in store.split("test", "given")} == {"297", "pubchemqc:0"}
+    assert {store[int(i)].id for i in store.split("test", "given-described")} == {"297"}
+    undescribed = {store[int(i)].id for i in store.split("undescribed", "given-described")}
+    assert undescribed == {"pubchemqc:0", "pubchemqc:1"}
 
 
 def test_release_records_keep_coordinates_texts_and_instructions(prepared):

@@ -157,9 +157,13 @@ def test_pretraining_phases_use_the_enriched_descriptions_of_the_release_pretrai
             "enriched_description",
             steps,
         )
-    for name, steps in (("3d-molm-stage1", 460), ("3d-molm-stage2", 930), ("3d-molm-stage3", 40000)):
+    for name, split, steps in (
+        ("3d-molm-stage1", "given-described", 460),
+        ("3d-molm-stage2", "given-described", 930),
+        ("3d-molm-stage3", "given", 40000),  # stage 3 also trains on the PubChemQC molecules, which have no text
+    ):
         recipe = load_recipe(name)
-        assert recipe.data.split == "given" and recipe.train.max_steps == steps
+        assert recipe.data.split == split and recipe.train.max_steps == steps
         assert recipe.data.name == "data/3d-molm"  # MOLBRIDGE_3DMOLM_DATA unset: the documented --out
         assert recipe.task.get("text_field", "description") == "description"
 
@@ -168,4 +172,5 @@ def test_validate_names_a_dataset_without_the_given_split(monkeypatch, capsys):
     monkeypatch.setenv("MOLBRIDGE_3DMOLM_DATA", "molbridge-mini")
     assert main(["recipes", "validate", "3d-molm-stage1", "--no-size"]) == 2
     err = capsys.readouterr().err
-    assert "dataset 'molbridge-mini'" in err and "no split kind 'given'" in err and "random, scaffold" in err
+    assert "dataset 'molbridge-mini'" in err and "no split kind 'given-described'" in err
+    assert "its split kinds: random, scaffold" in err

@@ -5,10 +5,11 @@ Read API (what tasks use)::
     from molbridge.core.data import open_dataset, MoleculeDataset
 
     store = open_dataset("molbridge-mini")          # or a directory written by `bench data prepare`
-    len(store); store.split_kinds()                  # -> ["random", "scaffold"] (+ "given", "given-pretrain")
+    len(store); store.split_kinds()                  # -> ["random", "scaffold"] (+ "given", ...)
     train_rows = store.split("train", kind="scaffold")   # numpy indices; also "valid", "test"
     # "given": the input's own partition (a split column, ChEBI-20's files, the 3D-MoLM release's folders);
-    # "given-pretrain": the release's pretrain part as "train", for the enriched-description pretraining phase
+    # "given-described": the same over molecules with a description (text stages; leaves out PubChemQC's);
+    # "given-pretrain": as given-described with the release's pretrain part as "train" (pretraining phases)
     mol = store[int(train_rows[0])]
     mol.id, mol.smiles, mol.atomic_numbers           # int64 (N,), hydrogens included
     mol.conformers                                   # float32 (C, N, 3) angstrom; 0 = lowest force-field energy

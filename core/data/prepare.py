@@ -44,6 +44,7 @@ from molbridge.core.errors import MolbridgeError
 
 log = logging.getLogger(__name__)
 
+DESCRIPTIONS = ("description", "enriched_description")  # a molecule with one of these is "described"
 #: Called in the worker on each successful record (adds properties, texts...); a Failure rejects it.
 Enrich = Callable[[MoleculeRecord], MoleculeRecord | Failure]
 
@@ -186,13 +187,14 @@ def finalize(
     extra_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write splits.parquet and dataset.json from the finished shards."""
-    shards, smiles, given, reasons = [], [], [], Counter()
+    shards, smiles, given, described, reasons = [], [], [], [], Counter()
     for k in range(num_shards):
         shard_file, failure_file = shard_paths(out, k)
         has_given = "given_split" in pq.read_schema(shard_file).names  # format-1 shards of a resumed build lack it
-        table = pq.read_table(shard_file, columns=["smiles", "given_split"] if has_given else ["smiles"])
+        table = pq.read_table(shard_file, columns=["smiles", "texts"] + (["given_split"] if has_given else []))
         smiles += table["smiles"].to_pylist()
         given += table["given_split"].to_pylist() if has_given else [None] * table.num_rows
+        described += [any(k in DESCRIPTIONS and v.strip() for k, v in row) for row in table["texts"].to_pylist()]
         failures = [line for line in failure_file.read_text(encoding="utf-8").splitlines() if line]
         reasons.update(json.loads(line)["reason"] for line in failures)
         shards.append(
@@ -206,7 +208,7 @@ def finalize(
     labels = {
         "random": splitting.random_split(len(smiles), split_seed),
         "scaffold": splitting.scaffold_split(smiles, split_seed),
-        **splitting.given_kinds(given),
+        **splitting.given_kinds(given, described),
     }
     write_parquet(
         pa.table({kind: pa.array(values.tolist(), pa.string()).dictionary_encode() for kind, values in labels.items()}),

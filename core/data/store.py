@@ -11,7 +11,7 @@ Layout of a dataset directory::
     shards/part-00000.parquet molecules (schema :data:`SCHEMA`), in input order
     failures/part-00000.jsonl one line per unusable input: index, id, input, stage, reason, detail
     splits.parquet            one row per molecule: its split under each split kind (random, scaffold, and
-                              given / given-pretrain when the input came with its own partition)
+                              given / given-described / given-pretrain when the input had its own partition)
     features/<key>/...        encoder featurization cache (see :mod:`molbridge.core.data.features`)
 
 Coordinates are stored as int32 milli-angstrom (a 0.0005 A rounding error, far below MMFF's own
@@ -274,7 +274,7 @@ class MoleculeStore:
             if kind.startswith("given"):
                 hint = (
                     "; a given split comes from inputs with a split column, one file per split (ChEBI-20) or the "
-                    "3D-MoLM release, and given-pretrain only from a release with a pretrain split"
+                    "3D-MoLM release (given-pretrain only from an input with a pretrain split)"
                 )
             raise UnknownComponentError(
                 f"dataset '{self.name}' ({self.root}) has no split kind '{kind}'{suggest(kind, kinds)}; "
