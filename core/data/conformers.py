@@ -17,9 +17,12 @@ Each molecule walks a chain of fallbacks, and the record says which step produce
   ``keep_untyped``. A conformer whose optimisation fails or ends with overlapping atoms falls back to its
   unoptimised embedding (``none``) when that has no overlap. Enough iterations to converge; convergence
   is recorded per conformer.
-- **Time**: the limit grows with the molecule (``timeout_s + timeout_per_atom_s * atoms``); ETKDG gets
-  :data:`ETKDG_SHARE` of it so the random-coordinate fallback still has time; running out is the named
-  failure ``timeout``. Optimisation is bounded by ``max_iters`` rather than by time.
+- **Time**: the limit grows with the molecule (``timeout_s + timeout_per_atom_s * atoms``); the first
+  strategy gets :data:`FIRST_STRATEGY_SHARE` of it so the fallback still has time; running out is the named
+  failure ``timeout`` (RDKit's failure counts in its detail). An embedder that fails for a structural reason
+  says so after its attempts, long before the limit (a trans-fused bicyclobutane: 0.1 s). Optimisation is
+  bounded by ``max_iters`` rather than by time; a worker stuck past a generous hard limit is killed by the
+  preparation pool (:mod:`~molbridge.core.data.pool`).
 - **Size**: molecules are no longer rejected at 256 atoms: encoders crop (Uni-Mol: hydrogens removed,
   atoms nearest the centroid kept, as the reference); ``max_atoms`` is only a sanity limit.
 
@@ -61,8 +64,8 @@ REASONS = {
 #: Force fields, in the order they are tried; ``none`` marks an unoptimised (or given) conformer.
 FORCEFIELDS = ("mmff", "uff")
 ORGANIC = ("H", "C", "N", "O", "F", "P", "S", "Cl", "Br", "I")
-#: Share of a molecule's time limit ETKDG may use before random coordinates get the rest.
-ETKDG_SHARE = 0.6
+#: Share of a molecule's time limit the first embedding strategy may use; the fallback gets the rest.
+FIRST_STRATEGY_SHARE = 0.6
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,7 @@ def _embed(mol: Chem.Mol, config: ConformerConfig, limit: float) -> tuple[list[i
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        seconds = remaining * ETKDG_SHARE if position == 0 else remaining
+        seconds = remaining * FIRST_STRATEGY_SHARE if position == 0 else remaining
         ids, why = _embed_once(mol, config, strategy, seconds)
         if ids:
             return ids, strategy
