@@ -189,7 +189,7 @@ def is_stage_reference(value: str | None) -> bool:
 def stage_differences(recipe: DictConfig, other: DictConfig) -> list[str]:
     """Why ``other`` (a previous stage's recipe) is not the previous stage of ``recipe``; empty if it is."""
     reasons = []
-    for key in ("seed", "data.name", "data.split"):
+    for key in ("seed", "data.name"):  # not data.split: phases of the paper's chain read different subsets
         mine, theirs = OmegaConf.select(recipe, key), OmegaConf.select(other, key)
         if mine != theirs:
             reasons.append(f"{key} {theirs!r} != {mine!r}")
@@ -207,8 +207,9 @@ def resolve_stage(spec: str, recipe: DictConfig, root: str | Path = "runs") -> P
     """The completed run folder that ``train.init_from: stage:RECIPE[@DIR]`` names for ``recipe``.
 
     Candidates are run folders under DIR (default ``runs/``) whose ``run.json`` says they ran recipe RECIPE
-    and whose ``metrics.json`` says they completed; the previous stage is the one with the same seed, dataset,
-    split and component sections (for each component both stages have). None, or several, is an error that
+    and whose ``metrics.json`` says they completed; the previous stage is the one with the same seed, dataset
+    and component sections (for each component both stages have; the split may differ, as between the
+    paper's pretraining and fine-tuning phases). None, or several, is an error that
     lists what was found.
     """
     target, _, where = spec[len(STAGE_PREFIX) :].partition("@")

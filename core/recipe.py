@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from molbridge.core.errors import RecipeError, suggest, unknown_name
 from molbridge.core.registry import KINDS, ComponentConfig, Registry
 
+SPLIT_KINDS = ("scaffold", "random", "given", "given-described", "given-pretrain")  # see core/data/splits.py
 PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
 BOUNDS = {
     "ge": (">=", lambda v, b: v >= b),
@@ -62,7 +63,7 @@ def out_of_bounds(value: Any, limits: dict[str, Any]) -> str | None:
 class DataConfig:
     name: str = "molbridge-mini"
     """A packaged dataset name or a directory written by ``bench data prepare``."""
-    split: str = field(default="scaffold", metadata={"choices": ("scaffold", "random")})
+    split: str = field(default="scaffold", metadata={"choices": SPLIT_KINDS})
     """Which stored split to train and evaluate on."""
     batch_size: int = bounded(32, ge=1)
     """Molecules per optimizer micro-step and per process."""

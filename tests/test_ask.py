@@ -178,7 +178,7 @@ def bad_inputs(run_dir, tmp_path_factory):
     [
         ("run", ["--smiles", "C1CC"], "SMILES 'C1CC': the SMILES or MOL block could not be parsed"),
         ("run", ["--smiles", "C[U]"], "SMILES 'C[U]': an atom is a dummy/query atom or an element outside"),
-        ("run", ["--smiles", "F[Xe]F"], "SMILES 'F[Xe]F': MMFF94 has no parameters for an atom type"),
+        ("run", ["--smiles", "F[Xe]F"], "SMILES 'F[Xe]F': neither MMFF94 nor UFF has parameters for an atom"),
         ("run", ["--sdf", "none.sdf"], "--sdf none.sdf: no such file"),
         (
             "run",

@@ -26,7 +26,7 @@ def test_prepare_keeps_valid_and_lists_each_bad_one(tmp_path, capsys):
     assert info["molecules"] == 3 and info["unexplained_drops"] == 0
     assert [(f["id"], f["reason"]) for f in info["failure_list"]] == [
         ("invalid_smiles", "invalid_input"),
-        ("unknown_element_bond", "mmff_missing_params"),
+        ("unknown_element_bond", "no_forcefield_params"),
         ("dummy_element", "unknown_element"),
     ]
     assert main(["data", "info", str(out)]) == 0

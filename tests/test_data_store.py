@@ -177,3 +177,27 @@ def test_missing_or_incomplete_dataset_is_a_clear_error(tmp_path, prepared):
         open_dataset(tmp_path)
     meta = json.loads((prepared / "dataset.json").read_text())
     assert meta["inputs"] == 10 and "/" not in meta.get("source", "")
+
+
+def test_format_1_datasets_read_with_the_new_fields_defaulted():
+    store = open_dataset("molbridge-mini")  # written in format 1, before force fields and given splits
+    assert store.meta["format_version"] == 1 and store.split_kinds() == ["random", "scaffold"]
+    mol = store[0]
+    assert mol.forcefield == ["mmff"] * len(mol.conformers) and mol.given_split is None
+    assert all(set(r) == {"instruction", "input", "output", "task"} for r in mol.instructions)
+
+
+def test_new_shards_record_force_fields_and_mmff_energy_only_for_mmff(tmp_path):
+    items = read_inputs_from_smiles(tmp_path, ["CCO ethanol", "CCCCOB(OCCCC)OCCCC borate"])
+    meta = prepare(items, tmp_path / "ds", name="ff", config=CONFIG, workers=1, progress=False)
+    store = open_dataset(tmp_path / "ds")
+    assert meta["format_version"] == 2 and [m.id for m in store] == ["ethanol", "borate"]
+    ethanol, borate = store[0], store[1]
+    assert set(ethanol.forcefield) == {"mmff"} and np.isfinite(ethanol.mmff_energy).all()
+    assert set(borate.forcefield) == {"uff"} and np.isnan(borate.mmff_energy).all()
+
+
+def read_inputs_from_smiles(tmp_path, lines):
+    path = tmp_path / "in.smi"
+    path.write_text("\n".join(lines) + "\n")
+    return read_inputs(path)

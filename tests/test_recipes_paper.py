@@ -78,10 +78,16 @@ def test_the_three_paper_recipes_validate_with_the_papers_settings():
     assert (stage3.data.batch_size, stage3.train.grad_accum, stage3.train.max_steps) == (8, 8, 40000)
 
 
-def test_stages_chain_by_init_from_and_paths_come_from_the_environment(monkeypatch):
+def test_stages_chain_by_init_from_as_the_reference_scripts_and_paths_come_from_the_environment(monkeypatch):
     stage1, stage2, stage3 = (load_recipe(name) for name in PAPER)
-    # each stage names the previous one by its recipe; the run finds it by identity (tests/test_identity.py)
-    assert (stage2.train.init_from, stage3.train.init_from) == (f"stage:{stage1.recipe}", f"stage:{stage2.recipe}")
+    pretrain1, pretrain2 = load_recipe("3d-molm-stage1-pretrain"), load_recipe("3d-molm-stage2-pretrain")
+    # stage1_pretrain.sh -> stage1_ft.sh and stage2_pretrain.sh; stage2_pretrain.sh -> stage2_ft.sh and stage3.
+    # Each names the previous phase by its recipe; the run finds it by identity (tests/test_identity.py).
+    assert pretrain1.train.init_from is None
+    assert stage1.train.init_from == pretrain2.train.init_from == f"stage:{pretrain1.recipe}"
+    assert stage2.train.init_from == stage3.train.init_from == f"stage:{pretrain2.recipe}"
+    recipes = (stage1, stage2, stage3, pretrain1, pretrain2)
+    assert len({r.recipe for r in recipes}) == 5 and all(r.output_dir is None for r in recipes)  # folders by identity
     monkeypatch.setenv("MOLBRIDGE_LLAMA2_7B", "/weights/llama")
     assert load_recipe("3d-molm-stage3").llm.path == "/weights/llama"
     monkeypatch.delenv("MOLBRIDGE_LLAMA2_7B")
@@ -143,3 +149,30 @@ def test_a_component_that_refuses_meta_tensors_is_sized_on_the_cpu(registry):
     sizing = size_recipe(recipe, registry)
     assert sizing.row("encoder schnet").parameters > 0
     assert any("encoder: cannot be built on the meta device" in note for note in sizing.notes)
+
+
+def test_pretraining_phases_use_the_enriched_descriptions_of_the_release_pretrain_split():
+    for name, steps in (("3d-molm-stage1-pretrain", 58750), ("3d-molm-stage2-pretrain", 23510)):
+        recipe = load_recipe(name)
+        assert (recipe.data.split, recipe.task.text_field, recipe.train.max_steps) == (
+            "given-pretrain",
+            "enriched_description",
+            steps,
+        )
+    for name, split, steps in (
+        ("3d-molm-stage1", "given-described", 460),
+        ("3d-molm-stage2", "given-described", 930),
+        ("3d-molm-stage3", "given", 40000),  # stage 3 also trains on the PubChemQC molecules, which have no text
+    ):
+        recipe = load_recipe(name)
+        assert recipe.data.split == split and recipe.train.max_steps == steps
+        assert recipe.data.name == "data/3d-molm"  # MOLBRIDGE_3DMOLM_DATA unset: the documented --out
+        assert recipe.task.get("text_field", "description") == "description"
+
+
+def test_validate_names_a_dataset_without_the_given_split(monkeypatch, capsys):
+    monkeypatch.setenv("MOLBRIDGE_3DMOLM_DATA", "molbridge-mini")
+    assert main(["recipes", "validate", "3d-molm-stage1", "--no-size"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'molbridge-mini'" in err and "no split kind 'given-described'" in err
+    assert "its split kinds: random, scaffold" in err

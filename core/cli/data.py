@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 EPILOG = """\
 examples:
-  bench data prepare molecules.smi --out data/mine          all cores, resumable
+  bench data prepare molecules.smi --out data/mine          all cores, resumable (Ctrl-C, then run it again)
   bench data prepare pubchem.csv --out data/pc --shard 3/16  one job of a 16-job array
-  bench data prepare 3dmolm.lmdb --trust-pickle --out data/pc  convert the 3D-MoLM LMDB once
+  bench data prepare ChEBI-20_data/ --out data/chebi20      train/validation/test.txt: the given split
+  bench data prepare 3d-mol-dataset/ --trust-pickle --out data/3dmolm
+                                                            the whole 3D-MoLM release, joined, splits kept
+  bench data prepare molecules.smi --sample 1000 --out /tmp/try   a quick seeded subset
   bench data info molbridge-mini --json
   bench data build-mini --out /tmp/mini                     regenerate the shipped dataset
 """
@@ -26,10 +30,20 @@ def add_parser(sub) -> None:
     )
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
-    prep = commands.add_parser("prepare", help="molecules (SMILES/SDF/CSV/TSV/JSONL/3D-MoIT JSON/LMDB) to 3D shards")
-    prep.add_argument("input", help="input file (format by extension; see molbridge.core.data.readers)")
+    prep = commands.add_parser(
+        "prepare", help="molecules (SMILES/SDF/CSV/TSV/JSONL/3D-MoIT JSON/LMDB, the 3D-MoLM release) to 3D shards"
+    )
+    prep.add_argument(
+        "input",
+        nargs="+",
+        help="input file (format by extension), a folder (the 3D-MoLM release, or one file per split), or one "
+        "file per split (train/valid|validation/test[/pretrain]); see molbridge.core.data.readers",
+    )
     prep.add_argument("--out", required=True, help="dataset directory to write (re-run to resume)")
-    prep.add_argument("--name", help="dataset name stored in dataset.json (default: the input file's stem)")
+    prep.add_argument("--name", help="dataset name stored in dataset.json (default: the input's stem)")
+    subset = prep.add_mutually_exclusive_group()
+    subset.add_argument("--limit", type=int, help="only the first N inputs (quick subsets)")
+    subset.add_argument("--sample", type=int, help="N inputs drawn at random with --seed, kept in input order")
     prep.add_argument("--shard", default="0/1", help="i/N: process only shards k with k %% N == i (default 0/1)")
     prep.add_argument("--shard-size", type=int, default=10_000, help="molecules per shard file (default 10000)")
     prep.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -40,11 +54,31 @@ def add_parser(sub) -> None:
     prep.add_argument(
         "--fragments",
         choices=("all", "largest"),
-        default="all",
-        help="salts and mixtures: keep all fragments (default) or only the largest",
+        default="largest",
+        help="salts and mixtures: keep the largest organic fragment (default) or all fragments",
     )
-    prep.add_argument("--max-atoms", type=int, default=256, help="largest molecule, hydrogens included")
-    prep.add_argument("--timeout", type=float, default=60.0, help="seconds per molecule (default 60)")
+    prep.add_argument(
+        "--max-atoms",
+        type=int,
+        default=1000,
+        help="sanity limit, hydrogens included (default 1000); encoders crop larger inputs, they are not dropped",
+    )
+    prep.add_argument(
+        "--timeout", type=float, default=10.0, help="embedding seconds per molecule, plus --timeout-per-atom (10)"
+    )
+    prep.add_argument(
+        "--timeout-per-atom", type=float, default=0.1, help="seconds added per atom with hydrogens (default 0.1)"
+    )
+    prep.add_argument(
+        "--forcefields",
+        default="mmff,uff",
+        help="force fields to try in order (default mmff,uff; mmff alone rejects what MMFF94 cannot type)",
+    )
+    prep.add_argument(
+        "--keep-untyped",
+        action="store_true",
+        help="keep molecules no force field types, unoptimised (default: reject them as no_forcefield_params)",
+    )
     prep.add_argument(
         "--require-text",
         action="append",
@@ -53,7 +87,9 @@ def add_parser(sub) -> None:
         help="reject molecules whose text FIELD is empty (repeatable), e.g. description",
     )
     prep.add_argument(
-        "--trust-pickle", action="store_true", help="allow reading the 3D-MoLM LMDB, whose pickled values can run code"
+        "--trust-pickle",
+        action="store_true",
+        help="allow reading the 3D-MoLM release's LMDBs, whose pickled values can run code",
     )
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=_prepare)
@@ -76,11 +112,14 @@ def _prepare(args) -> int:
 
     from molbridge.core.data.conformers import ConformerConfig
     from molbridge.core.data.prepare import parse_shard, prepare
-    from molbridge.core.data.readers import read_inputs
+    from molbridge.core.data.readers import read_inputs, select
 
     logging.getLogger("molbridge").setLevel(logging.INFO)
     shard = parse_shard(args.shard)
-    inputs = read_inputs(args.input, trust_pickle=args.trust_pickle)
+    sources = [Path(p) for p in args.input]
+    inputs = read_inputs(sources, trust_pickle=args.trust_pickle)
+    total = len(inputs)
+    inputs = select(inputs, limit=args.limit, sample=args.sample, seed=args.seed)
     config = ConformerConfig(
         num_conformers=args.conformers,
         seed=args.seed,
@@ -89,27 +128,43 @@ def _prepare(args) -> int:
         fragments=args.fragments,
         max_atoms=args.max_atoms,
         timeout_s=args.timeout,
+        timeout_per_atom_s=args.timeout_per_atom,
+        forcefields=tuple(f.strip() for f in args.forcefields.split(",") if f.strip()),
+        keep_untyped=args.keep_untyped,
         require_text=tuple(args.require_text),
     )
-    name = args.name or Path(args.input).name.split(".")[0]
-    meta = prepare(
-        inputs,
-        args.out,
-        name=name,
-        config=config,
-        shard=shard,
-        shard_size=args.shard_size,
-        workers=args.workers,
-        split_seed=args.seed,
-        progress=not args.no_progress,
-        extra_meta={"source": Path(args.input).name},
-    )
+    first = sources[0].resolve()
+    name = args.name or (first.name.split(".")[0] if len(sources) == 1 else first.parent.name)
+    extra = {"source": ", ".join(p.name for p in sources)}
+    if len(inputs) < total:
+        extra["subset"] = {"of": total, "limit": args.limit, "sample": args.sample, "seed": args.seed}
+    if release := getattr(inputs, "summary", None) or getattr(getattr(inputs, "inputs", None), "summary", None):
+        extra["release"] = release
+    try:
+        meta = prepare(
+            inputs,
+            args.out,
+            name=name,
+            config=config,
+            shard=shard,
+            shard_size=args.shard_size,
+            workers=args.workers,
+            split_seed=args.seed,
+            progress=not args.no_progress,
+            extra_meta=extra,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted: finished shards stay in {args.out}; run the same command again to resume", file=sys.stderr)
+        raise
     if meta is None:
         print(f"shards {args.shard} done in {args.out}; other shards pending")
         return 0
     print(f"{args.out}: {meta['molecules']} molecules, {meta['failed']} failed of {meta['inputs']} inputs")
     for reason, count in meta["failure_reasons"].items():
         print(f"  {reason}: {count}")
+    for kind in meta["splits"]["kinds"]:
+        counts = meta["splits"]["counts"][kind]
+        print(f"  split {kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if meta["failed"]:
         print(f"  each failed input with its reason: bench data info {args.out} --failures")
     return 0

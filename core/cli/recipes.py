@@ -64,6 +64,7 @@ def show_recipe(args) -> int:
 
 def validate_recipe(args) -> int:
     recipe = load_recipe(args.name, args.overrides)
+    data_note = check_data(recipe)  # a prepared dataset without the recipe's split kind is an error
     sizing = None
     if not args.no_size:  # before saying "valid": a freezing glob that matches no parameter fails here
         from molbridge.core.plugins import get_registry
@@ -74,9 +75,23 @@ def validate_recipe(args) -> int:
         f"recipe {args.name} is valid: task {recipe.task.name}, "
         + ", ".join(f"{k} {recipe[k].name}" for k in ("encoder", "projector", "llm") if recipe.get(k))
     )
+    if data_note:
+        print(data_note)
     if sizing is not None:
         print(sizing.table())
     return 0
+
+
+def check_data(recipe) -> str | None:
+    """Raise when ``data.name`` exists but lacks ``data.split`` (naming its kinds); a note when it is not there yet."""
+    from molbridge.core.data.store import DatasetError, open_dataset
+
+    try:
+        store = open_dataset(recipe.data.name)
+    except DatasetError:
+        return f"data.name {recipe.data.name}: not prepared on this machine yet (bench data prepare ... --out it)"
+    store.check_split_kind(recipe.data.split)
+    return None
 
 
 def copy_recipe(args) -> int:

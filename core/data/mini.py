@@ -23,9 +23,17 @@ from molbridge.core.data.readers import read_sdf, read_smi
 
 SEED = 20240124
 # Salts keep their largest organic fragment: counter-ions placed far from it would make shape, radius of
-# gyration and dipole describe the arrangement of the ions rather than the molecule.
+# gyration and dipole describe the arrangement of the ions rather than the molecule. MMFF94 only and the
+# 200-atom limit, as when the shipped copy was built, so `build-mini` still reproduces it (the UFF fallback
+# would add the 203 molecules MMFF94 cannot type, with a different force field).
 CONFIG = ConformerConfig(
-    num_conformers=3, seed=SEED, max_iters=2000, max_atoms=200, timeout_s=60.0, fragments="largest"
+    num_conformers=3,
+    seed=SEED,
+    max_iters=2000,
+    max_atoms=200,
+    timeout_s=60.0,
+    fragments="largest",
+    forcefields=("mmff",),
 )
 
 

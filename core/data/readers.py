@@ -3,35 +3,51 @@
 - ``.smi``: ``SMILES [id]`` per line (RDKit's NCI set, PubChem CID-SMILES dumps).
 - ``.sdf`` / ``.mol`` (optionally ``.gz``): MOL blocks; SD data fields become text fields.
 - ``.csv`` / ``.tsv`` / ``.txt``: a header with a SMILES column (``smiles``/``SMILES``) and optional
-  id (``cid``/``CID``/``id``) and text (``description``/``text``) columns. ChEBI-20's TSV
+  id (``cid``/``CID``/``id``), text (``description``/``text``) and split (``split``) columns. ChEBI-20's TSV
   (``CID  SMILES  description``) is this format.
 - ``.jsonl``: one object per line with the same keys.
 - ``.json``: 3D-MoIT instruction records ``{instruction, input, output, task}`` (a list, or a dict
-  ``cid -> list``); records are grouped per molecule (``cid`` when present, else the SMILES in ``input``).
-- ``.lmdb`` (directory or file): the 3D-MoLM PubChem release, key = CID, value = a **pickled** dict
+  ``cid -> list``); records are grouped per molecule (``cid`` when present, else ``input``). An ``input``
+  that is a SMILES is embedded; one that is a key (a PubChem CID or PubChemQC index, as in the release)
+  has no conformer in a lone JSON file: each such molecule is a ``missing_conformer`` failure that says
+  to prepare the release folder instead.
+- ``.lmdb`` (directory or file): a 3D-MoLM PubChem LMDB, key = CID, value = a **pickled** dict
   ``{atoms, coordinates, smiles, description, enriched_description, cid}``. Unpickling runs arbitrary
   code from the file, so it is refused unless ``trust_pickle=True``; convert it once with
   ``bench data prepare data.lmdb --trust-pickle --out DIR`` and use the pickle-free Parquet afterwards.
+- a **directory**: the whole 3D-MoLM release (:mod:`~molbridge.core.data.release`: every LMDB and 3D-MoIT
+  file joined, its splits kept), or one file per split (``train``/``valid``/``validation``/``test``/
+  ``pretrain`` + an extension above, e.g. ChEBI-20's ``train.txt``, ``validation.txt``, ``test.txt``), read
+  as one dataset whose ``given`` split is those files. Several files given together are read the same way.
+
+Split labels (a ``split`` column, the file a molecule came from, the release's folder) become the dataset's
+``given`` split kind (:mod:`~molbridge.core.data.splits`).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from molbridge.core.data.conformers import MoleculeInput
+from molbridge.core.data.splits import normalize_label
 from molbridge.core.errors import MolbridgeError
 
 SMILES_KEYS = ("smiles", "SMILES", "canonical_smiles", "Smiles")
 ID_KEYS = ("cid", "CID", "id", "ID", "name")
 TEXT_KEYS = ("description", "text", "caption", "Description")
+SPLIT_KEYS = ("split", "Split", "SPLIT")
 MOIT_KEYS = ("instruction", "input", "output", "task")
+SPLIT_FILES = ("pretrain", "train", "valid", "test")  # order of one-file-per-split inputs
+_KEY = re.compile(r"\d+")  # a PubChem CID or PubChemQC index, not a SMILES
 
 
 class InputFormatError(MolbridgeError):
@@ -104,7 +120,8 @@ def _from_row(index: int, row: dict, where: str) -> MoleculeInput:
             f"{where}: no SMILES column (expected one of {', '.join(SMILES_KEYS)}); columns: {', '.join(map(str, row))}"
         )
     texts = {"description": text} if (text := _pick(row, TEXT_KEYS)) is not None else {}
-    return MoleculeInput(index, _pick(row, ID_KEYS) or str(index), smiles=smiles or "", texts=texts)
+    split = normalize_label(_pick(row, SPLIT_KEYS))
+    return MoleculeInput(index, _pick(row, ID_KEYS) or str(index), smiles=smiles or "", texts=texts, split=split)
 
 
 def read_table(path: Path) -> Iterator[MoleculeInput]:
@@ -146,7 +163,17 @@ def read_moit(path: Path) -> Iterator[MoleculeInput]:
     for index, (key, records) in enumerate(groups.items()):
         captions = [r["output"] for r in records if r["task"] in ("Description", "Caption")]
         texts = {"description": captions[0]} if captions else {}
-        yield MoleculeInput(index, key, smiles=records[0]["input"], texts=texts, instructions=records)
+        given = records[0]["input"].strip()
+        if _KEY.fullmatch(given):
+            detail = (
+                f"input '{given}' is a PubChem CID or PubChemQC index, not a SMILES; its conformer is in the "
+                "3D-MoLM release's LMDBs: prepare the release folder (bench data prepare DATA_ROOT --trust-pickle)"
+            )
+            yield MoleculeInput(
+                index, key, texts=texts, instructions=records, failure=("join", "missing_conformer", detail)
+            )
+            continue
+        yield MoleculeInput(index, key, smiles=given, texts=texts, instructions=records)
 
 
 def read_molm_lmdb(path: Path, trust_pickle: bool = False) -> Iterator[MoleculeInput]:
@@ -182,11 +209,7 @@ def read_molm_lmdb(path: Path, trust_pickle: bool = False) -> Iterator[MoleculeI
         env.close()
 
 
-def read_inputs(path: str | Path, *, trust_pickle: bool = False) -> list[MoleculeInput]:
-    """Every molecule of an input file, by extension (see the module docstring for the formats)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputFormatError(f"{path}: no such file or directory")
+def _read_file(path: Path, trust_pickle: bool) -> list[MoleculeInput]:
     kind = _kind(path)
     readers = {
         ".smi": read_smi,
@@ -207,3 +230,92 @@ def read_inputs(path: str | Path, *, trust_pickle: bool = False) -> list[Molecul
         return list(readers[kind](path))
     except (UnicodeDecodeError, csv.Error, json.JSONDecodeError, io.UnsupportedOperation) as exc:
         raise InputFormatError(f"{path}: cannot read as {kind}: {exc}") from None
+
+
+def split_of_file(path: Path) -> str | None:
+    """The split a file's name says it holds (``validation.txt`` -> ``valid``), or None."""
+    label = normalize_label(path.name.split(".")[0])
+    return label if label in SPLIT_FILES else None
+
+
+def read_split_files(paths: list[Path], trust_pickle: bool = False) -> list[MoleculeInput]:
+    """One file per split read as one input: each molecule's ``split`` is its file's (pretrain/train/valid/test)."""
+    labelled = [(split_of_file(p), p) for p in paths]
+    unnamed = [str(p) for label, p in labelled if label is None]
+    if unnamed:
+        raise InputFormatError(
+            f"several input files are read as one file per split, named after it ({', '.join(SPLIT_FILES)}, "
+            f"or validation/val/dev); cannot tell the split of: {', '.join(unnamed)}"
+        )
+    labels = [label for label, _ in labelled]
+    if len(set(labels)) < len(labels):
+        raise InputFormatError(f"two input files for the same split: {', '.join(map(str, paths))}")
+    items: list[MoleculeInput] = []
+    for label, path in sorted(labelled, key=lambda lp: SPLIT_FILES.index(lp[0])):
+        for item in _read_file(path, trust_pickle):
+            items.append(dataclasses.replace(item, index=len(items), split=label))
+    return items
+
+
+def read_inputs(path: str | Path | list, *, trust_pickle: bool = False) -> Sequence[MoleculeInput]:
+    """Every molecule of an input (file, directory or several files; see the module docstring for the formats).
+
+    A list for files; a lazy :class:`~molbridge.core.data.release.ReleaseInputs` for the 3D-MoLM release.
+    """
+    if isinstance(path, list | tuple):
+        paths = [Path(p) for p in path]
+        if len(paths) == 1:
+            return read_inputs(paths[0], trust_pickle=trust_pickle)
+        for p in paths:
+            if not p.exists():
+                raise InputFormatError(f"{p}: no such file or directory")
+        return read_split_files(paths, trust_pickle)
+    path = Path(path)
+    if not path.exists():
+        raise InputFormatError(f"{path}: no such file or directory")
+    if path.is_dir() and _kind(path) != ".lmdb":
+        from molbridge.core.data.release import find_release, read_release
+
+        if find_release(path) is not None:
+            return read_release(path, trust_pickle)
+        files = [p for p in sorted(path.iterdir()) if p.is_file() and split_of_file(p) and not p.name.startswith(".")]
+        if not files:
+            raise InputFormatError(
+                f"{path}: a directory, but neither the 3D-MoLM release (pubchem/, pubchemqc/) nor one file per "
+                f"split ({', '.join(SPLIT_FILES)} or validation, e.g. ChEBI-20's train.txt validation.txt test.txt)"
+            )
+        return read_split_files(files, trust_pickle)
+    items = _read_file(path, trust_pickle)
+    return items
+
+
+class Subset(Sequence):
+    """Some positions of an input, renumbered 0..n-1 (``--limit``/``--sample``); lazy inputs stay lazy."""
+
+    def __init__(self, inputs: Sequence[MoleculeInput], positions: list[int]):
+        self.inputs, self.positions = inputs, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        k = range(len(self))[i]
+        return dataclasses.replace(self.inputs[self.positions[k]], index=k)
+
+
+def select(
+    inputs: Sequence[MoleculeInput], *, limit: int | None = None, sample: int | None = None, seed: int = 0
+) -> Sequence[MoleculeInput]:
+    """The first ``limit`` inputs, or ``sample`` of them drawn with ``seed`` (kept in input order)."""
+    if limit is not None and sample is not None:
+        raise MolbridgeError("--limit and --sample: choose one")
+    if limit is not None:
+        positions = list(range(min(limit, len(inputs))))
+    elif sample is not None:
+        count = min(sample, len(inputs))
+        positions = sorted(np.random.default_rng(seed).choice(len(inputs), size=count, replace=False).tolist())
+    else:
+        return inputs
+    return Subset(inputs, positions)

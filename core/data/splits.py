@@ -1,4 +1,17 @@
-"""Seeded random and Bemis-Murcko scaffold splits (train/valid/test), stored with the dataset."""
+"""Split kinds stored with a dataset: seeded random and Bemis-Murcko scaffold splits (train/valid/test), and
+the input's own partition when it came with one.
+
+``given`` keeps the input's labels (a split column, the file each molecule came from, the 3D-MoLM release's
+folders), synonyms normalised (validation/val/dev -> valid). Two more kinds serve the text stages of an input
+whose molecules do not all have a text (the 3D-MoLM release: its PubChemQC molecules carry only property
+records, and the reference's stages 1 and 2 never see them):
+
+- ``given-described``: the same partition over the molecules with a description (or enriched description);
+  the others are labelled ``undescribed``, so retrieval and captioning never train or score on an empty text;
+- ``given-pretrain`` (only when the given split has a ``pretrain`` part): as ``given-described``, with
+  ``pretrain`` as ``train`` and the given ``train`` renamed ``finetune``, so a recipe's pretraining phase
+  selects it with ``data.split: given-pretrain`` while valid and test stay the given ones.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +23,31 @@ from rdkit.Chem.Scaffolds import MurckoScaffold
 
 SPLIT_NAMES = ("train", "valid", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+GIVEN, GIVEN_DESCRIBED, GIVEN_PRETRAIN = "given", "given-described", "given-pretrain"
+KINDS = ("random", "scaffold", GIVEN, GIVEN_DESCRIBED, GIVEN_PRETRAIN)
+UNDESCRIBED = "undescribed"
+SYNONYMS = {"validation": "valid", "val": "valid", "dev": "valid", "training": "train", "testing": "test"}
+UNASSIGNED = "unassigned"  # a molecule without a label when others of the input have one
+
+
+def normalize_label(label: str | None) -> str | None:
+    """A split label as stored: lower case, synonyms mapped (``validation`` -> ``valid``); None stays None."""
+    if label is None or not str(label).strip():
+        return None
+    text = str(label).strip().lower()
+    return SYNONYMS.get(text, text)
+
+
+def given_kinds(labels: list[str | None], described: list[bool]) -> dict[str, np.ndarray]:
+    """The given kinds (module docstring) for per-molecule input labels; {} when no molecule has a label."""
+    if all(label is None for label in labels):
+        return {}
+    given = np.array([UNASSIGNED if label is None else label for label in labels], dtype=object)
+    kinds = {GIVEN: given, GIVEN_DESCRIBED: np.where(np.asarray(described, dtype=bool), given, UNDESCRIBED)}
+    if "pretrain" in set(given.tolist()):
+        renamed = {"pretrain": "train", "train": "finetune"}
+        kinds[GIVEN_PRETRAIN] = np.array([renamed.get(label, label) for label in kinds[GIVEN_DESCRIBED]], dtype=object)
+    return kinds
 
 
 def _labels_from_order(order: np.ndarray, n: int, fractions: tuple[float, float, float]) -> np.ndarray:

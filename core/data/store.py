@@ -10,11 +10,17 @@ Layout of a dataset directory::
     dataset.json              name, format version, counts, shard list and row counts, how it was built
     shards/part-00000.parquet molecules (schema :data:`SCHEMA`), in input order
     failures/part-00000.jsonl one line per unusable input: index, id, input, stage, reason, detail
-    splits.parquet            one row per molecule: its split under each split kind (random, scaffold)
+    splits.parquet            one row per molecule: its split under each split kind (random, scaffold, and
+                              given / given-described / given-pretrain when the input had its own partition)
     features/<key>/...        encoder featurization cache (see :mod:`molbridge.core.data.features`)
 
 Coordinates are stored as int32 milli-angstrom (a 0.0005 A rounding error, far below MMFF's own
 accuracy) because integers compress about twice as well as float32 under zstd.
+
+Format versions: 2 adds ``forcefield`` (per conformer: mmff, uff or none), ``given_split`` (the input's own
+split label) and an instruction's ``subset`` (the 3D-MoIT sub-dataset it came from); ``mmff_energy`` holds
+NaN for a conformer that MMFF94 did not optimise. Version 1 datasets (molbridge-mini) read unchanged: their
+conformers are all MMFF94-optimised, they have no given split, their instructions no subset.
 """
 
 from __future__ import annotations
@@ -34,11 +40,18 @@ import pyarrow.parquet as pq
 from molbridge.core.data.conformers import Failure, MoleculeRecord
 from molbridge.core.errors import MolbridgeError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 COORD_SCALE = 1000  # stored integer units per angstrom
 
 INSTRUCTION_TYPE = pa.struct(
-    [("instruction", pa.string()), ("input", pa.string()), ("output", pa.string()), ("task", pa.string())]
+    [
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("output", pa.string()),
+        ("task", pa.string()),
+        ("subset", pa.string()),  # v2: the 3D-MoIT sub-dataset (null when the input named none)
+    ]
 )
 SCHEMA = pa.schema(
     [
@@ -54,6 +67,8 @@ SCHEMA = pa.schema(
         ("texts", pa.map_(pa.string(), pa.string())),
         ("properties", pa.map_(pa.string(), pa.float64())),
         ("instructions", pa.list_(INSTRUCTION_TYPE)),
+        ("forcefield", pa.list_(pa.string())),  # v2: per conformer, mmff | uff | none
+        ("given_split", pa.string()),  # v2: the input's own split label (null: it had none)
     ]
 )
 
@@ -70,13 +85,15 @@ class Molecule:
     id: str
     smiles: str
     atomic_numbers: np.ndarray  # int64 (N,), hydrogens included unless prepared with hydrogens=heavy
-    conformers: np.ndarray  # float32 (C, N, 3) angstrom; conformer 0 is the lowest MMFF energy
-    mmff_energy: np.ndarray
+    conformers: np.ndarray  # float32 (C, N, 3) angstrom; conformer 0 is the lowest force-field energy
+    mmff_energy: np.ndarray  # kcal/mol; NaN where the conformer's force field is not MMFF94
     converged: np.ndarray
-    embedding: str
+    embedding: str  # etkdg | random_coords | given
     texts: dict[str, str] = field(default_factory=dict)
     properties: dict[str, float] = field(default_factory=dict)
-    instructions: list[dict[str, str]] = field(default_factory=list)
+    instructions: list[dict[str, str]] = field(default_factory=list)  # {instruction, input, output, task[, subset]}
+    forcefield: list[str] = field(default_factory=list)  # per conformer: mmff | uff | none
+    given_split: str | None = None  # the input's own split label, if it had one
 
     @property
     def description(self) -> str:
@@ -88,23 +105,28 @@ class Molecule:
 
 def records_table(records: Iterable[MoleculeRecord]) -> pa.Table:
     """Molecule records as one Arrow table in :data:`SCHEMA` (maps sorted by key for byte stability)."""
-    rows = [
-        {
-            "index": r.index,
-            "id": r.id,
-            "smiles": r.smiles,
-            "atomic_numbers": r.atomic_numbers.astype(np.int8),
-            "num_conformers": len(r.conformers),
-            "coords": np.rint(r.conformers.astype(np.float64) * COORD_SCALE).astype(np.int32).ravel(),
-            "mmff_energy": r.energies.astype(np.float32),
-            "converged": r.converged,
-            "embedding": r.embedding,
-            "texts": sorted(r.texts.items()),
-            "properties": sorted(r.properties.items()),
-            "instructions": r.instructions,
-        }
-        for r in records
-    ]
+    rows = []
+    for r in records:
+        forcefield = r.forcefields()
+        mmff = np.asarray(forcefield) == "mmff"
+        rows.append(
+            {
+                "index": r.index,
+                "id": r.id,
+                "smiles": r.smiles,
+                "atomic_numbers": r.atomic_numbers.astype(np.int8),
+                "num_conformers": len(r.conformers),
+                "coords": np.rint(r.conformers.astype(np.float64) * COORD_SCALE).astype(np.int32).ravel(),
+                "mmff_energy": np.where(mmff, r.energies, np.nan).astype(np.float32),
+                "converged": r.converged,
+                "embedding": r.embedding,
+                "texts": sorted(r.texts.items()),
+                "properties": sorted(r.properties.items()),
+                "instructions": r.instructions,
+                "forcefield": forcefield,
+                "given_split": r.split,
+            }
+        )
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
@@ -162,10 +184,11 @@ class MoleculeStore:
     def __init__(self, root: str | Path):
         self.root = resolve(root)
         self.meta = json.loads((self.root / "dataset.json").read_text())
-        if self.meta.get("format_version") != FORMAT_VERSION:
+        if self.meta.get("format_version") not in READABLE_VERSIONS:
             found = self.meta.get("format_version")
             raise DatasetError(
-                f"{self.root / 'dataset.json'}: format_version {found} is not {FORMAT_VERSION}; rebuild the dataset"
+                f"{self.root / 'dataset.json'}: format_version {found} is not one this molbridge reads "
+                f"({', '.join(map(str, READABLE_VERSIONS))}); rebuild the dataset or update molbridge"
             )
         self.shards = [self.root / s["path"] for s in self.meta["shards"]]
         self.offsets = np.cumsum([0] + [s["molecules"] for s in self.meta["shards"]])
@@ -182,7 +205,15 @@ class MoleculeStore:
         path = self.shards[shard]
         if not path.is_file():
             raise DatasetError(f"{path}: shard listed in dataset.json is missing")
-        return pq.read_table(path, memory_map=True).to_pydict()
+        columns = pq.read_table(path, memory_map=True).to_pydict()
+        rows = len(columns["index"])
+        if "forcefield" not in columns:  # format 1: every conformer MMFF94-optimised, no given split
+            columns["forcefield"] = [
+                ["none" if e == "given" else "mmff"] * c
+                for e, c in zip(columns["embedding"], columns["num_conformers"], strict=True)
+            ]
+            columns["given_split"] = [None] * rows
+        return columns
 
     def __getitem__(self, i: int) -> Molecule:
         if not -len(self) <= i < len(self):
@@ -205,7 +236,9 @@ class MoleculeStore:
             embedding=columns["embedding"][row],
             texts=dict(columns["texts"][row]),
             properties=dict(columns["properties"][row]),
-            instructions=list(columns["instructions"][row]),
+            instructions=[{k: v for k, v in r.items() if v is not None} for r in columns["instructions"][row]],
+            forcefield=list(columns["forcefield"][row]),
+            given_split=columns["given_split"][row],
         )
 
     def __iter__(self):
@@ -231,15 +264,31 @@ class MoleculeStore:
     def split_kinds(self) -> list[str]:
         return list(self._splits.column_names)
 
+    def check_split_kind(self, kind: str) -> None:
+        """Raise an error naming this dataset and its split kinds when it has no split ``kind``."""
+        from molbridge.core.errors import UnknownComponentError, suggest
+
+        kinds = self._splits.column_names
+        if kind not in kinds:
+            hint = ""
+            if kind.startswith("given"):
+                hint = (
+                    "; a given split comes from inputs with a split column, one file per split (ChEBI-20) or the "
+                    "3D-MoLM release (given-pretrain only from an input with a pretrain split)"
+                )
+            raise UnknownComponentError(
+                f"dataset '{self.name}' ({self.root}) has no split kind '{kind}'{suggest(kind, kinds)}; "
+                f"its split kinds: {', '.join(kinds)}{hint}"
+            )
+
     def split(self, name: str, kind: str = "scaffold") -> np.ndarray:
-        """Row indices of split ``name`` (train/valid/test) under split ``kind`` (random/scaffold)."""
+        """Row indices of split ``name`` (train/valid/test, ...) under split ``kind`` (random/scaffold/given...)."""
         from molbridge.core.errors import unknown_name
 
-        if kind not in self._splits.column_names:
-            raise unknown_name("split kind", kind, self._splits.column_names)
+        self.check_split_kind(kind)
         labels = np.asarray(self._splits[kind].to_pylist())
         if name not in set(labels.tolist()):
-            raise unknown_name("split", name, sorted(set(labels.tolist())))
+            raise unknown_name(f"split of kind '{kind}' in dataset '{self.name}'", name, sorted(set(labels.tolist())))
         return np.flatnonzero(labels == name)
 
     def failures(self) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from molbridge.plugins.tasks.llm_stage import Example, LLMStageTask
 from molbridge.plugins.tasks.numbers import parse_number, property_errors
 from molbridge.plugins.tasks.text_metrics import caption_metrics
 
-DESCRIPTIVE = ("Descriptive QA", "Description")
+DESCRIPTIVE = ("Descriptive QA", "Description", "Caption")  # Caption: the 3D-MoLM release's caption records
 
 
 @dataclass
