@@ -187,30 +187,37 @@ def is_stage_reference(value: str | None) -> bool:
 
 
 def stage_differences(recipe: DictConfig, other: DictConfig) -> list[str]:
-    """Why ``other`` (a previous stage's recipe) is not the previous stage of ``recipe``; empty if it is."""
+    """Why ``other`` (a previous stage's recipe) cannot be the previous stage of ``recipe``: another seed or
+    dataset, or another component of a kind both use. Empty if it can be."""
     reasons = []
     for key in ("seed", "data.name"):  # not data.split: phases of the paper's chain read different subsets
         mine, theirs = OmegaConf.select(recipe, key), OmegaConf.select(other, key)
         if mine != theirs:
             reasons.append(f"{key} {theirs!r} != {mine!r}")
     for kind in COMPONENT_KINDS:
-        if other.get(kind) is None or recipe.get(kind) is None:
-            continue
-        mine, theirs = flatten(recipe[kind], f"{kind}."), flatten(other[kind], f"{kind}.")
-        if mine != theirs:
-            differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            reasons.append(f"{kind} differs ({', '.join(differing[:4])})")
+        if other.get(kind) is not None and recipe.get(kind) is not None and other[kind].name != recipe[kind].name:
+            reasons.append(f"{kind} '{other[kind].name}' != '{recipe[kind].name}'")
     return reasons
+
+
+def same_sections(recipe: DictConfig, other: DictConfig) -> bool:
+    """Every component section both recipes have is identical (presets, widths, generation settings...)."""
+    return all(
+        flatten(recipe[kind]) == flatten(other[kind])
+        for kind in COMPONENT_KINDS
+        if other.get(kind) is not None and recipe.get(kind) is not None
+    )
 
 
 def resolve_stage(spec: str, recipe: DictConfig, root: str | Path = "runs") -> Path:
     """The completed run folder that ``train.init_from: stage:RECIPE[@DIR]`` names for ``recipe``.
 
     Candidates are run folders under DIR (default ``runs/``) whose ``run.json`` says they ran recipe RECIPE
-    and whose ``metrics.json`` says they completed; the previous stage is the one with the same seed, dataset
-    and component sections (for each component both stages have; the split may differ, as between the
-    paper's pretraining and fine-tuning phases). None, or several, is an error that
-    lists what was found.
+    and whose ``metrics.json`` says they completed. The previous stage has this run's seed, dataset and
+    components (for each kind both stages use; the split may differ, as between the paper's pretraining and
+    fine-tuning phases, and so may settings such as generation lengths). Among several, the one whose component
+    sections are identical to this run's wins; none, or several still, is an error that lists what was found.
+    Whether its weights fit is checked when they load (names and shapes).
     """
     target, _, where = spec[len(STAGE_PREFIX) :].partition("@")
     search = Path(where or root)
@@ -226,9 +233,11 @@ def resolve_stage(spec: str, recipe: DictConfig, root: str | Path = "runs") -> P
             rejected.append(f"{folder} (not completed)")
             continue
         reasons = stage_differences(recipe, other)
-        (rejected.append(f"{folder} ({'; '.join(reasons)})") if reasons else found.append(folder))
+        (rejected.append(f"{folder} ({'; '.join(reasons)})") if reasons else found.append((folder, other)))
+    if len(found) > 1:
+        found = [pair for pair in found if same_sections(recipe, pair[1])] or found
     if len(found) == 1:
-        return found[0]
+        return found[0][0]
     how = (
         f"bench run {recipe.task.name} ... needs the run of recipe '{target}' with the same seed, dataset and "
         f"components; "
@@ -240,7 +249,7 @@ def resolve_stage(spec: str, recipe: DictConfig, root: str | Path = "runs") -> P
             f"{how}run that stage first (e.g. bench run {target} with the same --encoder/--projector/--llm, "
             f"seed and data), or set train.init_from to a run folder, or null to start from scratch"
         )
-    listing = "; ".join(f"{f} ({(_read_json(f / RUN_FILE) or {}).get('differences', {})})" for f in found)
+    listing = "; ".join(f"{f} ({(_read_json(f / RUN_FILE) or {}).get('differences', {})})" for f, _ in found)
     raise MolbridgeError(
         f"train.init_from={spec}: {len(found)} completed runs match ({listing}); {how}name one with "
         f"train.init_from=FOLDER, or narrow the search with stage:{target}@DIR"

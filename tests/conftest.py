@@ -34,6 +34,12 @@ def benchmark_script():
     return lambda stem: load_by_path(f"molbridge_benchmark_{stem}", TESTS.parent / "benchmarks" / f"{stem}.py")
 
 
+@pytest.fixture(scope="session")
+def test_module():
+    """``test_module("test_data_release")``: another test file as a module, for its helpers (e.g. a format writer)."""
+    return lambda stem: load_by_path(f"molbridge_tests_{stem}", TESTS / f"{stem}.py")
+
+
 @pytest.fixture
 def toy_registry():
     """Built-in plugins plus the toy regression task (no third-party plugins)."""

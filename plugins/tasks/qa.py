@@ -108,21 +108,28 @@ class QATask(LLMStageTask):
             targets = [examples[i].response for i in numeric]
             model = property_errors([answers[i] for i in numeric], targets, props)
             means = self._train_means()
-            baseline = property_errors([str(means[p]) for p in props], targets, props)
+            # a property the training split never asks about has no baseline (nor a place in skill)
+            known = [i for i, p in enumerate(props) if p in means]
+            baseline = property_errors(
+                [str(means[props[i]]) for i in known], [targets[i] for i in known], [props[i] for i in known]
+            )
             skills = []
             for prop in sorted(set(props)):
-                ours, base = model[prop], baseline[prop]
+                ours, base = model[prop], baseline.get(prop)
                 metrics[f"{prop}/valid_rate"] = float(ours["valid_rate"])
                 for stat in ("mae", "medae"):
-                    metrics[f"{prop}/baseline_{stat}"] = float(base[stat])
+                    if base is not None:
+                        metrics[f"{prop}/baseline_{stat}"] = float(base[stat])
                     if ours[stat] is not None:
                         metrics[f"{prop}/{stat}"] = float(ours[stat])
+                if base is None:
+                    continue
                 # weighted by the valid rate, so skill cannot rise by not answering
                 if ours["mae"] is not None and base["mae"]:
                     skills.append(ours["valid_rate"] * (1 - ours["mae"] / base["mae"]))
                 else:
                     skills.append(0.0)
-            metrics["skill"] = float(np.mean(skills))
+            metrics["skill"] = float(np.mean(skills)) if skills else 0.0
             metrics["valid_rate"] = float(np.mean([parse_number(answers[i]) is not None for i in numeric]))
         for task in DESCRIPTIVE:
             rows = [i for i, e in enumerate(examples) if e.task == task]
