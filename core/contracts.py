@@ -97,9 +97,13 @@ class TextSide(Protocol):
 
     hidden_size: int
     text_pooling: str
+    max_text_length: int
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Token ids and attention mask (1 = real token), padded to the longest text and truncated."""
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Each text's length in tokens before truncation (the task reports how many ``max_text_length`` cuts)."""
 
     def pooled_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, H) summary of each text by the text tower, before the contrastive projection."""
@@ -153,6 +157,13 @@ class LanguageModel(nn.Module, ABC):
     num_mol_tokens: int
     hidden_size: int
     tokenizer: Any
+    #: Longest training sequence (prompt + response + EOS) in tokens; None: no limit of its own.
+    max_length: int | None = None
+
+    def token_counts(self, texts: Sequence[str], special: bool = False) -> list[int]:
+        """Each text's length in tokens (with the BOS/EOS the tokenizer adds when ``special``): what the tasks check
+        against ``max_length`` and the generation limits. Override for a tokenizer that is not Hugging Face-like."""
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]]
 
     @abstractmethod
     def format_prompt(self, instruction: str, molecule: str) -> str:

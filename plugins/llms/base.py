@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from molbridge.core.contracts import LanguageModel
 from molbridge.core.errors import CheckpointError, MolbridgeError, suggest
+from molbridge.core.recipe import bounded
 
 IGNORE_INDEX = -100  # HuggingFace's cross-entropy ignore label
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -37,12 +38,12 @@ ADAPTER_FILE = "llm_proj.safetensors"
 class GenerationSettings:
     """Decoding options; a task passes its own to :meth:`SoftPromptLM.generate` (recipe defaults otherwise)."""
 
-    max_new_tokens: int = 128
-    num_beams: int = 1
+    max_new_tokens: int = bounded(128, ge=1)
+    num_beams: int = bounded(1, ge=1)
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
+    temperature: float = bounded(1.0, gt=0)
+    top_p: float = bounded(1.0, gt=0, le=1)
+    repetition_penalty: float = bounded(1.0, gt=0)
 
 
 @dataclass
@@ -54,19 +55,23 @@ class CausalLMConfig(GenerationSettings):
     """Local HuggingFace folder (Llama-2-7B for the paper); null: the offline demo model (see demo.py)."""
     prompt_template: str = ""
     """Prompt around ``{instruction}``, ``{molecule}`` (SMILES) and ``{mol_tokens}``; empty: the plugin's."""
-    num_mol_tokens: int = 8
+    num_mol_tokens: int = bounded(8, ge=1)
     """``<mol>`` placeholders per prompt = soft tokens per molecule (3D-MoLM: 8)."""
     lora: bool = True
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
+    lora_r: int = bounded(8, ge=1)
+    lora_alpha: int = bounded(32, ge=1)
+    lora_dropout: float = bounded(0.1, ge=0, lt=1)
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     dtype: str = field(default="float32", metadata={"choices": tuple(DTYPES)})
     """Weights of the base LLM (bfloat16 on GPU); ``llm_proj`` and LoRA weights stay float32."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (saves memory for 7B models on GPU)."""
-    max_length: int = 512
-    """Training sequences (prompt + response + EOS) are cut to this many tokens (the response is cut)."""
+    max_length: int = bounded(512, ge=8)
+    """Training sequences (prompt + response + EOS) are cut to this many tokens (the response is cut; the run
+    counts how many were cut and reports it)."""
+    demo_corpus: str | None = None
+    """With ``path`` null: the dataset whose texts train the demo model's tokenizer (null: molbridge-mini). The
+    packaged recipes set ``${data.name}``, the dataset the run reads."""
 
 
 def apply_lora(model: nn.Module, config: CausalLMConfig) -> nn.Module:
@@ -125,8 +130,10 @@ def llm_factory(schema: type[CausalLMConfig]):
         config = as_config(config, schema)
         path = config.path
         if path is None:
-            from molbridge.plugins.llms.demo import demo_model_path
+            from molbridge.plugins.llms.demo import dataset_texts, demo_model_path
 
+            if texts is None and config.demo_corpus:
+                texts = dataset_texts(config.demo_corpus)
             path = demo_model_path(texts)
         model, tokenizer = load_pretrained(path, DTYPES[config.dtype])
         return SoftPromptLM(config, model, tokenizer, input_dim)
@@ -138,9 +145,9 @@ def llm_factory(schema: type[CausalLMConfig]):
 
         config = as_config(section, schema)
         if config.path is None:
-            from molbridge.plugins.llms.demo import DEMO_NAME, demo_model_path
+            from molbridge.plugins.llms.demo import DEMO_NAME, dataset_texts, demo_model_path
 
-            folder = demo_model_path()
+            folder = demo_model_path(dataset_texts(config.demo_corpus) if config.demo_corpus else None)
             notes.append(f"llm.path null: {DEMO_NAME} (the offline demo model)")
         else:
             folder = Path(config.path).expanduser()
@@ -177,7 +184,7 @@ class SoftPromptLM(LanguageModel):
         super().__init__()
         self.config, self.tokenizer = config, tokenizer
         self.template = config.prompt_template or self.default_template
-        self.num_mol_tokens = config.num_mol_tokens
+        self.num_mol_tokens, self.max_length = config.num_mol_tokens, config.max_length
         self._check_template()
         self.generation = GenerationSettings(
             **{f.name: getattr(config, f.name) for f in dataclasses.fields(GenerationSettings)}

@@ -1,9 +1,11 @@
 """molbridge-demo-llama: the offline default LLM for CPU machines.
 
 **Randomly initialised: it learns only what stages 2-3 teach it.** It is a small Llama-architecture model
-(4 layers, hidden 256, ~3.7M parameters) with a byte-level BPE tokenizer trained on the given texts
-(molbridge-mini's descriptions and instructions by default). It exists so the LLM stages run end to end
-without a 7B checkpoint; its captions and answers say nothing about what 3D-MoLM achieves.
+(4 layers, hidden 256, ~3.7M parameters) with a byte-level BPE tokenizer trained on the texts of the dataset
+in use (``llm.demo_corpus``, which the packaged recipes set to ``${data.name}``; molbridge-mini's by default):
+a tokenizer trained on other texts cuts unfamiliar words into many pieces, so captions would hit the
+generation limit and prompts the length limit. It exists so the LLM stages run end to end without a 7B
+checkpoint; its captions and answers say nothing about what 3D-MoLM achieves.
 
 The build is deterministic given the texts, the seed and :data:`DEMO_SHAPE`; it is written once with
 ``save_pretrained`` to ``$MOLBRIDGE_CACHE/demo-llm/<hash>`` (default ``~/.cache/molbridge``) and then loaded
@@ -44,16 +46,27 @@ def cache_root() -> Path:
     return Path(os.environ.get("MOLBRIDGE_CACHE", Path.home() / ".cache" / "molbridge"))
 
 
-def default_texts() -> list[str]:
-    """molbridge-mini's descriptions and instruction records (instruction, input, output): the tokenizer corpus."""
+#: The text fields a language stage reads (captions), besides the instruction records.
+CORPUS_FIELDS = ("description", "enriched_description")
+
+
+def dataset_texts(name: str = "molbridge-mini") -> list[str]:
+    """What the language stages read of a prepared dataset: its descriptions (:data:`CORPUS_FIELDS`) and instruction
+    records (instruction, input, output); the tokenizer corpus. ``name`` is a packaged dataset or a folder written
+    by ``bench data prepare``."""
     from molbridge.core.data import open_dataset
 
-    store, texts = open_dataset("molbridge-mini"), []
+    store, texts = open_dataset(name), []
     for i in range(len(store)):
         mol = store[i]
-        texts.append(mol.description)
+        texts.extend(mol.texts[field] for field in CORPUS_FIELDS if mol.texts.get(field))
         texts.extend(r[key] for r in mol.instructions for key in ("instruction", "input", "output"))
     return texts
+
+
+def default_texts() -> list[str]:
+    """molbridge-mini's texts (:func:`dataset_texts`)."""
+    return dataset_texts("molbridge-mini")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, special_tokens: tuple[str, ...] = SPECIAL_TOKENS):
@@ -113,7 +126,8 @@ def build_demo_model(
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+    # seeded init without touching the caller's RNG, on the CPU whatever device context the caller holds
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     model.save_pretrained(str(folder))
@@ -122,7 +136,8 @@ def build_demo_model(
 
 
 def demo_model_path(texts: Iterable[str] | None = None, seed: int = 0) -> Path:
-    """The cached demo model folder for these texts (molbridge-mini's when None), built on first use."""
+    """The cached demo model folder for these texts (molbridge-mini's when None), built on first use; the cache
+    key is a digest of the texts, so each dataset gets its own tokenizer and model."""
     texts = [t for t in (default_texts() if texts is None else texts) if t]
     if not texts:
         raise MolbridgeError(f"{DEMO_NAME}: no texts to train its tokenizer on")

@@ -123,6 +123,10 @@ class Stage1Projector(Projector):
         )
         return encoded["input_ids"], encoded["attention_mask"]
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Lengths in tokens before truncation at ``max_text_length``."""
+        return [len(ids) for ids in self.tokenizer(list(texts), truncation=False)["input_ids"]]
+
     def text_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """The text tower's hidden states (B, L, H): a text-only pass."""
         return self.bert(input_ids=input_ids, attention_mask=attention_mask)

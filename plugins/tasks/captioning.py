@@ -52,12 +52,24 @@ class CaptioningTask(LLMStageTask):
 
     def score(self, split: str, examples: list[Example], answers: list[str]) -> dict[str, float]:
         references = [e.response for e in examples]
-        metrics = caption_metrics(answers, references) | shape_fact_metrics(answers, references)
+        metrics = self._scores(answers, references)
         if self.config.baseline:
-            captions = self._baseline_captions(split)
-            baseline = caption_metrics(captions, references) | shape_fact_metrics(captions, references)
+            baseline = self._scores(self._baseline_captions(split), references)
             metrics |= {f"baseline_{k}": v for k, v in baseline.items()}
         return metrics
+
+    def _scores(self, captions: list[str], references: list[str]) -> dict[str, float]:
+        """Caption metrics, and the shape facts when the dataset declares that its captions state them
+        (``caption_facts`` in its dataset.json, as molbridge-mini's): on other texts the sentence reader would
+        match unrelated words ("linear pentasaccharide")."""
+        metrics = caption_metrics(captions, references)
+        if self.caption_facts:
+            metrics |= shape_fact_metrics(captions, references)
+        return metrics
+
+    @property
+    def caption_facts(self) -> list[str]:
+        return list(self.molecules["train"].store.meta.get("caption_facts", []))
 
     def _baseline_captions(self, split: str) -> list[str]:
         train, target = self.molecules["train"], self.molecules[split]
@@ -70,6 +82,7 @@ class CaptioningTask(LLMStageTask):
             "dataset": self.recipe.data.name,
             "split": self.recipe.data.split,
             "sizes": {k: len(v) for k, v in self.splits.items()},
+            "truncation": getattr(self, "truncation", None),
             "instruction": self.config.instruction,
             "metrics": "BLEU-2/4 (NLTK corpus_bleu), ROUGE-1/2/L F (rouge-score), METEOR (NLTK, WordNet 3.0); "
             "lower-cased NLTK word tokens for all; fractions in [0, 1]. shape_acc: the caption "

@@ -24,6 +24,7 @@ from molbridge.core.contracts import Components, EncoderOutput, StepOutput, Task
 from molbridge.core.data import MoleculeDataset
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.testing import synthetic_encoder_output
+from molbridge.plugins.tasks import truncation
 
 SPLITS = ("train", "valid", "test")
 
@@ -143,6 +144,34 @@ class LLMStageTask(Task):
             self._splits = {split: ExampleDataset(self.molecules[split], self.examples(split)) for split in SPLITS}
         return self._splits
 
+    def datasets(self):
+        if self.llm is not None and not hasattr(self, "truncation"):  # a training run: its data meets its model
+            self.truncation = self._truncation()
+        return self.splits
+
+    def _truncation(self) -> dict[str, Any]:
+        """How many training sequences ``llm.max_length`` cuts, and how many reference answers of the evaluation
+        splits are longer than their task's ``max_new_tokens`` (the model cannot say all of them)."""
+        llm = self.llm
+        train = self.splits["train"].examples
+        prompts = llm.token_counts(self._example_prompts("train", train), special=True)
+        responses = llm.token_counts([e.response for e in train])
+        report = {}
+        if llm.max_length:
+            lengths = [p + r + 1 for p, r in zip(prompts, responses, strict=True)]  # + EOS
+            report["training"] = truncation.report(lengths, llm.max_length, "training sequences (llm.max_length)")
+        evaluated = [e for split in ("valid", "test") for e in self.splits[split].examples]
+        limits = [self.generation(e.task)["max_new_tokens"] for e in evaluated]
+        report["generation"] = truncation.report(
+            llm.token_counts([e.response for e in evaluated]), limits, "reference answers (task max_new_tokens)"
+        )
+        return report
+
+    def _example_prompts(self, split: str, examples: Sequence[Example]) -> list[str]:
+        molecules = self.molecules[split]
+        smiles = molecules.store.column("smiles")
+        return [self.llm.format_prompt(e.instruction, smiles[int(molecules.indices[e.molecule])]) for e in examples]
+
     # -- what a stage defines -------------------------------------------------------------------------
     def examples(self, split: str) -> list[Example]:
         raise NotImplementedError
@@ -167,9 +196,6 @@ class LLMStageTask(Task):
         model = MolLLM(encoder, projector, llm)
         model.frozen_projector_parameters = freeze_unused(projector, encoder.output_dim)
         return model
-
-    def datasets(self):
-        return self.splits
 
     def _prompts(self, samples) -> list[str]:
         return [self.llm.format_prompt(s[keys.INSTRUCTION], s[keys.SMILES]) for s in samples]

@@ -143,6 +143,7 @@ class QATask(LLMStageTask):
             "dataset": self.recipe.data.name,
             "split": self.recipe.data.split,
             "sizes": {k: len(v) for k, v in self.splits.items()},
+            "truncation": getattr(self, "truncation", None),
             "train_mixture": getattr(self, "train_mixture", None),
             "sampling": f"task probability proportional to size^{self.config.sampling_power}",
             "numeric": "first number after is/are/=/:, else the last; MAE and median absolute error (medae) "

@@ -24,6 +24,7 @@ from molbridge.core.contracts import Components, StepOutput, Task
 from molbridge.core.data import MoleculeDataset
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.recipe import bounded
+from molbridge.plugins.tasks import truncation
 from molbridge.plugins.tasks.fingerprint_baseline import FingerprintRidge
 from molbridge.plugins.tasks.retrieval_metrics import full_set_ranks, retrieval_report
 from molbridge.plugins.tasks.stage1 import CACHED_TEXT, Stage1Model, Stage1Options, check_options, text_side_for
@@ -82,6 +83,7 @@ class RetrievalTask(Task):
         self.encoder, self.projector = components.encoder, components.projector
         model = self.assemble(self.config, self.encoder, self.projector, None)
         self.text_side = model.text
+        self.truncation = self._truncation()
         if self.config.baseline or self.config.lock_text_tower:
             self._encode_texts()  # before training: the text tower is still the pretrained one
         if self.config.baseline:
@@ -198,6 +200,21 @@ class RetrievalTask(Task):
                 self._pooled_text.update(zip((m.id for m in chunk), pooled, strict=True))
         text_side.train()
 
+    def _truncation(self) -> dict[str, Any]:
+        """How many texts of the dataset the text tower's length limit cuts (reported with the run)."""
+        field = self.config.text_field
+        texts = [
+            self.splits[split].store[int(row)].texts.get(field, "")
+            for split in SPLITS
+            for row in self.splits[split].indices
+        ]
+        key = "projector.max_text_length" if self.text_side is self.projector else "task.text_tower.max_text_length"
+        return truncation.report(
+            self.text_side.token_counts(texts),
+            self.text_side.max_text_length,
+            f"'{field}' texts for the text tower ({key})",
+        )
+
     def _frozen_targets(self, split: str) -> torch.Tensor:
         dataset = self.splits[split]
         return F.normalize(torch.stack([self._pooled_text[dataset.store[int(r)].id] for r in dataset.indices]), dim=-1)
@@ -248,6 +265,7 @@ class RetrievalTask(Task):
             "text_field": self.config.text_field,
             "protocol": f"M2T/T2M accuracy and R@20, in batches of {self.config.inbatch_size} and against "
             "the full split; conformer 0; dataset order",
+            "truncation": getattr(self, "truncation", None),
             "text_side": (
                 f"the projector's own ({self.recipe.projector.name})"
                 if self.text_side is self.projector
