@@ -122,6 +122,7 @@ class TrainConfig:
     devices: Any = 1
     """Devices per node (an int, or "auto")."""
     num_nodes: int = bounded(1, ge=1)
+    """Machines (Lightning Fabric ``num_nodes``); each runs ``devices`` processes."""
     deterministic: bool = True
     """Use deterministic algorithms (exact resume on CPU); turn off for speed on GPU."""
 
@@ -149,18 +150,27 @@ class TrackingConfig:
 @dataclass
 class RecipeSchema:
     recipe: str = "custom"
-    """The recipe's name (logged as a tag)."""
+    """The recipe's name (logged as a tag; ``train.init_from: stage:NAME`` names a previous stage by it)."""
     description: str = ""
+    """What the recipe runs and why, for people (``bench recipes list`` shows the first line of the file)."""
     seed: int = 0
+    """Seeds parameter initialisation, data order and conformer draws; part of the run's name."""
     output_dir: str | None = None
-    """Where checkpoints and metrics.json go; null is ``runs/{experiment}/{run_name}``."""
+    """Where checkpoints and metrics.json go; null is ``runs/{experiment}/{run name}`` (the run's identity)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The dataset and how it is batched."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, hardware, checkpoints and resume."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow."""
     encoder: Any | None = None
+    """The 3D encoder: ``name`` and the keys of its plugin's schema (``bench recipes show NAME --doc``)."""
     projector: Any | None = None
+    """The projector from encoder outputs to soft tokens: ``name`` and its plugin's keys."""
     llm: Any | None = None
+    """The language model (stages 2 and 3): ``name`` and its plugin's keys."""
     task: Any | None = None
+    """The task (required): ``name`` and its plugin's keys: its data, loss and metrics."""
 
 
 COMPONENT_SECTIONS = KINDS  # encoder, projector, llm, task: validated against plugin schemas

@@ -41,7 +41,7 @@ def test_wheel_holds_only_the_molbridge_namespace_and_ships_recipes_and_data(tmp
         ROOT,
         source,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "*.egg-info", "mlruns", "runs", "mlflow.db", "__pycache__"
+            ".git", ".venv", "build", "*.egg-info", "mlruns", "runs", "mlflow.db", "__pycache__", "wt-*"
         ),
     )
     subprocess.run(
@@ -64,6 +64,10 @@ def test_wheel_holds_only_the_molbridge_namespace_and_ships_recipes_and_data(tmp
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"molbridge"}
+    assert {"molbridge/core/py.typed", "molbridge/plugins/py.typed"} <= set(names)  # typed for type checkers
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "[molbridge]" in zipfile.ZipFile(wheel).read(entry_points).decode()  # the built-ins, as plugins
     packaged = {n for n in names if n.startswith("molbridge/core/recipes/") and n.endswith(".yaml")}
     expected = {f"molbridge/core/recipes/{p.name}" for p in (ROOT / "core" / "recipes").glob("*.yaml")}
     assert packaged == expected

@@ -3,6 +3,7 @@
 import argparse
 import importlib
 import logging
+import os
 import sys
 import warnings
 
@@ -21,6 +22,10 @@ MLflow. Components (encoders, projectors, LLMs, tasks) come from plugins; swap o
   bench recipes show retrieval                  the recipe a run starts from
   bench compare --task retrieval                runs side by side, from MLflow
   bench plugins                                 what is installed, by kind
+
+Every command's --help has examples. Exit status: 0 success; 1 an unexpected failure (with a traceback,
+worth a bug report); 2 a user error (bad recipe, input or checkpoint: the message names it); 130 interrupted
+(a run saved a checkpoint first). Output into a closed pipe (bench plugins --json | head -1) stops quietly.
 """
 
 
@@ -48,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     warnings.showwarning = _show_warning
     if args.strict_plugins:
-        import os
-
         from molbridge.core.plugins import ENV_STRICT
 
         os.environ[ENV_STRICT] = "1"
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, and not again when stdout is flushed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,12 @@ def add_parser(sub) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     prep = commands.add_parser(
-        "prepare", help="molecules (SMILES/SDF/CSV/TSV/JSONL/3D-MoIT JSON/LMDB, the 3D-MoLM release) to 3D shards"
+        "prepare",
+        help="molecules (SMILES/SDF/CSV/TSV/JSONL/3D-MoIT JSON/LMDB, the 3D-MoLM release) to 3D shards",
+        epilog="examples:\n  bench data prepare molecules.smi --out data/mine\n"
+        "  bench data prepare ChEBI-20_data/ --out data/chebi20 --limit 1000\n"
+        "  bench data prepare 3d-mol-dataset/ --trust-pickle --out data/3d-molm --shard 0/4",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     prep.add_argument(
         "input",
@@ -94,13 +99,24 @@ def add_parser(sub) -> None:
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=_prepare)
 
-    mini = commands.add_parser("build-mini", help="rebuild the molbridge-mini dataset deterministically")
+    mini = commands.add_parser(
+        "build-mini",
+        help="rebuild the molbridge-mini dataset deterministically",
+        epilog="example:\n  bench data build-mini --out /tmp/mini --limit 200",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mini.add_argument("--out", required=True, help="directory to write")
     mini.add_argument("--limit", type=int, default=None, help="only the first N source molecules (quick check)")
     mini.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     mini.set_defaults(func=_build_mini)
 
-    info = commands.add_parser("info", help="counts, splits, failure reasons, fields, property statistics")
+    info = commands.add_parser(
+        "info",
+        help="counts, splits, failure reasons, fields, property statistics",
+        epilog="examples:\n  bench data info molbridge-mini\n  bench data info data/chebi20 --failures\n"
+        "  bench data info molbridge-mini --json | jq .molecules",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     info.add_argument("dataset", help="a packaged dataset name (molbridge-mini) or a dataset directory")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--failures", action="store_true", help="also list every failed input with its reason")

@@ -1,9 +1,21 @@
 """``bench recipes``: list, show, validate and copy the packaged recipes."""
 
+import argparse
 import shutil
 from pathlib import Path
 
 from molbridge.core.recipe import find_recipe, load_recipe, packaged_recipes, to_yaml
+
+COMPONENTS = ("encoder", "projector", "llm")
+
+
+def _component_options(parser) -> None:
+    for kind in COMPONENTS:
+        parser.add_argument(f"--{kind}", metavar="NAME", help=f"swap the {kind} as bench run --{kind} does")
+
+
+def _load(args):
+    return load_recipe(args.name, args.overrides, components={k: getattr(args, k) for k in COMPONENTS})
 
 
 def add_parser(sub):
@@ -13,12 +25,31 @@ def add_parser(sub):
         description="Recipes are YAML files that assemble a run. Packaged recipes ship with molbridge; "
         "copy one to edit it, then pass its path to `bench run TASK --recipe PATH`.\n"
         "NAME is a packaged recipe name or a path to a YAML file.",
+        epilog="examples:\n  bench recipes list\n  bench recipes show retrieval --doc\n"
+        "  bench recipes validate 3d-molm-stage3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub_recipes = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub_recipes.add_parser("list", help="packaged recipes with their descriptions").set_defaults(func=list_recipes)
-    show = sub_recipes.add_parser("show", help="print a recipe resolved (extends and overrides applied)")
+    sub_recipes.add_parser(
+        "list",
+        help="packaged recipes with their descriptions",
+        epilog="example:\n  bench recipes list",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).set_defaults(func=list_recipes)
+    show = sub_recipes.add_parser(
+        "show",
+        help="print a recipe resolved (extends and overrides applied); --doc documents every key",
+        description="Print the recipe as a run would use it: extends, component swaps and overrides applied. "
+        "--doc adds, above every key, its documentation, type, default, choices and valid range, from the "
+        "schemas of core and of the plugins the recipe names.",
+        epilog="examples:\n  bench recipes show retrieval --doc\n  bench recipes show captioning --encoder schnet "
+        "train.lr=5e-4\n  bench recipes show retrieval --raw",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     show.add_argument("name")
     show.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, as for bench run")
+    _component_options(show)
+    show.add_argument("--doc", action="store_true", help="document every key (docstring, type, default, range)")
     show.add_argument("--raw", action="store_true", help="print the file as written instead")
     show.set_defaults(func=show_recipe)
     validate = sub_recipes.add_parser(
@@ -31,11 +62,22 @@ def add_parser(sub):
         "and memory by component. Model folders not on this machine are sized by their known shape "
         "(SciBERT, Llama-2-7B), and the report says so.",
     )
+    validate.epilog = (
+        "examples:\n  bench recipes validate 3d-molm-stage3\n  bench recipes validate retrieval --encoder schnet "
+        "train.max_steps=200\n  bench recipes validate my_recipe.yaml --no-size"
+    )
+    validate.formatter_class = argparse.RawDescriptionHelpFormatter
     validate.add_argument("name")
     validate.add_argument("overrides", nargs="*", metavar="key=value")
+    _component_options(validate)
     validate.add_argument("--no-size", action="store_true", help="check the recipe only; do not size the model")
     validate.set_defaults(func=validate_recipe)
-    copy = sub_recipes.add_parser("copy", help="copy a packaged recipe to a file you can edit")
+    copy = sub_recipes.add_parser(
+        "copy",
+        help="copy a packaged recipe to a file you can edit",
+        epilog="example:\n  bench recipes copy retrieval mine.yaml && bench run retrieval --recipe mine.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     copy.add_argument("name")
     copy.add_argument("dest", type=Path)
     copy.set_defaults(func=copy_recipe)
@@ -57,13 +99,18 @@ def list_recipes(args) -> int:
 def show_recipe(args) -> int:
     if args.raw:
         print(find_recipe(args.name).read_text(), end="")
+    elif args.doc:
+        from molbridge.core.plugins import get_registry
+        from molbridge.core.recipe_docs import document
+
+        print(document(_load(args), get_registry()), end="")
     else:
-        print(to_yaml(load_recipe(args.name, args.overrides)), end="")
+        print(to_yaml(_load(args)), end="")
     return 0
 
 
 def validate_recipe(args) -> int:
-    recipe = load_recipe(args.name, args.overrides)
+    recipe = _load(args)
     data_note = check_data(recipe)  # a prepared dataset without the recipe's split kind is an error
     sizing = None
     if not args.no_size:  # before saying "valid": a freezing glob that matches no parameter fails here
