@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from molbridge.core import hookimpl
 from molbridge.core.contracts import Encoder, EncoderOutput
 from molbridge.core.errors import MolbridgeError, check_choice
+from molbridge.plugins.encoders.presets import Preset
 from molbridge.plugins.encoders.weights import load_strict, read_state_dict
 
 #: The Uni-Mol dictionary (mol.dict.txt) plus the appended [MASK]; index = token id.
@@ -36,17 +37,47 @@ TOKEN_OF_Z = np.array(
     [PAD] + [DICTIONARY.index(s) if s in DICTIONARY else UNK for s in _ELEMENTS] + [UNK] * 40, dtype=np.int64
 )
 
-#: name -> (layers, embed dim, ffn dim, heads, gaussian kernels)
+
+@dataclass(frozen=True)
+class UniMolPreset(Preset):
+    """The shape of a Uni-Mol encoder (names as in Uni-Mol's ``unimol_base_architecture``)."""
+
+    layers: int
+    """Transformer layers with pair-biased attention (``encoder_layers``)."""
+    embed_dim: int
+    """Width of the atom representations (``encoder_embed_dim``); the encoder's output_dim."""
+    ffn_dim: int
+    """Hidden width of each layer's feed-forward block (``encoder_ffn_embed_dim``)."""
+    heads: int
+    """Attention heads (``encoder_attention_heads``), also the width of the pair representation."""
+    kernels: int
+    """Gaussian basis functions per atom pair (``K`` of the GaussianLayer)."""
+
+
 PRESETS = {
-    "base": (15, 512, 2048, 64, 128),  # the released checkpoints / 3D-MoLM
-    "small": (4, 128, 256, 8, 32),  # trains on a CPU in minutes
+    "base": UniMolPreset(
+        "the released checkpoints' shape (mol_pre_no_h/all_h_220816.pt, 3D-MoLM's encoder), 47.6 M parameters",
+        layers=15,
+        embed_dim=512,
+        ffn_dim=2048,
+        heads=64,
+        kernels=128,
+    ),
+    "small": UniMolPreset(
+        "a CPU-friendly shape that trains in minutes, 0.5 M parameters",
+        layers=4,
+        embed_dim=128,
+        ffn_dim=256,
+        heads=8,
+        kernels=32,
+    ),
 }
 
 
 @dataclass
 class UniMolConfig:
     name: str = "unimol"
-    preset: str = field(default="small", metadata={"choices": tuple(PRESETS)})
+    preset: str = field(default="small", metadata={"choices": tuple(PRESETS), "presets": PRESETS})
     """``base`` (the released checkpoints' shape) or ``small`` (CPU-friendly)."""
     hydrogens: str = field(default="no_h", metadata={"choices": HYDROGEN_POLICIES})
     """``no_h`` (removes hydrogens, like mol_pre_no_h) or ``all_h`` (keeps them, like mol_pre_all_h)."""
@@ -206,13 +237,14 @@ class UniMolEncoder(Encoder):
         super().__init__()
         check_choice("encoder.preset", config.preset, PRESETS)
         check_choice("encoder.hydrogens", config.hydrogens, HYDROGEN_POLICIES)
-        layers, dim, ffn, heads, kernels = PRESETS[config.preset]
+        shape = PRESETS[config.preset]
+        dim, heads = shape.embed_dim, shape.heads
         self.keep_hydrogens, self.output_dim, self.heads = config.hydrogens == "all_h", dim, heads
         vocab = len(DICTIONARY)
         self.embed_tokens = nn.Embedding(vocab, dim, padding_idx=PAD)
-        self.gbf = GaussianLayer(kernels, vocab * vocab)
-        self.gbf_proj = PairHead(kernels, heads)
-        self.encoder = PairEncoder(layers, dim, ffn, heads)
+        self.gbf = GaussianLayer(shape.kernels, vocab * vocab)
+        self.gbf_proj = PairHead(shape.kernels, heads)
+        self.encoder = PairEncoder(shape.layers, dim, shape.ffn_dim, heads)
         if config.checkpoint:
             state = read_state_dict(config.checkpoint, trust=config.trust_checkpoint)
             load_strict(self, state, config.checkpoint, ignore_prefixes=PRETRAINING_HEADS)
