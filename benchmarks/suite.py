@@ -119,7 +119,14 @@ def encoder_rows(results: list[dict]) -> list[Row]:
                     "unimol-tools Uni-Mol base" if ref else None,
                     ref and ref["mol_per_s"],
                     peak_mb=r["peak_mb"],
-                    note="" if ref else "unimol-tools not installed: no baseline",
+                    note="; ".join(
+                        ([] if ref else ["unimol-tools not installed: no baseline"])
+                        + (
+                            [f"max abs diff {r['max_abs_diff']:.1e} vs {r['diff_against']}"]
+                            if "max_abs_diff" in r
+                            else []
+                        )
+                    ),
                 )
             )
     if ref:
