@@ -13,8 +13,11 @@ Shapes, as overrides of the packaged ``retrieval`` recipe:
 
 One optimizer step is timed part by part (forward parts in order, then backward and the optimizer step;
 CUDA is synchronised at each boundary). The baseline, measured in the same process on the same inputs,
-is transformers' own code for the parts it has: ``Blip2QFormerModel`` for the query pass and
-``BertModel`` for the text pass, forward + backward each. On a GPU everything runs in bf16 autocast.
+is transformers' own code for the parts it has, holding our weights: ``Blip2QFormerModel`` for the query
+pass (after a copy of our ``ln_graph`` LayerNorm, which our query pass applies to the encoder output too)
+and ``BertModel`` for the text pass, forward + backward each. Beside each speed-up, the largest absolute
+difference between our outputs and transformers' (eval mode, fp32) shows that both compute the same
+thing. On a GPU everything runs in bf16 autocast.
 Each shape runs in its own subprocess so peak memory is its own (CPU: growth of peak RSS; GPU:
 ``torch.cuda.max_memory_allocated``).
 """
@@ -22,6 +25,7 @@ Each shape runs in its own subprocess so peak memory is its own (CPU: growth of 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -145,31 +149,77 @@ def _step(model, batch, optimizer, timer: Timer) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
-def _baseline(model, batch, steps: int, timer: Timer) -> None:
-    """transformers' Q-Former query pass and BERT text pass at the same shapes, forward + backward."""
+def _baseline_models(model):
+    """transformers' ``Blip2QFormerModel`` and ``BertModel`` at our shapes, holding our weights (names mapped),
+    and a copy of our molecule LayerNorm (``ln_graph``), which the query pass applies to the encoder output
+    before cross-attention: the baseline does the same work (and its backward reaches the LayerNorm)."""
     from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormerModel
 
-    from molbridge.core import batch as keys
-
-    shape = model.projector.bert.shape
+    projector = model.projector
+    shape = projector.bert.shape
     common = dict(
-        vocab_size=shape.vocab_size,
+        vocab_size=projector.bert.embeddings.word_embeddings.num_embeddings,  # [DEC] included
         hidden_size=shape.hidden_size,
         num_hidden_layers=shape.num_hidden_layers,
         num_attention_heads=shape.num_attention_heads,
         intermediate_size=shape.intermediate_size,
         hidden_dropout_prob=shape.hidden_dropout_prob,
         attention_probs_dropout_prob=shape.attention_probs_dropout_prob,
+        layer_norm_eps=shape.layer_norm_eps,
     )
     device = next(model.parameters()).device
-    qformer = (
-        Blip2QFormerModel(
-            Blip2QFormerConfig(**common, encoder_hidden_size=model.encoder.output_dim, cross_attention_frequency=2)
-        )
-        .to(device)
-        .train()
+    ours = projector.bert.state_dict()
+    qformer = Blip2QFormerModel(
+        Blip2QFormerConfig(**common, encoder_hidden_size=model.encoder.output_dim, cross_attention_frequency=2)
     )
-    bert = BertModel(BertConfig(**common), add_pooling_layer=False).to(device).train()
+
+    def our_name(name: str) -> str:  # theirs -> ours (bert.py keeps BERT's/LAVIS's "self")
+        if name.startswith("layernorm."):
+            return "embeddings.LayerNorm." + name.removeprefix("layernorm.")
+        return name.replace(".attention.attention.", ".attention.self.").replace(
+            ".crossattention.attention.", ".crossattention.self."
+        )
+
+    qformer.load_state_dict({name: ours[our_name(name)] for name in qformer.state_dict()})
+    bert = BertModel(BertConfig(**common), add_pooling_layer=False)
+    text = {k: v for k, v in ours.items() if k in bert.state_dict()}
+    text["embeddings.token_type_embeddings.weight"] = torch.zeros_like(bert.embeddings.token_type_embeddings.weight)
+    bert.load_state_dict(text)  # token type 0 is folded into our word embeddings, so a zero row is the same
+    norm = copy.deepcopy(projector.encoder_norm)
+    return qformer.to(device).train(), bert.to(device).train(), norm.to(device)
+
+
+def _agreement(model, batch) -> dict[str, float]:
+    """Largest absolute differences between our passes and transformers' on the same weights and inputs
+    (eval mode, no dropout, fp32 even on a GPU): the query pass on real queries, the text pass on real tokens."""
+    from molbridge.core import batch as keys
+
+    qformer, bert, norm = _baseline_models(model)
+    projector = model.projector
+    was_training = model.training
+    for module in (model, qformer, bert):
+        module.eval()
+    ids, mask = batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]
+    with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
+        encoded = model.encoder(batch[keys.ENCODER_INPUT])
+        ours = projector(encoded)
+        queries = projector.query_tokens.expand(len(ours), -1, -1)
+        theirs = qformer(
+            query_embeds=queries,
+            encoder_hidden_states=norm(encoded.atom_embeddings),
+            encoder_attention_mask=(~encoded.padding_mask).long(),
+        ).last_hidden_state
+        real = mask.bool()
+        text = (projector.text_states(ids, mask) - bert(input_ids=ids, attention_mask=mask).last_hidden_state)[real]
+    model.train(was_training)
+    return {"query pass": (ours - theirs).abs().max().item(), "text pass": text.abs().max().item()}
+
+
+def _baseline(model, batch, steps: int, timer: Timer) -> None:
+    """transformers' Q-Former query pass and BERT text pass at the same shapes, forward + backward."""
+    from molbridge.core import batch as keys
+
+    qformer, bert, norm = _baseline_models(model)
     with torch.no_grad():
         encoded = model.encoder(batch[keys.ENCODER_INPUT])
     memory = encoded.atom_embeddings.detach()
@@ -178,7 +228,7 @@ def _baseline(model, batch, steps: int, timer: Timer) -> None:
         with timer.part("query pass"):
             out = qformer(
                 query_embeds=queries,
-                encoder_hidden_states=memory,
+                encoder_hidden_states=norm(memory),
                 encoder_attention_mask=(~encoded.padding_mask).long(),
             ).last_hidden_state
             out.float().sum().backward()
@@ -229,6 +279,7 @@ def measure(shape: str, steps: int, batch_size: int | None) -> dict:
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
         )
         model.projector.requires_grad_(True)  # like for like with transformers: the whole tower trains
+        agreement = _agreement(model, batch)
         ours, theirs = Timer(cuda), Timer(cuda)
         _ours_forward_backward(model, batch, 1, Timer(cuda))  # warm-up
         _ours_forward_backward(model, batch, steps, ours)
@@ -250,6 +301,7 @@ def measure(shape: str, steps: int, batch_size: int | None) -> dict:
                 "ours_s": round(ours.parts[part] / steps, 4),
                 "transformers_s": round(theirs.parts[part] / steps, 4),
                 "speedup": round(theirs.parts[part] / ours.parts[part], 2),
+                "max_abs_diff": agreement[part],
             }
             for part in ("query pass", "text pass")
         },
@@ -272,9 +324,15 @@ def _print(results: list[dict]) -> None:
         print("| part | s/step | share |\n|---|---|---|")
         for part, seconds in r["parts_s"].items():
             print(f"| {part} | {seconds:.4f} | {seconds / r['step_s']:.0%} |")
-        print("\n| forward+backward | molbridge s | transformers s | speed-up |\n|---|---|---|---|")
+        print(
+            "\n| forward+backward | molbridge s | transformers s | speed-up | max abs diff (fp32, eval) |"
+            "\n|---|---|---|---|---|"
+        )
         for part, v in r["vs_transformers"].items():
-            print(f"| {part} | {v['ours_s']:.4f} | {v['transformers_s']:.4f} | {v['speedup']:.2f}x |")
+            print(
+                f"| {part} | {v['ours_s']:.4f} | {v['transformers_s']:.4f} | {v['speedup']:.2f}x "
+                f"| {v['max_abs_diff']:.1e} |"
+            )
 
 
 def main() -> None:

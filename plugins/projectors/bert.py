@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,50 @@ class BertShape:
         return cls(**{f: config[f] for f in names})
 
 
+class PackedMemory(NamedTuple):
+    """Cross-attention memory cut down to the positions that may be attended to.
+
+    Keys and values are projected for these rows only and laid back into (B, N, H) with zeros at the
+    others, which the mask hides (their attention weights are exactly 0). Padding is about half of the
+    positions in a batch of molecules, and projecting the memory (and its gradient) was the largest
+    part of the query pass after the query FFNs.
+    """
+
+    states: Tensor
+    """(R, W) rows of the memory that may be attended to."""
+    index: Tensor
+    """(R,) their flat positions ``b * length + n``."""
+    batch: int
+    length: int
+
+    @classmethod
+    def pack(cls, memory: Tensor, attend: Tensor) -> PackedMemory:
+        """memory (B, N, W); attend (B, N) bool, True where a key may be attended to."""
+        b, n, w = memory.shape
+        index = attend.flatten().nonzero().squeeze(1)
+        return cls(memory.reshape(b * n, w).index_select(0, index), index, b, n)
+
+    def project(self, linear: nn.Module) -> Tensor:
+        """``linear(memory)`` as (B, N, out), computed on the kept rows (zeros elsewhere)."""
+        rows = linear(self.states)
+        full = rows.new_zeros(self.batch * self.length, rows.shape[-1]).index_copy_(0, self.index, rows)
+        return full.view(self.batch, self.length, -1)
+
+
+def _packable(memory: Tensor | None, memory_mask: Tensor | None) -> bool:
+    """A boolean per-key mask (B, 1, 1, N) that hides some keys: keys and values can skip those rows."""
+    return (
+        memory is not None
+        and memory_mask is not None
+        and memory_mask.dtype == torch.bool
+        and memory_mask.dim() == 4
+        and memory_mask.shape[1:3] == (1, 1)
+        and memory_mask.shape[0] == memory.shape[0]
+        and memory_mask.shape[3] == memory.shape[1]
+        and not bool(memory_mask.all())
+    )
+
+
 class Attention(nn.Module):
     """Multi-head attention + BERT's post-LayerNorm residual output (``self`` / ``output`` submodules)."""
 
@@ -70,11 +115,13 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.heads, -1).transpose(1, 2)
 
-    def forward(self, x: Tensor, memory: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, memory: Tensor | PackedMemory, mask: Tensor | None) -> Tensor:
         """``mask``: bool (B, 1, Lq|1, Lk), True = may attend; or a float bias of that shape."""
-        q, k, v = (
-            self._split(f(t)) for f, t in ((self.self.query, x), (self.self.key, memory), (self.self.value, memory))
-        )
+        q = self._split(self.self.query(x))
+        if isinstance(memory, PackedMemory):
+            k, v = self._split(memory.project(self.self.key)), self._split(memory.project(self.self.value))
+        else:
+            k, v = self._split(self.self.key(memory)), self._split(self.self.value(memory))
         dropout = self.dropout_p if self.training else 0.0
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         attended = attended.transpose(1, 2).flatten(2)
@@ -106,7 +153,12 @@ class Layer(nn.Module):
         return output.LayerNorm(x + self.dropout(output.dense(hidden)))
 
     def forward(
-        self, x: Tensor, mask: Tensor | None, prefix_len: int, memory: Tensor | None, memory_mask: Tensor | None
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        prefix_len: int,
+        memory: Tensor | PackedMemory | None,
+        memory_mask: Tensor | None,
     ) -> Tensor:
         x = self.attention(x, x, mask)
         prefix, text = x[:, :prefix_len], x[:, prefix_len:]
@@ -115,7 +167,7 @@ class Layer(nn.Module):
         parts = [self._ffn(prefix, self.intermediate_query, self.output_query)] if prefix_len else []
         if text.shape[1]:
             parts.append(self._ffn(text, self.intermediate, self.output))
-        return torch.cat(parts, dim=1)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # cat would copy a lone part
 
 
 class PrefixBert(nn.Module):
@@ -145,7 +197,7 @@ class PrefixBert(nn.Module):
         if input_ids is not None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             parts.append(self.embeddings.word_embeddings(input_ids) + self.embeddings.position_embeddings(positions))
-        return self.embed_dropout(self.embeddings.LayerNorm(torch.cat(parts, dim=1)))
+        return self.embed_dropout(self.embeddings.LayerNorm(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)))
 
     def forward(
         self,
@@ -165,6 +217,8 @@ class PrefixBert(nn.Module):
         """
         x = self.embed(prefix, input_ids)
         prefix_len = 0 if prefix is None else prefix.shape[1]
+        if prefix_len and _packable(memory, memory_mask):
+            memory = PackedMemory.pack(memory, memory_mask[:, 0, 0])
         mask = attention_masks(x.shape[0], prefix_len, attention_mask, input_ids, causal, x.device)
         for layer in self.encoder.layer:
             x = layer(x, mask, prefix_len, memory, memory_mask)
