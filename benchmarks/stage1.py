@@ -1,6 +1,7 @@
 """Stage-1 training throughput, time per part and peak memory, at the default and the paper's shapes.
 
-    .venv/bin/python benchmarks/stage1.py [--shape default|default-all-losses|paper|all] [--steps 3] [--json F]
+    .venv/bin/python benchmarks/stage1.py [--shape default|default-all-losses|paper|all] [--steps 3]
+        [--bf16 auto|on|off] [--json F]
 
 Shapes, as overrides of the packaged ``retrieval`` recipe:
 - ``default``: the recipe as shipped (Uni-Mol small, Q-Former on 2 MiniLM layers, locked text tower with
@@ -17,7 +18,9 @@ is transformers' own code for the parts it has, holding our weights: ``Blip2QFor
 pass (after a copy of our ``ln_graph`` LayerNorm, which our query pass applies to the encoder output too)
 and ``BertModel`` for the text pass, forward + backward each. Beside each speed-up, the largest absolute
 difference between our outputs and transformers' (eval mode, fp32) shows that both compute the same
-thing. On a GPU everything runs in bf16 autocast.
+thing. On a GPU everything runs in bf16 autocast. On a CPU with native bf16 (avx512_bf16 or AMX;
+``--bf16``), both query passes run once more under CPU bf16 autocast, reported with the largest absolute
+difference of our bf16 output from our fp32 output.
 Each shape runs in its own subprocess so peak memory is its own (CPU: growth of peak RSS; GPU:
 ``torch.cuda.max_memory_allocated``).
 """
@@ -39,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+PASSES = ("query pass", "text pass")
 ALL_LOSSES = ["task.lock_text_tower=false", "task.matching_weight=1", "task.captioning_weight=1"]
 PAPER_BERT = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 SHAPES = {
@@ -189,6 +193,30 @@ def _baseline_models(model):
     return qformer.to(device).train(), bert.to(device).train(), norm.to(device)
 
 
+def _bf16_error(model, batch) -> float:
+    """Largest absolute difference of our query pass under CPU bf16 autocast from the same pass in fp32 (eval)."""
+    from molbridge.core import batch as keys
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        encoded = model.encoder(batch[keys.ENCODER_INPUT])
+        fp32 = model.projector(encoded)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model.projector(encoded).float()
+    model.train(was_training)
+    return (bf16 - fp32).abs().max().item()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (avx512_bf16 or AMX); Linux only, else False."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _agreement(model, batch) -> dict[str, float]:
     """Largest absolute differences between our passes and transformers' on the same weights and inputs
     (eval mode, no dropout, fp32 even on a GPU): the query pass on real queries, the text pass on real tokens."""
@@ -215,7 +243,7 @@ def _agreement(model, batch) -> dict[str, float]:
     return {"query pass": (ours - theirs).abs().max().item(), "text pass": text.abs().max().item()}
 
 
-def _baseline(model, batch, steps: int, timer: Timer) -> None:
+def _baseline(model, batch, steps: int, timer: Timer, parts=PASSES) -> None:
     """transformers' Q-Former query pass and BERT text pass at the same shapes, forward + backward."""
     from molbridge.core import batch as keys
 
@@ -232,13 +260,15 @@ def _baseline(model, batch, steps: int, timer: Timer) -> None:
                 encoder_attention_mask=(~encoded.padding_mask).long(),
             ).last_hidden_state
             out.float().sum().backward()
+        if "text pass" not in parts:
+            continue
         with timer.part("text pass"):
             bert(
                 input_ids=batch[keys.TEXT_INPUT_IDS], attention_mask=batch[keys.TEXT_ATTENTION_MASK]
             ).last_hidden_state.float().sum().backward()
 
 
-def _ours_forward_backward(model, batch, steps: int, timer: Timer) -> None:
+def _ours_forward_backward(model, batch, steps: int, timer: Timer, parts=PASSES) -> None:
     """Our query and text passes alone, forward + backward: the like-for-like counterpart of the baseline."""
     from molbridge.core import batch as keys
 
@@ -248,11 +278,15 @@ def _ours_forward_backward(model, batch, steps: int, timer: Timer) -> None:
     for _ in range(steps):
         with timer.part("query pass"):
             projector(encoded).float().sum().backward()
+        if "text pass" not in parts:
+            continue
         with timer.part("text pass"):
             projector.text_states(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]).float().sum().backward()
 
 
-def measure(shape: str, steps: int, batch_size: int | None) -> dict:
+def measure(shape: str, steps: int, batch_size: int | None, bf16: str = "auto") -> dict:
+    """One shape: the training step part by part, then our passes against transformers'; on a CPU the query
+    pass once more under bf16 autocast (``bf16``: ``auto`` when the CPU has native bf16, ``on``, ``off``)."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
@@ -285,6 +319,32 @@ def measure(shape: str, steps: int, batch_size: int | None) -> dict:
         _ours_forward_backward(model, batch, steps, ours)
         _baseline(model, batch, 1, Timer(cuda))
         _baseline(model, batch, steps, theirs)
+    comparisons = {
+        part: {
+            "ours_s": round(ours.parts[part] / steps, 4),
+            "transformers_s": round(theirs.parts[part] / steps, 4),
+            "speedup": round(theirs.parts[part] / ours.parts[part], 2),
+            "max_abs_diff": agreement[part],
+            "diff_against": "transformers",
+        }
+        for part in PASSES
+    }
+    if not cuda and (
+        bf16 == "on" or (bf16 == "auto" and cpu_has_native_bf16())
+    ):  # the query pass again, both sides under CPU bf16 autocast
+        ours, theirs = Timer(cuda), Timer(cuda)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _ours_forward_backward(model, batch, 1, Timer(cuda), parts=("query pass",))
+            _ours_forward_backward(model, batch, steps, ours, parts=("query pass",))
+            _baseline(model, batch, 1, Timer(cuda), parts=("query pass",))
+            _baseline(model, batch, steps, theirs, parts=("query pass",))
+        comparisons["query pass, bf16 autocast"] = {
+            "ours_s": round(ours.parts["query pass"] / steps, 4),
+            "transformers_s": round(theirs.parts["query pass"] / steps, 4),
+            "speedup": round(theirs.parts["query pass"] / ours.parts["query pass"], 2),
+            "max_abs_diff": _bf16_error(model, batch),
+            "diff_against": "molbridge fp32",
+        }
     step_s = sum(timer.parts.values()) / steps
     return {
         "shape": shape,
@@ -296,15 +356,7 @@ def measure(shape: str, steps: int, batch_size: int | None) -> dict:
         "peak_mb": round(peak_mb, 1),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "trainable_m": round(trainable / 1e6, 2),
-        "vs_transformers": {
-            part: {
-                "ours_s": round(ours.parts[part] / steps, 4),
-                "transformers_s": round(theirs.parts[part] / steps, 4),
-                "speedup": round(theirs.parts[part] / ours.parts[part], 2),
-                "max_abs_diff": agreement[part],
-            }
-            for part in ("query pass", "text pass")
-        },
+        "vs_transformers": comparisons,
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)",
         "precision": "bf16-autocast" if cuda else "fp32",
         "torch": torch.__version__,
@@ -325,13 +377,13 @@ def _print(results: list[dict]) -> None:
         for part, seconds in r["parts_s"].items():
             print(f"| {part} | {seconds:.4f} | {seconds / r['step_s']:.0%} |")
         print(
-            "\n| forward+backward | molbridge s | transformers s | speed-up | max abs diff (fp32, eval) |"
-            "\n|---|---|---|---|---|"
+            "\n| forward+backward | molbridge s | transformers s | speed-up | max abs diff (eval) | against |"
+            "\n|---|---|---|---|---|---|"
         )
         for part, v in r["vs_transformers"].items():
             print(
                 f"| {part} | {v['ours_s']:.4f} | {v['transformers_s']:.4f} | {v['speedup']:.2f}x "
-                f"| {v['max_abs_diff']:.1e} |"
+                f"| {v['max_abs_diff']:.1e} | {v['diff_against']} |"
             )
 
 
@@ -340,15 +392,21 @@ def main() -> None:
     parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per shape (after one warm-up)")
     parser.add_argument("--batch", type=int, help="override the shape's batch size")
+    parser.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="CPU: also time the query pass under bf16 autocast (auto: when the CPU has native bf16)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: measure in-process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.shape, args.steps, args.batch)))
+        print(json.dumps(measure(args.shape, args.steps, args.batch, args.bf16)))
         return
     results = []
     for shape in SHAPES if args.shape == "all" else [args.shape]:
-        command = [sys.executable, __file__, "--one", "--shape", shape, "--steps", str(args.steps)]
+        command = [sys.executable, __file__, "--one", "--shape", shape, "--steps", str(args.steps), "--bf16", args.bf16]
         out = subprocess.run(
             command + (["--batch", str(args.batch)] if args.batch else []), capture_output=True, text=True
         )

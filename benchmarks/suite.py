@@ -163,6 +163,7 @@ def stage1_rows(results: list[dict]) -> list[Row]:
                     f"transformers {part}",
                     v["transformers_s"],
                     higher_is_better=False,
+                    note=f"max abs diff {v['max_abs_diff']:.1e} vs {v['diff_against']}" if "max_abs_diff" in v else "",
                 )
             )
     return rows
