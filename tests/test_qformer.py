@@ -195,3 +195,11 @@ def test_cross_attention_skips_padded_memory_rows_without_changing_outputs(model
     finally:
         model.eval()
     assert not memory.grad[~memory_mask[:, 0, 0]].any() and memory.grad[memory_mask[:, 0, 0]].abs().sum() > 0
+
+
+def test_query_pass_runs_on_the_meta_device():
+    """Recipe sizing runs the query pass on meta tensors: no data-dependent packing there."""
+    with torch.device("meta"):
+        projector = QFormer(QFormerConfig(num_layers=2, pretrained=False), input_dim=WIDTH)
+        encoded = synthetic_encoder_output([3, 5], WIDTH)
+        assert projector(encoded).shape == (2, 8, 384)

@@ -130,10 +130,13 @@ class PackedMemory(NamedTuple):
 
 
 def _packable(memory: Tensor | None, memory_mask: Tensor | None) -> bool:
-    """A boolean per-key mask (B, 1, 1, N) that hides some keys: keys and values can skip those rows."""
+    """A boolean per-key mask (B, 1, 1, N) that hides some keys: keys and values can skip those rows.
+
+    Not on the meta device (recipe sizing), where which rows are kept cannot be known."""
     return (
         memory is not None
         and memory_mask is not None
+        and memory.device.type != "meta"
         and memory_mask.dtype == torch.bool
         and memory_mask.dim() == 4
         and memory_mask.shape[1:3] == (1, 1)
