@@ -47,3 +47,14 @@ def test_unimol_preset_builds_the_shape_it_describes():
     assert len(encoder.encoder.layers) == preset.layers and encoder.output_dim == preset.embed_dim
     assert encoder.encoder.layers[0].fc1.out_features == preset.ffn_dim
     assert encoder.gbf_proj.linear2.out_features == preset.heads and encoder.gbf.means.weight.shape[1] == preset.kernels
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.__name__)
+def test_preset_field_describes_every_preset_for_the_recipe_docs(config):
+    """``bench recipes show --doc`` prints what the field's ``describe`` returns under its documentation."""
+    field = next(f for f in dataclasses.fields(config) if f.name == "preset")
+    lines = field.metadata["describe"]()
+    table = preset_table(config)
+    assert len(lines) == len(table)
+    for line, (name, preset) in zip(lines, table.items(), strict=True):
+        assert line.startswith(describe_preset(table, name)["summary"]) and preset.description in line

@@ -1,8 +1,10 @@
 """Named encoder presets: a frozen dataclass per encoder, one instance per preset, fields documented.
 
-An encoder module keeps ``PRESETS: dict[str, <its Preset subclass>]`` and hands the table to its config's
-``preset`` field as ``metadata={"choices": tuple(PRESETS), "presets": PRESETS}``, so a command that
-only has the config class (``bench recipes show --doc``) finds every encoder's presets the same way::
+An encoder module keeps ``PRESETS: dict[str, <its Preset subclass>]`` and declares its config's ``preset``
+field as ``field(default=..., metadata=preset_metadata(PRESETS))``: the valid names (``choices``, checked by
+recipe validation), the table itself (``presets``) and ``describe``, a callable returning one line per preset
+for ``bench recipes show --doc`` (which prints what a field's ``describe`` returns under its documentation).
+A command that only has the config class finds every encoder's presets the same way::
 
     from molbridge.plugins.encoders.presets import describe_preset, preset_table
     table = preset_table(UniMolConfig)            # {"base": UniMolPreset(...), "small": ...}
@@ -18,7 +20,7 @@ import ast
 import dataclasses
 import inspect
 import textwrap
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from molbridge.core.errors import check_choice
@@ -78,5 +80,19 @@ def describe_preset(presets: dict[str, Preset], name: str) -> dict[str, Any]:
         "preset": name,
         "description": preset.description,
         "sets": {key: {"value": value, "doc": docs.get(key, "")} for key, value in values.items()},
-        "summary": f"preset={name} sets " + ", ".join(f"{k}={v}" for k, v in values.items()),
+        "summary": f"preset={name} sets {_settings(preset)}",
     }
+
+
+def _settings(preset: Preset) -> str:
+    return ", ".join(f"{key}={value}" for key, value in preset.values().items())
+
+
+def preset_lines(presets: dict[str, Preset]) -> list[str]:
+    """One line per preset: ``preset=base sets layers=15, ... (what it is for)``."""
+    return [f"preset={name} sets {_settings(preset)} ({preset.description})" for name, preset in presets.items()]
+
+
+def preset_metadata(presets: dict[str, Preset]) -> dict[str, Any]:
+    """The ``preset`` field's metadata: ``choices``, the ``presets`` table and ``describe`` (see the module doc)."""
+    return {"choices": tuple(presets), "presets": presets, "describe": partial(preset_lines, presets)}

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from molbridge.core import hookimpl
 from molbridge.core.contracts import Encoder, EncoderOutput
 from molbridge.core.errors import MolbridgeError, check_choice
-from molbridge.plugins.encoders.presets import Preset
+from molbridge.plugins.encoders.presets import Preset, preset_metadata
 from molbridge.plugins.encoders.weights import load_strict, read_state_dict
 
 
@@ -53,7 +53,7 @@ HYDROGEN_POLICIES = ("all_h", "no_h")
 @dataclass
 class SchNetConfig:
     name: str = "schnet"
-    preset: str = field(default="small", metadata={"choices": tuple(PRESETS), "presets": PRESETS})
+    preset: str = field(default="small", metadata=preset_metadata(PRESETS))
     """``base`` (the paper's shape) or ``small`` (CPU-friendly); explicit fields below override it."""
     hidden: int | None = None
     filters: int | None = None

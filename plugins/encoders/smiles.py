@@ -26,7 +26,7 @@ from molbridge.core import batch as keys
 from molbridge.core import hookimpl
 from molbridge.core.contracts import Encoder, EncoderOutput
 from molbridge.core.errors import MolbridgeError, check_choice
-from molbridge.plugins.encoders.presets import Preset
+from molbridge.plugins.encoders.presets import Preset, preset_metadata
 from molbridge.plugins.encoders.weights import load_strict, read_state_dict
 
 # --- tokenizer -----------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ DEFAULT_MAX_LENGTH = 256
 @dataclass
 class SmilesConfig:
     name: str = "smiles"
-    preset: str = field(default="small", metadata={"choices": tuple(PRESETS), "presets": PRESETS})
+    preset: str = field(default="small", metadata=preset_metadata(PRESETS))
     """``small`` or ``base`` (Uni-Mol's shapes of the same names); explicit fields below override it."""
     layers: int | None = None
     hidden: int | None = None

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from molbridge.core import hookimpl
 from molbridge.core.contracts import Encoder, EncoderOutput
 from molbridge.core.errors import MolbridgeError, check_choice
-from molbridge.plugins.encoders.presets import Preset
+from molbridge.plugins.encoders.presets import Preset, preset_metadata
 from molbridge.plugins.encoders.weights import load_strict, read_state_dict
 
 #: The Uni-Mol dictionary (mol.dict.txt) plus the appended [MASK]; index = token id.
@@ -56,7 +56,7 @@ class UniMolPreset(Preset):
 
 PRESETS = {
     "base": UniMolPreset(
-        "the released checkpoints' shape (mol_pre_no_h/all_h_220816.pt, 3D-MoLM's encoder), 47.6 M parameters",
+        "the released checkpoints' shape, mol_pre_no_h/all_h_220816.pt, 3D-MoLM's encoder; 47.6 M parameters",
         layers=15,
         embed_dim=512,
         ffn_dim=2048,
@@ -64,7 +64,7 @@ PRESETS = {
         kernels=128,
     ),
     "small": UniMolPreset(
-        "a CPU-friendly shape that trains in minutes, 0.5 M parameters",
+        "a CPU-friendly shape that trains in minutes; 0.5 M parameters",
         layers=4,
         embed_dim=128,
         ffn_dim=256,
@@ -77,7 +77,7 @@ PRESETS = {
 @dataclass
 class UniMolConfig:
     name: str = "unimol"
-    preset: str = field(default="small", metadata={"choices": tuple(PRESETS), "presets": PRESETS})
+    preset: str = field(default="small", metadata=preset_metadata(PRESETS))
     """``base`` (the released checkpoints' shape) or ``small`` (CPU-friendly)."""
     hydrogens: str = field(default="no_h", metadata={"choices": HYDROGEN_POLICIES})
     """``no_h`` (removes hydrogens, like mol_pre_no_h) or ``all_h`` (keeps them, like mol_pre_all_h)."""
