@@ -1,6 +1,7 @@
 """Stage-1 training throughput, time per part and peak memory, at the default and the paper's shapes.
 
-    .venv/bin/python benchmarks/stage1.py [--shape default|default-all-losses|paper|all] [--steps 3] [--json F]
+    .venv/bin/python benchmarks/stage1.py [--shape default|default-all-losses|paper|all] [--steps 3]
+        [--bf16 auto|on|off] [--json F]
 
 Shapes, as overrides of the packaged ``retrieval`` recipe:
 - ``default``: the recipe as shipped (Uni-Mol small, Q-Former on 2 MiniLM layers, locked text tower with
@@ -13,8 +14,13 @@ Shapes, as overrides of the packaged ``retrieval`` recipe:
 
 One optimizer step is timed part by part (forward parts in order, then backward and the optimizer step;
 CUDA is synchronised at each boundary). The baseline, measured in the same process on the same inputs,
-is transformers' own code for the parts it has: ``Blip2QFormerModel`` for the query pass and
-``BertModel`` for the text pass, forward + backward each. On a GPU everything runs in bf16 autocast.
+is transformers' own code for the parts it has, holding our weights: ``Blip2QFormerModel`` for the query
+pass (after a copy of our ``ln_graph`` LayerNorm, which our query pass applies to the encoder output too)
+and ``BertModel`` for the text pass, forward + backward each. Beside each speed-up, the largest absolute
+difference between our outputs and transformers' (eval mode, fp32) shows that both compute the same
+thing. On a GPU everything runs in bf16 autocast. On a CPU with native bf16 (avx512_bf16 or AMX;
+``--bf16``), both query passes run once more under CPU bf16 autocast, reported with the largest absolute
+difference of our bf16 output from our fp32 output.
 Each shape runs in its own subprocess so peak memory is its own (CPU: growth of peak RSS; GPU:
 ``torch.cuda.max_memory_allocated``).
 """
@@ -22,6 +28,7 @@ Each shape runs in its own subprocess so peak memory is its own (CPU: growth of 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -35,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+PASSES = ("query pass", "text pass")
 ALL_LOSSES = ["task.lock_text_tower=false", "task.matching_weight=1", "task.captioning_weight=1"]
 PAPER_BERT = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 SHAPES = {
@@ -145,31 +153,101 @@ def _step(model, batch, optimizer, timer: Timer) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
-def _baseline(model, batch, steps: int, timer: Timer) -> None:
-    """transformers' Q-Former query pass and BERT text pass at the same shapes, forward + backward."""
+def _baseline_models(model):
+    """transformers' ``Blip2QFormerModel`` and ``BertModel`` at our shapes, holding our weights (names mapped),
+    and a copy of our molecule LayerNorm (``ln_graph``), which the query pass applies to the encoder output
+    before cross-attention: the baseline does the same work (and its backward reaches the LayerNorm)."""
     from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormerModel
 
-    from molbridge.core import batch as keys
-
-    shape = model.projector.bert.shape
+    projector = model.projector
+    shape = projector.bert.shape
     common = dict(
-        vocab_size=shape.vocab_size,
+        vocab_size=projector.bert.embeddings.word_embeddings.num_embeddings,  # [DEC] included
         hidden_size=shape.hidden_size,
         num_hidden_layers=shape.num_hidden_layers,
         num_attention_heads=shape.num_attention_heads,
         intermediate_size=shape.intermediate_size,
         hidden_dropout_prob=shape.hidden_dropout_prob,
         attention_probs_dropout_prob=shape.attention_probs_dropout_prob,
+        layer_norm_eps=shape.layer_norm_eps,
     )
     device = next(model.parameters()).device
-    qformer = (
-        Blip2QFormerModel(
-            Blip2QFormerConfig(**common, encoder_hidden_size=model.encoder.output_dim, cross_attention_frequency=2)
-        )
-        .to(device)
-        .train()
+    ours = projector.bert.state_dict()
+    qformer = Blip2QFormerModel(
+        Blip2QFormerConfig(**common, encoder_hidden_size=model.encoder.output_dim, cross_attention_frequency=2)
     )
-    bert = BertModel(BertConfig(**common), add_pooling_layer=False).to(device).train()
+
+    def our_name(name: str) -> str:  # theirs -> ours (bert.py keeps BERT's/LAVIS's "self")
+        if name.startswith("layernorm."):
+            return "embeddings.LayerNorm." + name.removeprefix("layernorm.")
+        return name.replace(".attention.attention.", ".attention.self.").replace(
+            ".crossattention.attention.", ".crossattention.self."
+        )
+
+    qformer.load_state_dict({name: ours[our_name(name)] for name in qformer.state_dict()})
+    bert = BertModel(BertConfig(**common), add_pooling_layer=False)
+    text = {k: v for k, v in ours.items() if k in bert.state_dict()}
+    text["embeddings.token_type_embeddings.weight"] = torch.zeros_like(bert.embeddings.token_type_embeddings.weight)
+    bert.load_state_dict(text)  # token type 0 is folded into our word embeddings, so a zero row is the same
+    norm = copy.deepcopy(projector.encoder_norm)
+    return qformer.to(device).train(), bert.to(device).train(), norm.to(device)
+
+
+def _bf16_error(model, batch) -> float:
+    """Largest absolute difference of our query pass under CPU bf16 autocast from the same pass in fp32 (eval)."""
+    from molbridge.core import batch as keys
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        encoded = model.encoder(batch[keys.ENCODER_INPUT])
+        fp32 = model.projector(encoded)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model.projector(encoded).float()
+    model.train(was_training)
+    return (bf16 - fp32).abs().max().item()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (avx512_bf16 or AMX); Linux only, else False."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _agreement(model, batch) -> dict[str, float]:
+    """Largest absolute differences between our passes and transformers' on the same weights and inputs
+    (eval mode, no dropout, fp32 even on a GPU): the query pass on real queries, the text pass on real tokens."""
+    from molbridge.core import batch as keys
+
+    qformer, bert, norm = _baseline_models(model)
+    projector = model.projector
+    was_training = model.training
+    for module in (model, qformer, bert):
+        module.eval()
+    ids, mask = batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]
+    with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
+        encoded = model.encoder(batch[keys.ENCODER_INPUT])
+        ours = projector(encoded)
+        queries = projector.query_tokens.expand(len(ours), -1, -1)
+        theirs = qformer(
+            query_embeds=queries,
+            encoder_hidden_states=norm(encoded.atom_embeddings),
+            encoder_attention_mask=(~encoded.padding_mask).long(),
+        ).last_hidden_state
+        real = mask.bool()
+        text = (projector.text_states(ids, mask) - bert(input_ids=ids, attention_mask=mask).last_hidden_state)[real]
+    model.train(was_training)
+    return {"query pass": (ours - theirs).abs().max().item(), "text pass": text.abs().max().item()}
+
+
+def _baseline(model, batch, steps: int, timer: Timer, parts=PASSES) -> None:
+    """transformers' Q-Former query pass and BERT text pass at the same shapes, forward + backward."""
+    from molbridge.core import batch as keys
+
+    qformer, bert, norm = _baseline_models(model)
     with torch.no_grad():
         encoded = model.encoder(batch[keys.ENCODER_INPUT])
     memory = encoded.atom_embeddings.detach()
@@ -178,17 +256,19 @@ def _baseline(model, batch, steps: int, timer: Timer) -> None:
         with timer.part("query pass"):
             out = qformer(
                 query_embeds=queries,
-                encoder_hidden_states=memory,
+                encoder_hidden_states=norm(memory),
                 encoder_attention_mask=(~encoded.padding_mask).long(),
             ).last_hidden_state
             out.float().sum().backward()
+        if "text pass" not in parts:
+            continue
         with timer.part("text pass"):
             bert(
                 input_ids=batch[keys.TEXT_INPUT_IDS], attention_mask=batch[keys.TEXT_ATTENTION_MASK]
             ).last_hidden_state.float().sum().backward()
 
 
-def _ours_forward_backward(model, batch, steps: int, timer: Timer) -> None:
+def _ours_forward_backward(model, batch, steps: int, timer: Timer, parts=PASSES) -> None:
     """Our query and text passes alone, forward + backward: the like-for-like counterpart of the baseline."""
     from molbridge.core import batch as keys
 
@@ -198,11 +278,15 @@ def _ours_forward_backward(model, batch, steps: int, timer: Timer) -> None:
     for _ in range(steps):
         with timer.part("query pass"):
             projector(encoded).float().sum().backward()
+        if "text pass" not in parts:
+            continue
         with timer.part("text pass"):
             projector.text_states(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]).float().sum().backward()
 
 
-def measure(shape: str, steps: int, batch_size: int | None) -> dict:
+def measure(shape: str, steps: int, batch_size: int | None, bf16: str = "auto") -> dict:
+    """One shape: the training step part by part, then our passes against transformers'; on a CPU the query
+    pass once more under bf16 autocast (``bf16``: ``auto`` when the CPU has native bf16, ``on``, ``off``)."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
@@ -229,11 +313,38 @@ def measure(shape: str, steps: int, batch_size: int | None) -> dict:
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
         )
         model.projector.requires_grad_(True)  # like for like with transformers: the whole tower trains
+        agreement = _agreement(model, batch)
         ours, theirs = Timer(cuda), Timer(cuda)
         _ours_forward_backward(model, batch, 1, Timer(cuda))  # warm-up
         _ours_forward_backward(model, batch, steps, ours)
         _baseline(model, batch, 1, Timer(cuda))
         _baseline(model, batch, steps, theirs)
+    comparisons = {
+        part: {
+            "ours_s": round(ours.parts[part] / steps, 4),
+            "transformers_s": round(theirs.parts[part] / steps, 4),
+            "speedup": round(theirs.parts[part] / ours.parts[part], 2),
+            "max_abs_diff": agreement[part],
+            "diff_against": "transformers",
+        }
+        for part in PASSES
+    }
+    if not cuda and (
+        bf16 == "on" or (bf16 == "auto" and cpu_has_native_bf16())
+    ):  # the query pass again, both sides under CPU bf16 autocast
+        ours, theirs = Timer(cuda), Timer(cuda)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _ours_forward_backward(model, batch, 1, Timer(cuda), parts=("query pass",))
+            _ours_forward_backward(model, batch, steps, ours, parts=("query pass",))
+            _baseline(model, batch, 1, Timer(cuda), parts=("query pass",))
+            _baseline(model, batch, steps, theirs, parts=("query pass",))
+        comparisons["query pass, bf16 autocast"] = {
+            "ours_s": round(ours.parts["query pass"] / steps, 4),
+            "transformers_s": round(theirs.parts["query pass"] / steps, 4),
+            "speedup": round(theirs.parts["query pass"] / ours.parts["query pass"], 2),
+            "max_abs_diff": _bf16_error(model, batch),
+            "diff_against": "molbridge fp32",
+        }
     step_s = sum(timer.parts.values()) / steps
     return {
         "shape": shape,
@@ -245,14 +356,7 @@ def measure(shape: str, steps: int, batch_size: int | None) -> dict:
         "peak_mb": round(peak_mb, 1),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "trainable_m": round(trainable / 1e6, 2),
-        "vs_transformers": {
-            part: {
-                "ours_s": round(ours.parts[part] / steps, 4),
-                "transformers_s": round(theirs.parts[part] / steps, 4),
-                "speedup": round(theirs.parts[part] / ours.parts[part], 2),
-            }
-            for part in ("query pass", "text pass")
-        },
+        "vs_transformers": comparisons,
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)",
         "precision": "bf16-autocast" if cuda else "fp32",
         "torch": torch.__version__,
@@ -272,9 +376,15 @@ def _print(results: list[dict]) -> None:
         print("| part | s/step | share |\n|---|---|---|")
         for part, seconds in r["parts_s"].items():
             print(f"| {part} | {seconds:.4f} | {seconds / r['step_s']:.0%} |")
-        print("\n| forward+backward | molbridge s | transformers s | speed-up |\n|---|---|---|---|")
+        print(
+            "\n| forward+backward | molbridge s | transformers s | speed-up | max abs diff (eval) | against |"
+            "\n|---|---|---|---|---|---|"
+        )
         for part, v in r["vs_transformers"].items():
-            print(f"| {part} | {v['ours_s']:.4f} | {v['transformers_s']:.4f} | {v['speedup']:.2f}x |")
+            print(
+                f"| {part} | {v['ours_s']:.4f} | {v['transformers_s']:.4f} | {v['speedup']:.2f}x "
+                f"| {v['max_abs_diff']:.1e} | {v['diff_against']} |"
+            )
 
 
 def main() -> None:
@@ -282,15 +392,21 @@ def main() -> None:
     parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per shape (after one warm-up)")
     parser.add_argument("--batch", type=int, help="override the shape's batch size")
+    parser.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="CPU: also time the query pass under bf16 autocast (auto: when the CPU has native bf16)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: measure in-process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.shape, args.steps, args.batch)))
+        print(json.dumps(measure(args.shape, args.steps, args.batch, args.bf16)))
         return
     results = []
     for shape in SHAPES if args.shape == "all" else [args.shape]:
-        command = [sys.executable, __file__, "--one", "--shape", shape, "--steps", str(args.steps)]
+        command = [sys.executable, __file__, "--one", "--shape", shape, "--steps", str(args.steps), "--bf16", args.bf16]
         out = subprocess.run(
             command + (["--batch", str(args.batch)] if args.batch else []), capture_output=True, text=True
         )

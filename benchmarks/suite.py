@@ -133,7 +133,14 @@ def encoder_rows(results: list[dict]) -> list[Row]:
                     "unimol-tools Uni-Mol base" if ref else None,
                     ref and ref["mol_per_s"],
                     peak_mb=r["peak_mb"],
-                    note="" if ref else "unimol-tools not installed: no baseline",
+                    note="; ".join(
+                        ([] if ref else ["unimol-tools not installed: no baseline"])
+                        + (
+                            [f"max abs diff {r['max_abs_diff']:.1e} vs {r['diff_against']}"]
+                            if "max_abs_diff" in r
+                            else []
+                        )
+                    ),
                 )
             )
     if ref:
@@ -170,6 +177,7 @@ def stage1_rows(results: list[dict]) -> list[Row]:
                     f"transformers {part}",
                     v["transformers_s"],
                     higher_is_better=False,
+                    note=f"max abs diff {v['max_abs_diff']:.1e} vs {v['diff_against']}" if "max_abs_diff" in v else "",
                 )
             )
     return rows

@@ -80,3 +80,53 @@ def test_mismatched_or_corrupt_checkpoint_names_file_and_keys(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         make(checkpoint=str(path))
+
+
+def test_training_path_matches_inference_and_padding_leaves_gradients_alone(molecules):
+    """With autograd on, no buffer is reused in place: same outputs, and a padded molecule's gradients are
+    finite and the same as alone (padding rows and pairs are skipped, never NaN)."""
+    encoder = make()
+    batch = encoder.collate([encoder.featurize(*m) for m in molecules])
+    with torch.no_grad():
+        inference = encoder(batch).atom_embeddings
+    out = encoder(batch).atom_embeddings
+    assert torch.equal(out, inference)
+    smallest = int((batch["src_tokens"] != 0).sum(1).argmin())
+    assert (batch["src_tokens"][smallest] == 0).any(), "the test needs a padded molecule"
+    out[smallest].sum().backward()
+    batched = {name: p.grad.clone() for name, p in encoder.named_parameters() if p.grad is not None}
+    encoder.zero_grad()
+    alone = encoder.collate([encoder.featurize(*molecules[smallest])])
+    encoder(alone).atom_embeddings[0].sum().backward()
+    assert batched.keys() == {name for name, p in encoder.named_parameters() if p.grad is not None}
+    for name, p in encoder.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(batched[name]).all(), name
+            assert (batched[name] - p.grad).abs().max() < 1e-4, name
+
+
+@pytest.mark.parametrize("preset", ["small", pytest.param("base", marks=pytest.mark.slow)])
+def test_bf16_autocast_stays_close_to_fp32(preset, molecules):
+    """Under CPU bf16 autocast the linear layers run in bf16; the pair bias and softmax stay fp32."""
+    encoder = make(preset=preset).eval()
+    batch = encoder.collate([encoder.featurize(*m) for m in molecules])
+    with torch.no_grad():
+        fp32 = encoder(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = encoder(batch)
+    assert bf16.atom_embeddings.dtype == torch.float32 and torch.isfinite(bf16.atom_embeddings).all()
+    assert not bf16.atom_embeddings[bf16.padding_mask].any()
+    error = (bf16.atom_embeddings - fp32.atom_embeddings).abs().max()
+    assert 0 < error < 0.05, error  # measured: 0.009 (small), 0.016 (base) on outputs of size ~4
+
+
+def test_partly_frozen_encoder_still_trains(molecules):
+    """Frozen embeddings (inputs without gradient) must not switch the trainable layers to in-place buffers."""
+    encoder = make()
+    encoder.embed_tokens.requires_grad_(False)
+    encoder.gbf.requires_grad_(False)
+    encoder.gbf_proj.requires_grad_(False)
+    encoder.encoder.emb_layer_norm.requires_grad_(False)
+    batch = encoder.collate([encoder.featurize(*m) for m in molecules])
+    encoder(batch).atom_embeddings.sum().backward()
+    assert encoder.encoder.layers[0].self_attn.in_proj.weight.grad.abs().sum() > 0

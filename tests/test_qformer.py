@@ -173,3 +173,33 @@ def test_linear_projector():
         assert projector.molecule_features(encoded).shape == (2, 4, 256)
         assert projector.match_logits(encoded, ids, mask).shape == (2, 2)
         assert torch.isfinite(projector.caption_loss(encoded, ids, mask))
+
+
+def test_cross_attention_skips_padded_memory_rows_without_changing_outputs(model):
+    """Keys and values are projected for real memory rows only; padding, whatever it holds, changes nothing,
+    and the result equals the unpacked computation (an additive mask takes that path)."""
+    from molbridge.plugins.projectors.bert import _packable
+
+    batch = synthetic_encoder_output([4, 11, 7], WIDTH)  # garbage in the padding rows
+    queries, memory, memory_mask = model.prefix(batch)
+    assert _packable(memory, memory_mask)
+    additive = torch.zeros(memory_mask.shape).masked_fill(~memory_mask, float("-inf"))
+    with torch.no_grad():
+        packed = model.bert(queries, memory=memory, memory_mask=memory_mask)
+        unpacked = model.bert(queries, memory=memory, memory_mask=additive)
+    assert (packed - unpacked).abs().max() < 1e-6
+    model.train()
+    try:
+        memory = memory.detach().requires_grad_()
+        model.bert(queries, memory=memory, memory_mask=memory_mask).sum().backward()
+    finally:
+        model.eval()
+    assert not memory.grad[~memory_mask[:, 0, 0]].any() and memory.grad[memory_mask[:, 0, 0]].abs().sum() > 0
+
+
+def test_query_pass_runs_on_the_meta_device():
+    """Recipe sizing runs the query pass on meta tensors: no data-dependent packing there."""
+    with torch.device("meta"):
+        projector = QFormer(QFormerConfig(num_layers=2, pretrained=False), input_dim=WIDTH)
+        encoded = synthetic_encoder_output([3, 5], WIDTH)
+        assert projector(encoded).shape == (2, 8, 384)

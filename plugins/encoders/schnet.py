@@ -18,12 +18,33 @@ from torch import Tensor, nn
 from molbridge.core import hookimpl
 from molbridge.core.contracts import Encoder, EncoderOutput
 from molbridge.core.errors import MolbridgeError, check_choice
+from molbridge.plugins.encoders.presets import Preset, preset_metadata
 from molbridge.plugins.encoders.weights import load_strict, read_state_dict
 
-#: name -> (hidden, filters, interactions, gaussians, cutoff in angstrom)
+
+@dataclass(frozen=True)
+class SchNetPreset(Preset):
+    """The shape of a SchNet encoder; each field can also be set on its own (``encoder.<field>``)."""
+
+    hidden: int
+    """Width of the atom representations; the encoder's output_dim."""
+    filters: int
+    """Width of the continuous filters of each interaction block."""
+    interactions: int
+    """Interaction blocks (continuous-filter convolution + atom-wise MLP, residual)."""
+    gaussians: int
+    """Radial basis functions between 0 and the cutoff."""
+    cutoff: float
+    """Interaction cutoff in angstrom: atom pairs further apart exchange no messages."""
+
+
 PRESETS = {
-    "base": (128, 128, 6, 50, 10.0),  # the SchNet paper's QM9 shape
-    "small": (64, 64, 3, 32, 5.0),  # trains on a CPU in minutes
+    "base": SchNetPreset(
+        "the SchNet paper's QM9 shape", hidden=128, filters=128, interactions=6, gaussians=50, cutoff=10.0
+    ),
+    "small": SchNetPreset(
+        "a CPU-friendly shape that trains in minutes", hidden=64, filters=64, interactions=3, gaussians=32, cutoff=5.0
+    ),
 }
 MAX_ATOMIC_NUMBER = 100
 HYDROGEN_POLICIES = ("all_h", "no_h")
@@ -32,7 +53,7 @@ HYDROGEN_POLICIES = ("all_h", "no_h")
 @dataclass
 class SchNetConfig:
     name: str = "schnet"
-    preset: str = field(default="small", metadata={"choices": tuple(PRESETS)})
+    preset: str = field(default="small", metadata=preset_metadata(PRESETS))
     """``base`` (the paper's shape) or ``small`` (CPU-friendly); explicit fields below override it."""
     hidden: int | None = None
     filters: int | None = None
@@ -78,7 +99,7 @@ class SchNetEncoder(Encoder):
         super().__init__()
         check_choice("encoder.preset", config.preset, PRESETS)
         check_choice("encoder.hydrogens", config.hydrogens, HYDROGEN_POLICIES)
-        preset = dict(zip(("hidden", "filters", "interactions", "gaussians", "cutoff"), PRESETS[config.preset]))
+        preset = PRESETS[config.preset].values()
         shape = {k: getattr(config, k) if getattr(config, k) is not None else v for k, v in preset.items()}
         self.keep_hydrogens, self.cutoff = config.hydrogens == "all_h", float(shape["cutoff"])
         self.output_dim = shape["hidden"]

@@ -26,6 +26,7 @@ from molbridge.core import batch as keys
 from molbridge.core import hookimpl
 from molbridge.core.contracts import Encoder, EncoderOutput
 from molbridge.core.errors import MolbridgeError, check_choice
+from molbridge.plugins.encoders.presets import Preset, preset_metadata
 from molbridge.plugins.encoders.weights import load_strict, read_state_dict
 
 # --- tokenizer -----------------------------------------------------------------------------------------
@@ -161,10 +162,25 @@ def encode(smiles: Any, where: str = "SMILES") -> tuple[list[int], list[str]]:
 
 # --- encoder ---------------------------------------------------------------------------------------------
 
-#: name -> (layers, hidden, ffn, heads): Uni-Mol's presets, so the 1D control is as big as the 3D encoder.
+
+@dataclass(frozen=True)
+class SmilesPreset(Preset):
+    """The shape of the SMILES Transformer; each field can also be set on its own (``encoder.<field>``)."""
+
+    layers: int
+    """Pre-LayerNorm Transformer layers."""
+    hidden: int
+    """Width of the token representations; the encoder's output_dim."""
+    ffn: int
+    """Hidden width of each layer's feed-forward block."""
+    heads: int
+    """Attention heads (must divide hidden)."""
+
+
+#: Uni-Mol's shapes of the same names, so the 1D control is as big as the 3D encoder.
 PRESETS = {
-    "base": (15, 512, 2048, 64),
-    "small": (4, 128, 256, 8),
+    "base": SmilesPreset("Uni-Mol base's depth, width, FFN and heads", layers=15, hidden=512, ffn=2048, heads=64),
+    "small": SmilesPreset("Uni-Mol small's depth, width, FFN and heads", layers=4, hidden=128, ffn=256, heads=8),
 }
 #: Positions including [CLS]; molbridge-mini's longest canonical SMILES has 240 tokens.
 DEFAULT_MAX_LENGTH = 256
@@ -173,7 +189,7 @@ DEFAULT_MAX_LENGTH = 256
 @dataclass
 class SmilesConfig:
     name: str = "smiles"
-    preset: str = field(default="small", metadata={"choices": tuple(PRESETS)})
+    preset: str = field(default="small", metadata=preset_metadata(PRESETS))
     """``small`` or ``base`` (Uni-Mol's shapes of the same names); explicit fields below override it."""
     layers: int | None = None
     hidden: int | None = None
@@ -200,7 +216,7 @@ class SmilesEncoder(Encoder):
         check_choice("encoder.preset", config.preset, PRESETS)
         if config.max_length < 2:
             raise MolbridgeError(f"encoder.max_length: {config.max_length} leaves no room after [CLS]; use >= 2")
-        preset = dict(zip(("layers", "hidden", "ffn", "heads"), PRESETS[config.preset]))
+        preset = PRESETS[config.preset].values()
         shape = {k: getattr(config, k) if getattr(config, k) is not None else v for k, v in preset.items()}
         if shape["hidden"] % shape["heads"]:
             raise MolbridgeError(f"encoder.hidden {shape['hidden']} is not divisible by encoder.heads {shape['heads']}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,100 @@ class BertShape:
         return cls(**{f: config[f] for f in names})
 
 
+def _cpu_is_intel() -> bool:
+    try:
+        return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+#: Whether F.dropout draws its CPU masks element by element (see :func:`dropout`).
+SLOW_CPU_BERNOULLI = not _cpu_is_intel()
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout (zero with probability p, the rest scaled by 1 / (1 - p)), as ``F.dropout``.
+
+    On a CPU that is not Intel the mask is drawn from uniform numbers (``rand >= p``): PyTorch draws
+    ``F.dropout``'s Bernoulli mask with MKL's vectorised generator on Intel CPUs only and element by
+    element elsewhere, 2.5-3x slower than ``torch.rand`` on this project's AMD EPYC, where dropout was
+    ~6% of the Q-Former query pass. Same distribution, another random stream.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or not SLOW_CPU_BERNOULLI:
+        return F.dropout(x, p, True)
+    if p >= 1.0:
+        return x * 0.0
+    keep = (torch.rand(x.shape, device=x.device) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * keep
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` through :func:`dropout`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
+    """``F.scaled_dot_product_attention``; with dropout on a CPU, its math path written out with
+    :func:`dropout` (SDPA takes the math path there anyway: its CPU flash kernel has no dropout)."""
+    if not dropout_p or q.device.type != "cpu" or not SLOW_CPU_BERNOULLI:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return dropout(torch.softmax(scores, dim=-1), dropout_p, True) @ v
+
+
+class PackedMemory(NamedTuple):
+    """Cross-attention memory cut down to the positions that may be attended to.
+
+    Keys and values are projected for these rows only and laid back into (B, N, H) with zeros at the
+    others, which the mask hides (their attention weights are exactly 0). Padding is about half of the
+    positions in a batch of molecules, and projecting the memory (and its gradient) was the largest
+    part of the query pass after the query FFNs.
+    """
+
+    states: Tensor
+    """(R, W) rows of the memory that may be attended to."""
+    index: Tensor
+    """(R,) their flat positions ``b * length + n``."""
+    batch: int
+    length: int
+
+    @classmethod
+    def pack(cls, memory: Tensor, attend: Tensor) -> PackedMemory:
+        """memory (B, N, W); attend (B, N) bool, True where a key may be attended to."""
+        b, n, w = memory.shape
+        index = attend.flatten().nonzero().squeeze(1)
+        return cls(memory.reshape(b * n, w).index_select(0, index), index, b, n)
+
+    def project(self, linear: nn.Module) -> Tensor:
+        """``linear(memory)`` as (B, N, out), computed on the kept rows (zeros elsewhere)."""
+        rows = linear(self.states)
+        full = rows.new_zeros(self.batch * self.length, rows.shape[-1]).index_copy_(0, self.index, rows)
+        return full.view(self.batch, self.length, -1)
+
+
+def _packable(memory: Tensor | None, memory_mask: Tensor | None) -> bool:
+    """A boolean per-key mask (B, 1, 1, N) that hides some keys: keys and values can skip those rows.
+
+    Not on the meta device (recipe sizing), where which rows are kept cannot be known."""
+    return (
+        memory is not None
+        and memory_mask is not None
+        and memory.device.type != "meta"
+        and memory_mask.dtype == torch.bool
+        and memory_mask.dim() == 4
+        and memory_mask.shape[1:3] == (1, 1)
+        and memory_mask.shape[0] == memory.shape[0]
+        and memory_mask.shape[3] == memory.shape[1]
+        and not bool(memory_mask.all())
+    )
+
+
 class Attention(nn.Module):
     """Multi-head attention + BERT's post-LayerNorm residual output (``self`` / ``output`` submodules)."""
 
@@ -64,19 +159,20 @@ class Attention(nn.Module):
         self.output.dense = nn.Linear(shape.hidden_size, shape.hidden_size)
         self.output.LayerNorm = nn.LayerNorm(shape.hidden_size, eps=shape.layer_norm_eps)
         self.heads, self.dropout_p = shape.num_attention_heads, shape.attention_probs_dropout_prob
-        self.dropout = nn.Dropout(shape.hidden_dropout_prob)
+        self.dropout = Dropout(shape.hidden_dropout_prob)
 
     def _split(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
         return x.view(b, n, self.heads, -1).transpose(1, 2)
 
-    def forward(self, x: Tensor, memory: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, memory: Tensor | PackedMemory, mask: Tensor | None) -> Tensor:
         """``mask``: bool (B, 1, Lq|1, Lk), True = may attend; or a float bias of that shape."""
-        q, k, v = (
-            self._split(f(t)) for f, t in ((self.self.query, x), (self.self.key, memory), (self.self.value, memory))
-        )
-        dropout = self.dropout_p if self.training else 0.0
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        q = self._split(self.self.query(x))
+        if isinstance(memory, PackedMemory):
+            k, v = self._split(memory.project(self.self.key)), self._split(memory.project(self.self.value))
+        else:
+            k, v = self._split(self.self.key(memory)), self._split(self.self.value(memory))
+        attended = attention(q, k, v, mask, self.dropout_p if self.training else 0.0)
         attended = attended.transpose(1, 2).flatten(2)
         return self.output.LayerNorm(x + self.dropout(self.output.dense(attended)))
 
@@ -99,14 +195,19 @@ class Layer(nn.Module):
         self.crossattention = Attention(shape, key_dim=cross_dim) if cross_dim else None
         self.intermediate, self.output = _ffn_parts(shape)
         self.intermediate_query, self.output_query = _ffn_parts(shape)
-        self.dropout = nn.Dropout(shape.hidden_dropout_prob)
+        self.dropout = Dropout(shape.hidden_dropout_prob)
 
     def _ffn(self, x: Tensor, intermediate: nn.Module, output: nn.Module) -> Tensor:
         hidden = F.gelu(intermediate.dense(x))
         return output.LayerNorm(x + self.dropout(output.dense(hidden)))
 
     def forward(
-        self, x: Tensor, mask: Tensor | None, prefix_len: int, memory: Tensor | None, memory_mask: Tensor | None
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        prefix_len: int,
+        memory: Tensor | PackedMemory | None,
+        memory_mask: Tensor | None,
     ) -> Tensor:
         x = self.attention(x, x, mask)
         prefix, text = x[:, :prefix_len], x[:, prefix_len:]
@@ -115,7 +216,7 @@ class Layer(nn.Module):
         parts = [self._ffn(prefix, self.intermediate_query, self.output_query)] if prefix_len else []
         if text.shape[1]:
             parts.append(self._ffn(text, self.intermediate, self.output))
-        return torch.cat(parts, dim=1)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # cat would copy a lone part
 
 
 class PrefixBert(nn.Module):
@@ -132,7 +233,7 @@ class PrefixBert(nn.Module):
         self.embeddings.word_embeddings = nn.Embedding(shape.vocab_size, shape.hidden_size)
         self.embeddings.position_embeddings = nn.Embedding(shape.max_position_embeddings, shape.hidden_size)
         self.embeddings.LayerNorm = nn.LayerNorm(shape.hidden_size, eps=shape.layer_norm_eps)
-        self.embed_dropout = nn.Dropout(shape.hidden_dropout_prob)
+        self.embed_dropout = Dropout(shape.hidden_dropout_prob)
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList(
             Layer(shape, cross_dim if cross_dim and cross_every and i % cross_every == 0 else None)
@@ -145,7 +246,7 @@ class PrefixBert(nn.Module):
         if input_ids is not None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             parts.append(self.embeddings.word_embeddings(input_ids) + self.embeddings.position_embeddings(positions))
-        return self.embed_dropout(self.embeddings.LayerNorm(torch.cat(parts, dim=1)))
+        return self.embed_dropout(self.embeddings.LayerNorm(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)))
 
     def forward(
         self,
@@ -165,6 +266,8 @@ class PrefixBert(nn.Module):
         """
         x = self.embed(prefix, input_ids)
         prefix_len = 0 if prefix is None else prefix.shape[1]
+        if prefix_len and _packable(memory, memory_mask):
+            memory = PackedMemory.pack(memory, memory_mask[:, 0, 0])
         mask = attention_masks(x.shape[0], prefix_len, attention_mask, input_ids, causal, x.device)
         for layer in self.encoder.layer:
             x = layer(x, mask, prefix_len, memory, memory_mask)
