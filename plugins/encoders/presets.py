@@ -11,19 +11,17 @@ A command that only has the config class finds every encoder's presets the same 
     describe_preset(table, "base")["summary"]     # "preset=base sets layers=15, embed_dim=512, ..."
 
 Each field's documentation is the docstring written under it in the dataclass (the convention of the
-recipe schemas); :func:`field_docs` reads it from the source.
+recipe schemas), read from the source by :func:`molbridge.core.recipe_docs.field_docs`.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import textwrap
-from functools import cache, partial
+from functools import partial
 from typing import Any
 
 from molbridge.core.errors import check_choice
+from molbridge.core.recipe_docs import field_docs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,27 +34,6 @@ class Preset:
     def values(self) -> dict[str, Any]:
         """The settings the preset fixes (every field except ``description``), in declaration order."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "description"}
-
-
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """``{field: docstring}`` of a dataclass and its bases (the string literal right after each field).
-
-    Empty strings where the source is not available (e.g. a frozen, zipped install)."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError, SyntaxError):
-            continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for node, after in zip(body, body[1:], strict=False):
-            is_doc = isinstance(after, ast.Expr) and isinstance(getattr(after, "value", None), ast.Constant)
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and is_doc:
-                docs[node.target.id] = inspect.cleandoc(str(after.value.value))
-    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
 
 
 def preset_table(config_class: type) -> dict[str, Preset] | None:
