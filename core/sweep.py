@@ -40,6 +40,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from molbridge.core import sweep_launch as launch
 from molbridge.core import tracking
 from molbridge.core.errors import MolbridgeError, RecipeError, suggest
 from molbridge.core.identity import experiment_name, identify
@@ -203,8 +204,10 @@ def sweep_dir(root: str | Path, name: str) -> Path:
     return Path(root) / f"sweep-{name}"
 
 
-def plan(sweep: Sweep, registry, root: str | Path = "runs") -> list[Child]:
-    """Every child of the sweep with its validated recipe; raise one SweepError listing every problem."""
+def plan(sweep: Sweep, registry, root: str | Path = "runs", allow_devices: bool = False) -> list[Child]:
+    """Every child of the sweep with its validated recipe; raise one SweepError listing every problem.
+
+    ``allow_devices``: children may use several devices (a cluster launcher gives each its own machine)."""
     problems = _grid_key_problems(sweep)
     by_problem: dict[str, list[str]] = {}
     children: list[Child] = []
@@ -213,7 +216,7 @@ def plan(sweep: Sweep, registry, root: str | Path = "runs") -> list[Child]:
     for label, assignment in configurations:
         for seed in sweep.seeds or [None]:
             try:
-                children.append(_child(sweep, registry, root, label, assignment, seed))
+                children.append(_child(sweep, registry, root, label, assignment, seed, allow_devices))
             except MolbridgeError as exc:
                 for problem in exc.problems if isinstance(exc, (RecipeError, SweepError)) else [str(exc)]:
                     configs = by_problem.setdefault(_sweep_terms(problem, sweep, assignment), [])
@@ -284,7 +287,9 @@ def _check_labels(configurations: list[tuple[str, dict]], problems: list[str]) -
         seen.setdefault(label, assignment)
 
 
-def _child(sweep: Sweep, registry, root, label: str, assignment: dict[str, Any], seed: int | None) -> Child:
+def _child(
+    sweep: Sweep, registry, root, label: str, assignment: dict[str, Any], seed: int | None, allow_devices: bool
+) -> Child:
     components = {kind: str(assignment[kind]) for kind in COMPONENTS if kind in assignment}
     overrides = sweep.overrides + [
         f"{key}={value_text(value)}" for key, value in assignment.items() if key not in COMPONENTS
@@ -294,12 +299,12 @@ def _child(sweep: Sweep, registry, root, label: str, assignment: dict[str, Any],
     if sweep.task and recipe.task.name != sweep.task:
         raise SweepError(sweep.name, [f"the recipe {sweep.base} is for task '{recipe.task.name}', not '{sweep.task}'"])
     train = recipe.train
-    if (isinstance(train.devices, int) and train.devices > 1) or train.num_nodes > 1:
+    if not allow_devices and ((isinstance(train.devices, int) and train.devices > 1) or train.num_nodes > 1):
         raise SweepError(
             sweep.name,
             [
-                f"train.devices={train.devices}, train.num_nodes={train.num_nodes}: a sweep "
-                f"runs its children in this process; run multi-device jobs with bench run"
+                f"train.devices={train.devices}, train.num_nodes={train.num_nodes}: local children share this "
+                f"machine; run multi-device children with --launcher submitit (a machine each) or bench run"
             ],
         )
     output_dir = sweep_dir(root, sweep.name) / identify(recipe, registry).name
@@ -472,32 +477,60 @@ def _parent_tags(sweep: Sweep, children: list[Child]) -> dict[str, str]:
 # --- running ---------------------------------------------------------------------------------------------
 
 
-def run_sweep(sweep: Sweep, registry, *, root: str | Path = "runs", callbacks: Sequence = ()) -> dict[str, Any]:
+def run_sweep(
+    sweep: Sweep,
+    registry,
+    *,
+    root: str | Path = "runs",
+    callbacks: Sequence = (),
+    jobs: int = 1,
+    launcher: str = "local",
+    launcher_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Plan (validate all), then run every child not yet completed; write and return ``sweep.json``'s content.
 
+    ``jobs`` > 1 runs that many children at once in worker processes, the cores divided between them (on a
+    machine with several GPUs, each worker gets one); ``launcher="submitit"`` hands the children to submitit
+    (SLURM on a cluster, local processes elsewhere) with ``launcher_options`` as its parameters.
     ``status`` is ``completed`` (every child completed, now or earlier), ``failed`` (some raised; the
-    others ran) or ``interrupted`` (Ctrl-C: the running child saved a checkpoint; the rest did not start).
+    others ran) or ``interrupted`` (Ctrl-C: running children saved a checkpoint; the rest did not start).
     """
-    children = plan(sweep, registry, root)
+    if (jobs > 1 or launcher != "local") and callbacks:
+        raise SweepError(sweep.name, ["callbacks run in this process only: use jobs=1 with the local launcher"])
+    children = plan(sweep, registry, root, allow_devices=launcher != "local")
     folder = sweep_dir(root, sweep.name)
     folder.mkdir(parents=True, exist_ok=True)
     parent = ParentRun(sweep, children, folder) if children[0].recipe.tracking.enabled else NullParent()
     state = _initial_state(sweep, children, parent)
     summary_file = folder / SWEEP_FILE
-    invocation, index = uuid.uuid4().hex, 0
+    invocation = uuid.uuid4().hex
+
+    def record(index: int, entry: dict[str, Any]) -> None:
+        state["children"][index] = entry
+        log.info("[sweep %s %d/%d] %s", sweep.name, index + 1, len(children), progress_line(entry))
+        _write_json(summary_file, state)
+
     try:
-        for index, child in enumerate(children):
-            prefix = f"[sweep {sweep.name} {index + 1}/{len(children)}]"
-            record = state["children"][index] = _run_child(child, registry, parent, invocation, callbacks, prefix)
-            log.info("%s %s", prefix, progress_line(record))
-            _write_json(summary_file, state)
-            if record["status"] == "interrupted":
-                break
+        if launcher == "submitit":
+            launch.run_submitit(children, parent, invocation, folder, registry, record, launcher_options or {})
+        elif jobs > 1:
+            launch.run_parallel(children, parent, invocation, jobs, registry, record)
+        else:
+            _run_in_turn(children, parent, invocation, registry, callbacks, record)
     except KeyboardInterrupt:  # a second Ctrl-C: record what is known, then stop
-        state["children"][index]["status"] = "interrupted"
+        for entry in state["children"]:
+            entry["status"] = "interrupted" if entry["status"] in ("pending", "running") else entry["status"]
         _finish(state, parent, summary_file, forced="interrupted")
         raise
     return _finish(state, parent, summary_file)
+
+
+def _run_in_turn(children, parent, invocation, registry, callbacks, record) -> None:
+    for index, child in enumerate(children):
+        entry = attempt(child, registry, parent, invocation, callbacks)
+        record(index, entry)
+        if entry["status"] == "interrupted":
+            break
 
 
 def _initial_state(sweep: Sweep, children: list[Child], parent: NullParent) -> dict[str, Any]:
@@ -517,35 +550,45 @@ def _initial_state(sweep: Sweep, children: list[Child], parent: NullParent) -> d
     }
 
 
-def _run_child(
-    child: Child, registry, parent: NullParent, invocation: str, callbacks: Sequence, prefix: str
-) -> dict[str, Any]:
-    from molbridge.core.runner import run  # lazy: torch and Lightning take seconds to import
-
+def attempt(child: Child, registry, parent: NullParent, invocation: str, callbacks: Sequence = ()) -> dict[str, Any]:
+    """Run one child here (or skip it when its folder holds it completed) and return its record."""
     done = completed_metrics(child.output_dir)
     if done is not None:
         return _record(child, "skipped", done)
-    log.info("%s %s: running in %s", prefix, child.key, child.output_dir)
+    log.info("sweep child %s: running in %s", child.key, child.output_dir)
+    prepare_child(child)
+    started = time.time()
+    result, error, trace = run_child(
+        child.recipe, registry, child.output_dir, parent.child_tags(child, invocation), callbacks
+    )
+    return finish_child(child, registry, parent, invocation, result, error, trace, time.time() - started)
+
+
+def prepare_child(child: Child) -> None:
     child.output_dir.mkdir(parents=True, exist_ok=True)
     _write_json(child.output_dir / CHILD_FILE, child.definition)
-    started = time.time()
+
+
+def run_child(recipe, registry, output_dir: Path, tags: Mapping[str, str], callbacks: Sequence = ()):
+    """(result, None, None) or (None, error, traceback): whatever one child raises, the others still run."""
+    from molbridge.core.runner import run  # lazy: torch and Lightning take seconds to import
+
     try:
-        result = run(
-            child.recipe,
-            registry,
-            output=child.output_dir,
-            callbacks=callbacks,
-            tracking_tags=parent.child_tags(child, invocation),
-        )
-    except Exception as exc:  # noqa: BLE001 - whatever one child raises, the others still run
-        error = f"{type(exc).__name__}: {exc}"
-        log.debug("%s failed", child.key, exc_info=True)
-        record = _record(child, "failed", error=error, trace=traceback.format_exc())
-        record["run_id"] = parent.record_failure(child, invocation, error, registry)
+        return run(recipe, registry, output=output_dir, callbacks=callbacks, tracking_tags=tags), None, None
+    except Exception as exc:  # noqa: BLE001 - one child's failure is recorded, not raised
+        log.debug("%s failed", output_dir, exc_info=True)
+        return None, f"{type(exc).__name__}: {exc}", traceback.format_exc()
+
+
+def finish_child(child, registry, parent, invocation, result, error, trace, seconds: float) -> dict[str, Any]:
+    """The child's record from what its run returned (the parent records a failure in MLflow)."""
+    if error is not None:
+        entry = _record(child, "failed", error=error, trace=trace)
+        entry["run_id"] = parent.record_failure(child, invocation, error, registry)
     else:
-        record = _record(child, result["status"], result)
-    record["wall_time_s"] = round(time.time() - started, 3)
-    return record
+        entry = _record(child, result["status"], result)
+    entry["wall_time_s"] = round(seconds, 3)
+    return entry
 
 
 def completed_metrics(folder: Path) -> dict[str, Any] | None:

@@ -216,3 +216,67 @@ def test_inline_grid_on_the_command_line(toy_cli, capsys):
     assert not (toy_cli / "runs").exists()
     assert main(["sweep", "toy-regresion", "--encoder", "unimol"]) == 2
     assert "unknown task 'toy-regresion' (did you mean 'toy-regression'?)" in capsys.readouterr().err
+
+
+PARALLEL = [
+    "sweep",
+    "retrieval",
+    "--encoder",
+    "unimol,schnet",
+    "encoder.preset=small",
+    "projector.num_layers=1",
+    "data.limit=16",
+    "data.eval_limit=8",
+    "data.batch_size=8",
+    "train.max_steps=2",
+    "train.warmup_steps=0",
+    "task.baseline=false",
+]
+
+
+@pytest.mark.slow
+def test_children_run_in_parallel_workers_with_the_cores_divided(tmp_cwd, capsys):
+    assert main([*PARALLEL, "--jobs", "2"]) == 0
+    state = json.loads((tmp_cwd / "runs/sweep-retrieval-encoder/sweep.json").read_text())
+    assert [c["status"] for c in state["children"]] == ["completed", "completed"]
+    client = MlflowClient(default_uri())
+    children = children_of(client, state["parent_run_id"])
+    assert {r.data.tags["encoder"] for r in children} == {"unimol", "schnet"}
+    assert {r.info.status for r in children} == {"FINISHED"}
+    for child in state["children"]:  # each child is the run bench run would make: its identity, its metrics
+        metrics = json.loads((tmp_cwd / child["output_dir"] / "metrics.json").read_text())
+        assert metrics["provenance"]["identity"]["name"] == os.path.basename(child["output_dir"])
+    assert main([*PARALLEL, "--jobs", "2"]) == 0  # again: both skipped, nothing runs
+    again = json.loads((tmp_cwd / "runs/sweep-retrieval-encoder/sweep.json").read_text())
+    assert [c["status"] for c in again["children"]] == ["skipped", "skipped"]
+
+
+@pytest.mark.slow
+def test_children_run_as_submitit_jobs(tmp_cwd):
+    pytest.importorskip("submitit")
+    assert (
+        main(
+            [
+                *PARALLEL,
+                "--name",
+                "cluster",
+                "--launcher",
+                "submitit",
+                "--launcher-arg",
+                "cluster=local",
+                "--launcher-arg",
+                "timeout_min=20",
+                "tracking.enabled=false",
+            ]
+        )
+        == 0
+    )
+    state = json.loads((tmp_cwd / "runs/sweep-cluster/sweep.json").read_text())
+    assert [c["status"] for c in state["children"]] == ["completed", "completed"]
+    assert any((tmp_cwd / "runs/sweep-cluster/submitit").iterdir())  # submitit's own job folders
+
+
+def test_callbacks_stay_in_this_process(toy_cli, toy_registry):
+    sweep = sweeps.load_sweep(write_sweep(toy_cli, "cb", {"train.lr": [0.01, 0.02]}))
+    with pytest.raises(sweeps.SweepError, match="callbacks run in this process only"):
+        sweeps.run_sweep(sweep, toy_registry, callbacks=[StopAt(1)], jobs=2)

@@ -7,11 +7,12 @@ from molbridge.core.cli.run import IntermixedParser
 from molbridge.core.errors import MolbridgeError, unknown_name
 
 DESCRIPTION = """\
-Run every configuration of a grid with every seed, one after another, as children of one MLflow
-parent run. SWEEP is a sweep file (YAML: task or recipe, overrides, grid, seeds; see below) or a
+Run every configuration of a grid with every seed, one after another (or --jobs N at once), as children
+of one MLflow parent run. SWEEP is a sweep file (YAML: task or recipe, overrides, grid, seeds; see below) or a
 task name with the grid given inline. Every configuration is validated before the first run starts.
 
-Each child trains in its own folder, ROOT/sweep-NAME/CONFIG-sSEED (ROOT: --output, default runs), so
+Each child trains in its own folder, ROOT/sweep-NAME/RUN (ROOT: --output, default runs; RUN its identity,
+as bench run names it), so
 running the same sweep again skips completed children, resumes an interrupted one from its last
 checkpoint and reuses the parent run. A child that fails is recorded (MLflow status FAILED with its
 error) and the others go on; the command then exits 1. A table of the results is printed at the end
@@ -30,6 +31,8 @@ examples:
   bench sweep ablation.yaml
   bench sweep retrieval --encoder unimol,schnet --projector qformer,linear --seeds 2 train.max_steps=100
   bench sweep qa --grid train.lr=1e-4,5e-4 --grid task.sampling_power=0.25,1 --seeds 0,7 --dry-run
+  bench sweep retrieval --encoder unimol,schnet --seeds 2 --jobs 2               (two at a time, a core each)
+  bench sweep 3d-molm.yaml --launcher submitit --launcher-arg slurm_partition=gpu --launcher-arg gpus_per_node=4
 """
 
 
@@ -64,6 +67,27 @@ def add_parser(sub):
         metavar="ROOT",
         help="children go to ROOT/sweep-NAME/ (default: %(default)s)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N children at once in worker processes, the cores divided between them (one GPU each where "
+        "there are several); default 1: one after another in this process",
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "submitit"),
+        default="local",
+        help="submitit: every child a submitit job (SLURM on a cluster; needs `pip install submitit`)",
+    )
+    parser.add_argument(
+        "--launcher-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a submitit parameter, e.g. slurm_partition=gpu timeout_min=600 gpus_per_node=4 (repeatable)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate and list the children; run nothing")
     parser.set_defaults(func=sweep_command)
 
@@ -81,7 +105,16 @@ def sweep_command(args) -> int:
             done = sweeps.completed_metrics(child.output_dir) is not None
             print(f"  {child.key:<40} {'completed' if done else 'to run':<10} {child.output_dir}")
         return 0
-    state = sweeps.run_sweep(sweep, registry, root=args.output)
+    if args.jobs < 1:
+        raise MolbridgeError(f"--jobs {args.jobs}: at least 1")
+    state = sweeps.run_sweep(
+        sweep,
+        registry,
+        root=args.output,
+        jobs=args.jobs,
+        launcher=args.launcher,
+        launcher_options=_launcher_options(args.launcher_arg),
+    )
     print(sweeps.summary_table(state))
     print(f"\nsweep.json: {state['path']}")
     if state["parent_run_id"]:
@@ -121,6 +154,19 @@ def sweep_from_args(args, registry):
         grid=inline_grid,
         seeds=seeds,
     )
+
+
+def _launcher_options(items: list[str]) -> dict:
+    """``--launcher-arg key=value``: values typed as YAML reads them (600 is an int, gpu a string)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MolbridgeError(f"--launcher-arg {item}: expected KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    return options
 
 
 def _inline_grid(args) -> dict[str, list[str]]:
