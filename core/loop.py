@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from molbridge.core import batch as keys
 from molbridge.core import checkpoint
 from molbridge.core.contracts import StepOutput
+from molbridge.core.data.batching import bucketed
 from molbridge.core.errors import ContractError, MolbridgeError, NonFiniteLossError, RecipeError
 
 if TYPE_CHECKING:
@@ -51,11 +52,14 @@ class ResumableSampler(Sampler[int]):
 
     Written here because torch's samplers cannot start mid-epoch. Each epoch's permutation comes from
     a generator seeded by (seed, epoch), so it is the same after a restart; under DDP every rank takes
-    an equal-length stride of it. The loop advances ``position`` as it consumes batches.
+    an equal-length stride of it. The loop advances ``position`` as it consumes batches. With ``sizes``
+    (``data.bucketing``) each rank's share is regrouped into batches of similar size
+    (:func:`molbridge.core.data.batching.bucketed`), still a function of (seed, epoch) alone.
     """
 
-    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1, sizes=None, batch_size: int = 1):
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.sizes, self.batch_size = sizes, batch_size
         self.epoch = 0
         self.position = 0  # samples of this rank's share already consumed in this epoch
 
@@ -68,8 +72,10 @@ class ResumableSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator)
-        mine = order[self.rank :: self.world_size][: self.per_rank()]
-        return iter(mine[self.position :].tolist())
+        mine = order[self.rank :: self.world_size][: self.per_rank()].tolist()
+        if self.sizes is not None:
+            mine = bucketed(mine, self.sizes, self.batch_size, seed=self.seed * 1_000_003 + self.epoch)
+        return iter(mine[self.position :])
 
     def advance(self, samples: int) -> None:
         self.position += samples
@@ -84,13 +90,27 @@ class ResumableSampler(Sampler[int]):
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
+def _sizes(dataset: Dataset):
+    """Per-item sizes for bucketing: the dataset's ``sizes()`` (through a ``Subset``); an error naming it if none."""
+    base, rows = dataset, None
+    if isinstance(dataset, Subset):
+        base, rows = dataset.dataset, list(dataset.indices)
+    if not hasattr(base, "sizes"):
+        raise MolbridgeError(
+            f"data.bucketing=true needs a training dataset with sizes(); {type(base).__name__} has none"
+        )
+    sizes = base.sizes()
+    return sizes if rows is None else [sizes[i] for i in rows]
+
+
 def _train_loader(
     fabric: Fabric, task: Task, dataset: Dataset, recipe: DictConfig
 ) -> tuple[DataLoader, ResumableSampler]:
     batch_size, seed, limit = recipe.data.batch_size, recipe.seed, recipe.data.limit
     if limit is not None and limit < len(dataset):  # data.limit: a quick experiment on the first N
         dataset = Subset(dataset, range(limit))
-    sampler = ResumableSampler(len(dataset), seed, fabric.global_rank, fabric.world_size)
+    sizes = _sizes(dataset) if recipe.data.bucketing else None
+    sampler = ResumableSampler(len(dataset), seed, fabric.global_rank, fabric.world_size, sizes, batch_size)
     if sampler.per_rank() < batch_size:
         raise RecipeError(
             recipe.recipe,

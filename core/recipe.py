@@ -77,6 +77,10 @@ class DataConfig:
     """Evaluate on only the first N molecules of each evaluation split (smoke tests; not for results)."""
     augment: bool = True
     """Training draws a seeded random conformer per molecule and epoch; evaluation always uses conformer 0."""
+    bucketing: bool = False
+    """Training batches of molecules of similar size (each epoch still a seeded shuffle; exact resume kept): less
+    padding, so less wasted work in Uni-Mol's pair layers. Off by default: it changes which molecules share a
+    batch (contrastive negatives), so it is another experiment."""
 
 
 @dataclass

@@ -49,9 +49,13 @@ def final_weights(out):
     return state["step"], state["model"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupted_and_resumed_run_equals_uninterrupted(toy_registry, tmp_cwd, signum):
-    recipe = validate(RECIPE, toy_registry)
+@pytest.mark.parametrize(
+    ("signum", "bucketing"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["SIGINT", "SIGTERM", "SIGINT-bucketed"],
+)
+def test_interrupted_and_resumed_run_equals_uninterrupted(toy_registry, tmp_cwd, signum, bucketing):
+    recipe = validate({**RECIPE, "data": {**RECIPE["data"], "bucketing": bucketing}}, toy_registry)
     straight = run(recipe, toy_registry, output=tmp_cwd / "straight")
     stopped = run(recipe, toy_registry, output=tmp_cwd / "resumed", callbacks=[SignalAt(5, signum)])
     assert stopped["status"] == "interrupted" and stopped["provenance"]["steps"] == 5

@@ -46,6 +46,10 @@ class ToyDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def sizes(self) -> list[int]:
+        """Made-up molecule sizes, for size-bucketed batching."""
+        return [5 + (7 * i) % 23 for i in range(len(self))]
+
     def __getitem__(self, i: int) -> dict:
         # a per-epoch shift stands in for a per-epoch conformer draw (exact resume must restore it)
         return {"mol_id": self.ids[i], "x": self.x[i] + 0.01 * self.epoch, "target": self.y[i]}

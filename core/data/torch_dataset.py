@@ -59,6 +59,13 @@ class MoleculeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def sizes(self) -> np.ndarray:
+        """Atoms per item (hydrogens included), read once from the store: what size-bucketed batching groups by."""
+        if not hasattr(self, "_sizes"):
+            counts = np.array([len(z) for z in self.store.column("atomic_numbers")], dtype=np.int64)
+            self._sizes = counts[self.indices]
+        return self._sizes
+
     def _conformer(self, row: int, count: int) -> int:
         if not self.augment or count == 1:
             return 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -50,6 +51,10 @@ class ExampleDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:  # the conformer draw of the molecules
         self.molecules.set_epoch(epoch)
+
+    def sizes(self) -> np.ndarray:
+        """Atoms of each example's molecule (size-bucketed batching)."""
+        return self.molecules.sizes()[[e.molecule for e in self.examples]]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         example = self.examples[i]
