@@ -10,7 +10,7 @@ import warnings
 from molbridge.core.errors import MolbridgeError
 
 #: Sub-command modules, in the order ``bench --help`` lists them.
-COMMANDS = ("run", "sweep", "plugins", "recipes", "compare", "data", "ask")
+COMMANDS = ("run", "sweep", "plugins", "recipes", "compare", "data", "ask", "cache")
 
 DESCRIPTION = """\
 molbridge: train and evaluate language models that understand molecules in 3D.

@@ -1,0 +1,187 @@
+"""Content-addressed caches of what frozen parts compute: a text tower's text states, a frozen encoder's outputs.
+
+A cache **namespace** is the digest of everything that computes the values (the weights, the settings that shape
+the output); an **entry** is the digest of its inputs (a text, a conformer's atoms and coordinates). A changed
+weight, text or conformer is another key, so a stale value can never be read: invalidation is by key only.
+Values are tensors in safetensors files (memory-mapped when read, no pickle), under
+``$MOLBRIDGE_CACHE/features/<namespace>/``, shared by runs, seeds and sweep children.
+
+Writers never modify a file: each writes a new ``part-<random>.safetensors`` and renames it into place, so any
+number of processes may fill a namespace at once (two computing the same entry store the same value twice,
+harmlessly). Readers index the parts they find. The whole cache is kept under ``MOLBRIDGE_CACHE_MAX_GB`` (default
+20): when a write exceeds it, the namespaces used least recently are removed. ``bench cache info|clear``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ENV_MAX_GB = "MOLBRIDGE_CACHE_MAX_GB"
+META_FILE = "meta.json"
+SEPARATOR = "/"  # between an entry's key and a field in a tensor's name: "<key>/atoms"
+
+
+def root() -> Path:
+    """``$MOLBRIDGE_CACHE/features`` (default ``~/.cache/molbridge/features``)."""
+    return Path(os.environ.get("MOLBRIDGE_CACHE", Path.home() / ".cache" / "molbridge")) / "features"
+
+
+def digest(*parts: Any) -> str:
+    """SHA-256 of the parts (bytes as they are, tensors and arrays by dtype, shape and bytes, the rest as JSON)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, bytes | bytearray):
+            h.update(part)
+        elif isinstance(part, torch.Tensor):
+            tensor = part.detach().cpu().contiguous()
+            h.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        elif hasattr(part, "tobytes") and hasattr(part, "dtype"):  # numpy
+            h.update(f"{part.dtype}{part.shape}".encode() + part.tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def weights_digest(module: nn.Module | Iterable[tuple[str, torch.Tensor]]) -> str:
+    """Digest of a module's state (every parameter and buffer, by name), or of (name, tensor) pairs."""
+    items = module.state_dict().items() if isinstance(module, nn.Module) else module
+    return digest(*(part for name, tensor in sorted(items, key=lambda kv: kv[0]) for part in (name, tensor)))
+
+
+class FeatureCache:
+    """One namespace: ``get`` what is there, ``put`` what was computed. Entries are ``{field: tensor}``."""
+
+    def __init__(self, namespace: str, description: Mapping[str, Any] | None = None, base: Path | None = None):
+        self.folder = (base or root()) / namespace
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta = self.folder / META_FILE
+        if description is not None and not meta.is_file():
+            _atomic_write(meta, json.dumps(dict(description), indent=2, default=str).encode())
+        os.utime(self.folder)  # "used": the size cap removes namespaces used least recently first
+        self._index: dict[str, Path] = {}
+        self._seen: set[Path] = set()
+
+    def _refresh(self) -> None:
+        from safetensors import safe_open
+
+        for part in sorted(self.folder.glob("part-*.safetensors")):
+            if part in self._seen:
+                continue
+            with safe_open(str(part), framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    self._index.setdefault(name.split(SEPARATOR, 1)[0], part)
+            self._seen.add(part)
+
+    def missing(self, keys: Iterable[str]) -> list[str]:
+        """The keys with no entry yet (in order, without repeats)."""
+        self._refresh()
+        return [key for key in dict.fromkeys(keys) if key not in self._index]
+
+    def get(self, keys: Iterable[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """``{key: {field: tensor}}`` for the keys present (tensors memory-mapped from the files)."""
+        from safetensors import safe_open
+
+        self._refresh()
+        found: dict[str, dict[str, torch.Tensor]] = {}
+        by_part: dict[Path, list[str]] = {}
+        for key in dict.fromkeys(keys):
+            if key in self._index:
+                by_part.setdefault(self._index[key], []).append(key)
+        for part, wanted in by_part.items():
+            with safe_open(str(part), framework="pt") as handle:
+                names = [n for n in handle.keys() if n.split(SEPARATOR, 1)[0] in set(wanted)]  # noqa: SIM118
+                for name in names:
+                    key, field = name.split(SEPARATOR, 1)
+                    found.setdefault(key, {})[field] = handle.get_tensor(name)
+        return found
+
+    def put(self, entries: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        """Write ``entries`` as one new part (atomic), then keep the whole cache under its size cap."""
+        from safetensors.torch import save
+
+        if not entries:
+            return
+        tensors = {
+            f"{key}{SEPARATOR}{field}": value.detach().cpu().contiguous()
+            for key, fields in entries.items()
+            for field, value in fields.items()
+        }
+        _atomic_write(self.folder / f"part-{uuid.uuid4().hex}.safetensors", save(tensors))
+        enforce_cap(keep=self.folder)
+
+
+def _atomic_write(path: Path, content: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(content)
+    os.replace(tmp, path)
+
+
+# --- what is cached, and clearing it -------------------------------------------------------------------------
+
+
+def namespaces(base: Path | None = None) -> list[dict[str, Any]]:
+    """Every namespace with its size, parts, last use and description, most recently used first."""
+    folder = base or root()
+    found = []
+    for space in folder.iterdir() if folder.is_dir() else []:
+        if not space.is_dir():
+            continue
+        files = [p for p in space.iterdir() if p.is_file()]
+        meta = space / META_FILE
+        try:
+            description = json.loads(meta.read_text()) if meta.is_file() else {}
+        except (OSError, ValueError):
+            description = {}
+        found.append(
+            {
+                "namespace": space.name,
+                "bytes": sum(p.stat().st_size for p in files),
+                "parts": sum(p.name.startswith("part-") for p in files),
+                "last_used": space.stat().st_mtime,
+                "description": description,
+            }
+        )
+    return sorted(found, key=lambda n: -n["last_used"])
+
+
+def clear(names: Iterable[str] = (), older_than_days: float | None = None, base: Path | None = None) -> list[str]:
+    """Remove the named namespaces (all when none is named), or those unused for ``older_than_days``."""
+    wanted, now, removed = set(names), time.time(), []
+    for space in namespaces(base):
+        if wanted and space["namespace"] not in wanted:
+            continue
+        if older_than_days is not None and now - space["last_used"] < older_than_days * 86400:
+            continue
+        shutil.rmtree((base or root()) / space["namespace"], ignore_errors=True)
+        removed.append(space["namespace"])
+    return removed
+
+
+def enforce_cap(keep: Path | None = None, base: Path | None = None) -> list[str]:
+    """Remove least recently used namespaces (never ``keep``) until the cache fits ``MOLBRIDGE_CACHE_MAX_GB``."""
+    cap = float(os.environ.get(ENV_MAX_GB, "20")) * 2**30
+    spaces = namespaces(base)
+    total, removed = sum(s["bytes"] for s in spaces), []
+    for space in reversed(spaces):  # least recently used first
+        if total <= cap:
+            break
+        path = (base or root()) / space["namespace"]
+        if keep is not None and path.resolve() == Path(keep).resolve():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        total -= space["bytes"]
+        removed.append(space["namespace"])
+    return removed
