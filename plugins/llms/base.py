@@ -46,6 +46,20 @@ class GenerationSettings:
 
 
 @dataclass
+class DecodingSettings(GenerationSettings):
+    """Everything :meth:`SoftPromptLM.generate` accepts: the recipe's defaults (:class:`GenerationSettings`, the
+    ``llm`` section) and settings only a task passes (3D-MoLM's ``min_new_tokens`` and ``length_penalty``).
+    At these defaults (Hugging Face's own) they are not passed to ``generate`` at all."""
+
+    min_new_tokens: int = 0
+    length_penalty: float = 1.0
+
+
+#: Call-only settings whose default means "not passed to Hugging Face generate".
+NEUTRAL_SETTINGS = {"min_new_tokens": 0, "length_penalty": 1.0}
+
+
+@dataclass
 class CausalLMConfig(GenerationSettings):
     """Recipe section of an LLM plugin (the generation fields are the defaults of :meth:`generate`)."""
 
@@ -179,7 +193,7 @@ class SoftPromptLM(LanguageModel):
         self.template = config.prompt_template or self.default_template
         self.num_mol_tokens = config.num_mol_tokens
         self._check_template()
-        self.generation = GenerationSettings(
+        self.generation = DecodingSettings(
             **{f.name: getattr(config, f.name) for f in dataclasses.fields(GenerationSettings)}
         )
         self.mol_token_id = self._add_mol_token(model)
@@ -302,9 +316,9 @@ class SoftPromptLM(LanguageModel):
         """Teacher-forced pass; HF shifts ``labels`` and averages the loss over non-ignored tokens."""
         return self.model(inputs_embeds=self.embed(input_ids, mol_tokens), attention_mask=attention_mask, labels=labels)
 
-    def generation_settings(self, **overrides: Any) -> GenerationSettings:
+    def generation_settings(self, **overrides: Any) -> DecodingSettings:
         """The recipe's defaults updated with a task's settings; an unknown name is an error."""
-        valid = [f.name for f in dataclasses.fields(GenerationSettings)]
+        valid = [f.name for f in dataclasses.fields(DecodingSettings)]
         for key in overrides:
             if key not in valid:
                 raise MolbridgeError(
@@ -325,6 +339,9 @@ class SoftPromptLM(LanguageModel):
         settings = dataclasses.asdict(self.generation_settings(**generation))
         if not settings["do_sample"]:  # HF warns about sampling options that greedy/beam search ignores
             settings.pop("temperature"), settings.pop("top_p")
+        for key, neutral in NEUTRAL_SETTINGS.items():  # unset: the call stays what it was before they existed
+            if settings[key] == neutral:
+                settings.pop(key)
         # given inputs_embeds and no input_ids, HF generate returns only the new tokens
         return self.model.generate(
             inputs_embeds=self.embed(input_ids, mol_tokens),
