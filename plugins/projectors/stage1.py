@@ -91,7 +91,8 @@ def read_mlm_head(folder: str | Path) -> dict[str, Tensor]:
     if missing:
         raise CheckpointError(
             f"{folder}: no masked-LM head ({', '.join(prefix + k for k in missing)} missing); "
-            "task.captioning_head_init=pretrained needs a BERT checkpoint saved with its pretraining head"
+            "task.captioning_head_init=pretrained needs a BERT checkpoint saved with its pretraining head "
+            "(SciBERT's is); set task.captioning_head_init=fresh for another BERT"
         )
     return state
 

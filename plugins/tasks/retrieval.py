@@ -194,7 +194,6 @@ class RetrievalTask(Task):
         """Matching score of (molecule i, text j) pairs, in batches: match minus no-match logit, or the match
         logit alone (``rerank_score``)."""
         dataset, batch_size = self.splits[split], self.recipe.data.eval_batch_size
-        margin = self.config.get("rerank_score", "logit-margin") == "logit-margin"
 
         def score(mol_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
             out = []
@@ -208,7 +207,7 @@ class RetrievalTask(Task):
                 logits = self.text_side.match_logits(
                     encoded, batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]
                 ).float()
-                out.append((logits[:, 1] - logits[:, 0] if margin else logits[:, 1]).cpu())
+                out.append(matching_score(logits, self.config.get("rerank_score", "logit-margin")).cpu())
             return torch.cat(out)
 
         return score
@@ -299,6 +298,12 @@ class RetrievalTask(Task):
                 "before training"
             }
         return facts
+
+
+def matching_score(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B,) re-ranking score from (B, 2) no-match/match logits: ``logit-margin`` (match minus no-match, the
+    log-odds) or ``positive-logit`` (the match logit alone, as 3D-MoLM's compute_gtm)."""
+    return logits[:, 1] - logits[:, 0] if kind == "logit-margin" else logits[:, 1]
 
 
 def _reindexed(pair_scores, order: torch.Tensor):
