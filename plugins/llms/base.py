@@ -104,9 +104,20 @@ def apply_lora(model: nn.Module, config: CausalLMConfig) -> nn.Module:
         raise MolbridgeError(f"llm.lora_target_modules {list(config.lora_target_modules)}: {exc}") from exc
 
 
+def _fill_device_constructor_cache() -> None:
+    """transformers swaps ``torch.linspace`` for a wrapper while it builds a model on the meta device, and torch
+    caches which factory functions a ``with torch.device(...)`` block redirects on that block's first use: a
+    first use inside transformers' window leaves ``linspace`` out for the rest of the process (a later
+    ``with torch.device("meta")`` then makes CPU tensors). Using a device block once beforehand fills the cache."""
+    with torch.device("cpu"):
+        torch.empty(0)
+
+
 def load_pretrained(path: str | Path, dtype: torch.dtype):
     """(model, tokenizer) from a local HuggingFace folder; nothing is downloaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _fill_device_constructor_cache()
 
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():

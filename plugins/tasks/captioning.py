@@ -47,7 +47,7 @@ class CaptioningTask(LLMStageTask):
 
     def text_field(self, split: str) -> str:
         """The stored text that is a molecule's caption in ``split``."""
-        evaluation = self.config.get("eval_text_field")
+        evaluation = self.config.eval_text_field
         return evaluation if split != "train" and evaluation else self.config.text_field
 
     def examples(self, split: str) -> list[Example]:

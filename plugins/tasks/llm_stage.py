@@ -213,7 +213,7 @@ class LLMStageTask(Task):
         """Generation settings for examples of ``task`` (the task's own, never the batch's): the task's keys,
         then ``task.generation``'s group entry, then its entry for ``task`` itself."""
         settings = self.default_generation(task)
-        table = self.config.get("generation") or {}
+        table = getattr(self.config, "generation", None) or {}  # a subclass config may lack the keys
         for key in (self.generation_group(task), task):
             entry = table.get(key)
             if entry is not None:
@@ -227,12 +227,13 @@ class LLMStageTask(Task):
 
     def text_metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         """BLEU, ROUGE and METEOR on the recipe's ``caption_tokenizer``."""
-        tokenizer = self.reference_tokenizer() if self.config.caption_tokenizer == "reference" else None
+        reference = getattr(self.config, "caption_tokenizer", "nltk-words") == "reference"
+        tokenizer = self.reference_tokenizer() if reference else None
         return caption_metrics(predictions, references, tokenizer=tokenizer)
 
     def tokenization(self) -> str:
         """How :meth:`text_metrics` tokenises, for ``describe()``."""
-        if self.config.caption_tokenizer == "reference":
+        if getattr(self.config, "caption_tokenizer", "nltk-words") == "reference":
             return "BLEU and METEOR on the tokens of the reference tokenizer (3D-MoLM's), ROUGE on the raw text"
         return "lower-cased NLTK word tokens for all"
 
@@ -258,7 +259,7 @@ class LLMStageTask(Task):
         return None
 
     def _prompts(self, samples) -> list[str]:
-        smiles_chars = self.config.get("max_smiles_chars")
+        smiles_chars = getattr(self.config, "max_smiles_chars", None)
         return [
             self.llm.format_prompt(
                 s[keys.INSTRUCTION][: self.instruction_chars(s.get(keys.TASK_NAME))], s[keys.SMILES][:smiles_chars]

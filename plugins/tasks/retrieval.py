@@ -86,7 +86,7 @@ class RetrievalTask(Task):
 
     def text_field(self, split: str) -> str:
         """The stored text that is a molecule's caption in ``split``."""
-        evaluation = self.config.get("eval_text_field")
+        evaluation = self.config.eval_text_field
         return evaluation if split != "train" and evaluation else self.config.text_field
 
     # -- model ----------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ class RetrievalTask(Task):
         self.encoder, self.projector = components.encoder, components.projector
         model = self.assemble(self.config, self.encoder, self.projector, None)
         self.text_side = model.text
-        if self.config.get("captioning_head_init") == "pretrained" and self.config.captioning_weight:
+        if self.config.captioning_head_init == "pretrained" and self.config.captioning_weight:
             load_head = getattr(self.text_side, "load_pretrained_lm_head", None)
             if load_head is None:
                 raise MolbridgeError(
@@ -163,7 +163,7 @@ class RetrievalTask(Task):
 
     def inbatch_order(self, n: int) -> torch.Tensor | None:
         """The order the in-batch protocol cuts the split in: None (dataset order) or a seeded permutation."""
-        if self.config.get("inbatch_order", "dataset") != "shuffled":
+        if self.config.inbatch_order != "shuffled":
             return None
         return torch.randperm(n, generator=torch.Generator().manual_seed(self.recipe.seed))
 
@@ -207,7 +207,7 @@ class RetrievalTask(Task):
                 logits = self.text_side.match_logits(
                     encoded, batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]
                 ).float()
-                out.append(matching_score(logits, self.config.get("rerank_score", "logit-margin")).cpu())
+                out.append(matching_score(logits, self.config.rerank_score).cpu())
             return torch.cat(out)
 
         return score
@@ -280,7 +280,7 @@ class RetrievalTask(Task):
             "sizes": {k: len(v) for k, v in self.splits.items()},
             "text_field": self.config.text_field,
             "protocol": f"M2T/T2M accuracy and R@20, in batches of {self.config.inbatch_size} "
-            f"({self.config.get('inbatch_order', 'dataset')} order) and against the full split; conformer 0"
+            f"({self.config.inbatch_order} order) and against the full split; conformer 0"
             + (
                 f"; top {self.config.rerank_top_k} re-ranked by similarity + {self.config.rerank_score}"
                 if self.config.rerank_top_k
