@@ -540,10 +540,10 @@ def load_recipe(
             data = replace_component(data, kind, name, registry)
             origin[kind] = f"command line --{kind} {name}"
     data = apply_overrides(data, list(overrides), origin)
-    without = _merge({}, data)  # a deep copy: the recipe as it would be without the profile
+    without = _merge({}, data) if profile_report is not None else None  # a copy: the recipe without the profile
     settings = apply_profile(data, origin, registry)
     recipe = validate(data, registry, origin, source=str(path))
-    if profile_report is not None:
+    if without is not None:
         before = flatten(validate(without, registry, dict(origin), source=str(path)))
         profile_report += [dataclasses.replace(s, before=before.get(s.key, "(unset)")) for s in settings]
     return recipe
