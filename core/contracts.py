@@ -121,7 +121,8 @@ class TextSide(Protocol):
         """(B, 2) no-match / match logits of molecule i with text i."""
 
     def caption_loss(self, encoded: EncoderOutput, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Scalar next-token loss of the text decoded from the molecule."""
+        """Scalar next-token loss of the text decoded from the molecule. Called with ``label_smoothing=x`` only
+        when the recipe asks for smoothing (``task.captioning_label_smoothing``)."""
 
     def text_tower_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) of the text tower that a locked tower freezes."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.recipe import flatten, packaged_recipes, to_yaml
+
+log = logging.getLogger(__name__)
 
 #: Settings that name where a run goes or how it is watched, never what it computes.
 NOT_IDENTITY = ("recipe", "description", "output_dir", "tracking.", "train.resume")
@@ -145,14 +148,19 @@ def output_dir(recipe: DictConfig, identity: Identity) -> Path:
 
 
 def resume_conflicts(stored: DictConfig | Mapping, current: DictConfig | Mapping) -> list[str]:
-    """``key: stored -> current`` for every setting that differs and may not change on resume."""
+    """``key: stored -> current`` for every setting that differs and may not change on resume.
+
+    A key the stored recipe lacks came with a newer molbridge (its default keeps the old behaviour): it is not a
+    conflict, and a warning names it."""
     old, new = flatten(stored), flatten(current)
-    keys = sorted(set(old) | set(new))
+    added = sorted(k for k in set(new) - set(old) if not _matches(k, NOT_IDENTITY + RESUMABLE))
+    if added:
+        log.warning("settings new since this run was started (not compared): %s", ", ".join(added))
     absent = "<absent>"
     return [
         f"{key}: {old.get(key, absent)!r} (stored) -> {new.get(key, absent)!r} (now)"
-        for key in keys
-        if not _matches(key, NOT_IDENTITY + RESUMABLE) and old.get(key, absent) != new.get(key, absent)
+        for key in sorted(old)
+        if not _matches(key, NOT_IDENTITY + RESUMABLE) and old[key] != new.get(key, absent)
     ]
 
 

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -166,11 +167,28 @@ def apply_freezing(
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, source: str = "recipe") -> torch.optim.AdamW:
-    """AdamW over trainable parameters; biases and norm weights (the 1-D ones) get no weight decay."""
+def frozen_modules(model: nn.Module) -> list[nn.Module]:
+    """The outermost submodules with parameters, all of them frozen (a frozen encoder, a locked text tower)."""
+    found: list[str] = []
+    for name, module in model.named_modules():
+        params = list(module.parameters())
+        if name and params and not any(p.requires_grad for p in params):
+            if not any(name.startswith(outer + ".") for outer in found):
+                found.append(name)
+    modules = dict(model.named_modules())
+    return [modules[name] for name in found]
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, source: str = "recipe", scope: str = "matrices"
+) -> torch.optim.AdamW:
+    """AdamW over trainable parameters. ``scope`` ``matrices``: biases and norm weights (the 1-D ones) get no
+    weight decay; ``all``: every parameter decays (3D-MoLM's ``AdamW(self.parameters(), ...)``)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise RecipeError(source, ["train.trainable/train.frozen leave no parameter to train"])
+    if scope == "all":
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     groups = [
         {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
@@ -178,19 +196,63 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, source: st
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine down to ``min_ratio`` at ``total`` steps."""
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float, start_ratio: float = 0.0) -> float:
+    """Linear warm-up from ``start_ratio`` to 1 (step + 1 of ``warmup``), then cosine down to ``min_ratio`` at
+    ``total`` steps (``train.lr_schedule: cosine``)."""
     if step < warmup:
-        return (step + 1) / warmup
+        return start_ratio + (1.0 - start_ratio) * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return _cosine(progress, min_ratio)
+
+
+def _cosine(progress: float, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train: DictConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    min_ratio = train.min_lr / train.lr if train.lr else 0.0
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, train.warmup_steps, train.max_steps, min_ratio)
-    )
+def _warmup(step: int, warmup: int, start_ratio: float) -> float:
+    """LAVIS's warm-up: ``start + (peak - start) * step / warmup``, capped at the peak."""
+    return min(1.0, start_ratio + (1.0 - start_ratio) * step / max(warmup, 1))
+
+
+def epoch_lr_factor(
+    step: int, warmup: int, batches_per_epoch: int, grad_accum: int, total: int, min_ratio: float, start_ratio: float
+) -> float:
+    """``cosine-per-epoch`` (LAVIS LinearWarmupCosineLRScheduler, 3D-MoLM stages 1-2): warm-up in epoch 0 only
+    (at most one epoch of it, as the reference caps it), then cosine by epoch / epochs from epoch 1 on."""
+    epoch = step * grad_accum // batches_per_epoch
+    if epoch == 0:
+        return _warmup(step, min(warmup, batches_per_epoch), start_ratio)
+    epochs = math.ceil(total * grad_accum / batches_per_epoch)
+    return _cosine(epoch / epochs, min_ratio)
+
+
+def from_start_lr_factor(step: int, warmup: int, total: int, min_ratio: float, start_ratio: float) -> float:
+    """``cosine-from-start`` (3D-MoLM stage 3): warm-up to step ``warmup`` inclusive, then cosine by step / total
+    (the warm-up steps counted in the cosine's progress)."""
+    if step <= warmup:
+        return _warmup(step, warmup, start_ratio)
+    return _cosine(step / total, min_ratio)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, train: DictConfig, batches_per_epoch: int = 1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule ``train.lr_schedule`` names; ``batches_per_epoch`` (micro-batches of one
+    process) places the epoch boundaries of ``cosine-per-epoch``."""
+    ratios = {
+        "min_ratio": train.min_lr / train.lr if train.lr else 0.0,
+        "start_ratio": train.get("warmup_start_lr", 0.0) / train.lr if train.lr else 0.0,
+    }
+    steps = {"warmup": train.warmup_steps, "total": train.max_steps}
+    schedule = train.get("lr_schedule", "cosine")
+    if schedule == "cosine-per-epoch":
+        epochs = {"batches_per_epoch": max(1, batches_per_epoch), "grad_accum": train.grad_accum}
+        factor = partial(epoch_lr_factor, **steps, **epochs, **ratios)
+    elif schedule == "cosine-from-start":
+        factor = partial(from_start_lr_factor, **steps, **ratios)
+    else:
+        factor = partial(lr_factor, **steps, **ratios)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def configure_determinism(deterministic: bool) -> None:
@@ -266,6 +328,7 @@ class Loop:
         self.init_report: dict[str, Any] | None = None  # what train.init_from loaded
         self.trust_pickle = False
         self._step_checked = False
+        self.frozen_modules: list[nn.Module] = []
         self.history: list[dict[str, float]] = []
 
     def request_stop(self) -> None:
@@ -295,16 +358,19 @@ class Loop:
                 f"{n_total:,}",
                 100.0 * n_train / max(1, n_total),
             )
+        self.frozen_modules = frozen_modules(model)
         self.model = fabric.setup_module(model)
-        optimizer = build_optimizer(self.model, train.lr, train.weight_decay, self.recipe.recipe)
+        scope = train.get("weight_decay_scope", "matrices")
+        optimizer = build_optimizer(self.model, train.lr, train.weight_decay, self.recipe.recipe, scope)
         self.optimizer = fabric.setup_optimizers(optimizer)
-        self.scheduler = build_scheduler(self.optimizer, train)
         splits = self.task.datasets()
         if "train" not in splits:
             raise MolbridgeError(f"task '{self.recipe.task.name}' has no 'train' split (it has: {', '.join(splits)})")
         self.has_valid = "valid" in splits
         self.train_dataset = splits["train"]
         self.loader, self.sampler = _train_loader(fabric, self.task, self.train_dataset, self.recipe)
+        batches_per_epoch = self.sampler.per_rank() // self.recipe.data.batch_size  # drop_last, as the loader
+        self.scheduler = build_scheduler(self.optimizer, train, batches_per_epoch)
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -392,8 +458,15 @@ class Loop:
             f"last good checkpoint (kept): {where}"
         )
 
-    def train_step(self, batches: Iterator[Any]) -> dict[str, float]:
+    def train_mode(self) -> None:
+        """Train mode, except for modules whose parameters are all frozen: they run as in evaluation (no dropout),
+        as BLIP-2 and 3D-MoLM run their frozen encoder and LLM."""
         self.model.train()
+        for module in self.frozen_modules:
+            module.eval()
+
+    def train_step(self, batches: Iterator[Any]) -> dict[str, float]:
+        self.train_mode()
         step_logs, seen = [], []
         for i in range(self.train.grad_accum):
             batch = next(batches)
@@ -423,7 +496,7 @@ class Loop:
             metrics = self.task.evaluate(self.model, self.fabric, "valid")
         # rank 0's numbers decide, so every rank takes the same best/save branch
         metrics = self.fabric.broadcast(dict(metrics), src=0)
-        self.model.train()
+        self.train_mode()
         name, mode = self.task.monitor
         if name not in metrics:
             raise MolbridgeError(

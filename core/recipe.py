@@ -8,7 +8,12 @@ from (file and line, or the command line) and the closest valid name.
 
 ``extends: NAME`` (a packaged recipe or a path relative to the file) merges the recipe over a base.
 Overrides are ``key=value`` (OmegaConf dotlist, keys exactly as in :func:`flatten`) and ``~key``
-(delete, falling back to the schema default).
+(delete, falling back to the schema default, or to the profile's value).
+
+``compat: NAME`` picks a protocol profile (:data:`PROFILES`): ``molbridge`` (the default: the schema
+defaults, molbridge's fixes) or ``3d-molm`` (the reference code's choices, ``core/profiles/3d-molm.yaml``).
+A profile is a table of ordinary recipe keys applied under the recipe: it fills every key the recipe
+files and overrides leave unset, and never changes one they set (:func:`apply_profile`).
 """
 
 import dataclasses
@@ -25,7 +30,10 @@ from omegaconf.errors import OmegaConfBaseException
 from molbridge.core.errors import RecipeError, suggest, unknown_name
 from molbridge.core.registry import KINDS, ComponentConfig, Registry
 
+PROFILES = ("molbridge", "3d-molm")  # compat: molbridge's defaults, or the 3D-MoLM reference's protocol
+DEFAULT_PROFILE = "molbridge"
 SPLIT_KINDS = ("scaffold", "random", "given", "given-described", "given-pretrain")  # see core/data/splits.py
+LR_SCHEDULES = ("cosine", "cosine-per-epoch", "cosine-from-start")  # see TrainConfig.lr_schedule
 PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
 BOUNDS = {
     "ge": (">=", lambda v, b: v >= b),
@@ -92,9 +100,21 @@ class TrainConfig:
     min_lr: float = bounded(5e-6, ge=0)
     """Learning rate at the end of the cosine schedule."""
     warmup_steps: int = bounded(0, ge=0)
-    """Linear warm-up steps from 0 to ``lr``."""
+    """Linear warm-up steps from ``warmup_start_lr`` to ``lr``."""
+    warmup_start_lr: float = bounded(0.0, ge=0)
+    """Learning rate the warm-up starts from (3D-MoLM: 1e-6, its ``--warmup_lr``)."""
+    lr_schedule: str = field(default="cosine", metadata={"choices": LR_SCHEDULES})
+    """``cosine``: warm-up (step + 1) / warmup_steps of the way, then cosine over the remaining steps to
+    ``min_lr``, stepped every optimizer step. ``cosine-per-epoch`` (LAVIS's LinearWarmupCosineLRScheduler,
+    3D-MoLM stages 1-2): in epoch 0 warm-up step / warmup_steps of the way (warm-up capped at one epoch,
+    then flat), from epoch e >= 1 cosine by e / epochs, constant within an epoch. ``cosine-from-start``
+    (3D-MoLM stage 3): warm-up step / warmup_steps of the way, then cosine by step / max_steps, the
+    warm-up steps included. Epochs are ``data.batch_size`` micro-batches x processes over the training set."""
     weight_decay: float = bounded(0.05, ge=0)
-    """AdamW weight decay (not applied to biases and norms)."""
+    """AdamW weight decay, on the parameters ``weight_decay_scope`` names."""
+    weight_decay_scope: str = field(default="matrices", metadata={"choices": ("matrices", "all")})
+    """``matrices``: no decay on biases and norm weights (the 1-D parameters); ``all``: decay on every
+    trainable parameter (3D-MoLM: ``AdamW(self.parameters(), weight_decay=...)``)."""
     grad_accum: int = bounded(1, ge=1)
     """Micro-batches per optimizer step; gradients are synchronised on the last one only."""
     grad_clip: float | None = bounded(1.0, gt=0)
@@ -136,6 +156,8 @@ class TrainConfig:
             found.append(f"train.warmup_steps={self.warmup_steps} must be < train.max_steps={self.max_steps}")
         if self.min_lr > self.lr:
             found.append(f"train.min_lr={self.min_lr} must be <= train.lr={self.lr}")
+        if self.warmup_start_lr > self.lr:
+            found.append(f"train.warmup_start_lr={self.warmup_start_lr} must be <= train.lr={self.lr}")
         return found
 
 
@@ -157,6 +179,10 @@ class RecipeSchema:
     """The recipe's name (logged as a tag; ``train.init_from: stage:NAME`` names a previous stage by it)."""
     description: str = ""
     """What the recipe runs and why, for people (``bench recipes list`` shows the first line of the file)."""
+    compat: str = field(default=DEFAULT_PROFILE, metadata={"choices": PROFILES})
+    """Protocol profile: ``molbridge`` (our fixes, the schema defaults) or ``3d-molm`` (every choice of the
+    reference code, core/profiles/3d-molm.yaml, filled in under the recipe's own settings; see
+    docs/reproducing-3d-molm.md)."""
     seed: int = 0
     """Seeds parameter initialisation, data order and conformer draws; part of the run's name."""
     output_dir: str | None = None
@@ -302,6 +328,83 @@ def replace_component(data: dict, kind: str, name: str, registry: Registry | Non
     return data
 
 
+# --- protocol profiles (compat) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfileSetting:
+    """One key of a profile and what became of it in a recipe."""
+
+    key: str
+    value: Any
+    status: str
+    """``set`` (the profile's value is used), ``kept`` (the recipe sets the key itself: its value is used)
+    or ``skipped`` (the recipe's component has no such key)."""
+    note: str = ""
+    before: Any = None
+    """The value without the profile (filled by :func:`load_recipe` when it reports)."""
+
+
+def profile_path(name: str) -> Path:
+    return Path(str(importlib.resources.files("molbridge.core") / "profiles" / f"{name}.yaml"))
+
+
+def profile_settings(name: str, task: str) -> dict[str, Any]:
+    """Dotted key -> value that profile ``name`` gives a recipe of ``task``: its ``all`` part, then the task's."""
+    if name == DEFAULT_PROFILE:
+        return {}
+    content = yaml.safe_load(profile_path(name).read_text()) or {}
+    return flatten(content.get("all") or {}) | flatten(content.get(task) or {})
+
+
+_UNSET = object()
+
+
+def _lookup(data: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not isinstance(data, dict) or part not in data:
+            return _UNSET
+        data = data[part]
+    return data
+
+
+def _declares(registry: Registry, kind: str, section: Any, key: str) -> bool:
+    """Whether the component a recipe section names has ``key`` in its schema."""
+    name = section.get("name") if isinstance(section, dict) else None
+    if not name or name not in registry.names(kind):
+        return False
+    return key in {f.name for f in dataclasses.fields(registry.get(kind, name).config_schema)}
+
+
+def apply_profile(data: dict, origin: dict[str, str], registry: Registry) -> list[ProfileSetting]:
+    """Fill in the keys of the recipe's ``compat`` profile that the recipe leaves unset; report every key.
+
+    A key the recipe files or overrides set keeps their value (so one fix at a time is one override); a key
+    of a component section is applied only when that component declares it (e.g. a profile's Uni-Mol
+    options do not apply to SchNet). An unknown profile or task is left to validation to report.
+    """
+    name, task = data.get("compat", DEFAULT_PROFILE), (data.get("task") or {}).get("name")
+    if name not in PROFILES or not isinstance(task, str):
+        return []
+    report = []
+    for key, value in profile_settings(name, task).items():
+        parts = key.split(".")
+        if parts[0] in COMPONENT_SECTIONS and not _declares(registry, parts[0], data.get(parts[0]), parts[1]):
+            report.append(ProfileSetting(key, value, "skipped", f"the recipe's {parts[0]} has no key {parts[1]}"))
+            continue
+        current = _lookup(data, parts)
+        if current is not _UNSET:
+            report.append(ProfileSetting(key, value, "kept", f"{current!r} from {_where(key, origin)}"))
+            continue
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        origin[key] = f"profile {name} ({profile_path(name).name})"
+        report.append(ProfileSetting(key, value, "set"))
+    return report
+
+
 # --- validation -------------------------------------------------------------------------------------
 
 
@@ -332,6 +435,11 @@ def _check_section(schema: type, data: Any, path: str, origin: dict[str, str], p
         if dataclasses.is_dataclass(hints[key]):
             _check_section(hints[key], value, dotted, origin, problems)
             continue
+        entries = _entry_schema(hints[key])
+        if entries is not None and isinstance(value, dict):  # a table of sections (e.g. task.generation)
+            for name, entry in value.items():
+                _check_section(entries, entry, f"{dotted}.{name}", origin, problems)
+            continue
         try:
             OmegaConf.merge(OmegaConf.structured(schema), {key: value})
         except OmegaConfBaseException as exc:
@@ -348,14 +456,32 @@ def _check_section(schema: type, data: Any, path: str, origin: dict[str, str], p
             problems.append(f"{dotted} ({_where(dotted, origin)}): {broken}")
 
 
+def _entry_schema(hint: Any) -> type | None:
+    """D when ``hint`` is ``dict[str, D]`` with D a dataclass (a table of sections), else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        return args[1]
+    return None
+
+
+def _problems_of(instance: Any, path: str) -> list[str]:
+    """``problems()`` of a section and of the sections in its tables (named by their full key)."""
+    check = getattr(instance, "problems", None)
+    found = list(check()) if callable(check) else []
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if isinstance(value, dict):
+            for name, entry in value.items():
+                if dataclasses.is_dataclass(entry):
+                    found += [f"{path}.{f.name}.{name}.{p}" for p in _problems_of(entry, f"{path}.{f.name}.{name}")]
+    return found
+
+
 def _relation_problems(section: DictConfig, origin: dict[str, str], path: str) -> list[str]:
     """What the section schema's ``problems()`` says about the merged values (e.g. warm-up < steps)."""
     instance = OmegaConf.to_object(section)
-    check = getattr(instance, "problems", None)
-    if not callable(check):
-        return []
     where = _where(path, origin)
-    return [problem if where == "defaults" else f"{problem} ({where})" for problem in check()]
+    return [problem if where == "defaults" else f"{problem} ({where})" for problem in _problems_of(instance, path)]
 
 
 def _component_schema(kind: str, section: Any, registry: Registry, origin: dict[str, str], problems: list[str]) -> type:
@@ -413,8 +539,10 @@ def load_recipe(
     overrides: list[str] = (),
     registry: Registry | None = None,
     components: dict[str, str] | None = None,
+    profile_report: list[ProfileSetting] | None = None,
 ) -> DictConfig:
-    """Read, extend, override and validate a recipe. ``components`` maps kind -> name (``--encoder``)."""
+    """Read, extend, override, apply the ``compat`` profile and validate a recipe. ``components`` maps kind ->
+    name (``--encoder``); ``profile_report``, when given, receives what the profile did to each of its keys."""
     if registry is None:
         from molbridge.core.plugins import get_registry
 
@@ -426,7 +554,13 @@ def load_recipe(
             data = replace_component(data, kind, name, registry)
             origin[kind] = f"command line --{kind} {name}"
     data = apply_overrides(data, list(overrides), origin)
-    return validate(data, registry, origin, source=str(path))
+    without = _merge({}, data) if profile_report is not None else None  # a copy: the recipe without the profile
+    settings = apply_profile(data, origin, registry)
+    recipe = validate(data, registry, origin, source=str(path))
+    if without is not None:
+        before = flatten(validate(without, registry, dict(origin), source=str(path)))
+        profile_report += [dataclasses.replace(s, before=before.get(s.key, "(unset)")) for s in settings]
+    return recipe
 
 
 def flatten(recipe: DictConfig | dict, prefix: str = "") -> dict[str, Any]:

@@ -187,3 +187,12 @@ def test_run_json_records_the_identity(toy_registry, tmp_cwd):
     assert record["config_hash"] == identity.config_hash(record["differences"]) and folder.name.endswith(
         record["config_hash"]
     )
+
+
+def test_a_setting_newer_than_the_stored_recipe_does_not_refuse_a_resume(caplog):
+    stored = {"train": {"lr": 0.01}, "task": {"name": "t"}}
+    current = {"train": {"lr": 0.01, "warmup_start_lr": 0.0}, "task": {"name": "t"}}
+    assert identity.resume_conflicts(stored, current) == []
+    assert "settings new since this run was started (not compared): train.warmup_start_lr" in caplog.text
+    removed = identity.resume_conflicts({**stored, "data": {"old_key": 1}}, current)
+    assert removed == ["data.old_key: 1 (stored) -> '<absent>' (now)"]  # a key that went away is still named

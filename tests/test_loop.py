@@ -241,3 +241,15 @@ def test_data_limit_restricts_training_samples(toy_registry, tmp_path):
     result, loop = toy_fit(recipe, toy_registry, tmp_path)
     assert loop.sampler.size == 16 and (loop.sampler.epoch, loop.sampler.position) == (1, 8)
     assert loop.train_dataset.epoch == 1  # set_epoch reached the dataset through the Subset
+
+
+def test_frozen_modules_run_in_eval_mode_while_the_rest_trains(toy_registry, tmp_path):
+    """A frozen encoder's dropout must not fire during training (3D-MoLM pins its frozen encoder in eval mode)."""
+    recipe = toy_recipe(toy_registry, task={"dropout": 0.5}, train={"frozen": ["encoder.*"], "max_steps": 2})
+    _, loop = toy_fit(recipe, toy_registry, tmp_path)
+    model = loop.model.module if hasattr(loop.model, "module") else loop.model
+    loop.train_mode()
+    assert not model.encoder.training and model.encoder[3].training is False  # its Dropout included
+    assert model.training and model.head.training
+    x = torch.randn(4, 8)
+    assert torch.equal(model.encoder(x), model.encoder(x))  # no dropout noise in the frozen part

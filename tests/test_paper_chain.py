@@ -36,8 +36,9 @@ TINY = [
 ]
 LLM = ["llm.path=null", "llm.lora=false", "llm.dtype=float32", "llm.gradient_checkpointing=false", "llm.num_beams=1"]
 PHASES = [  # (recipe, task, previous phase)
-    ("3d-molm-stage1-pretrain", "retrieval", None, []),
-    ("3d-molm-stage1", "retrieval", "3d-molm-stage1-pretrain", []),
+    # the compat profile loads SciBERT's MLM head into the captioning head; MiniLM stands in and has none
+    ("3d-molm-stage1-pretrain", "retrieval", None, ["task.captioning_head_init=fresh"]),
+    ("3d-molm-stage1", "retrieval", "3d-molm-stage1-pretrain", ["task.captioning_head_init=fresh"]),
     ("3d-molm-stage2-pretrain", "captioning", "3d-molm-stage1-pretrain", LLM + ["task.max_new_tokens=4"]),
     ("3d-molm-stage2", "captioning", "3d-molm-stage2-pretrain", LLM + ["task.max_new_tokens=4"]),
     (

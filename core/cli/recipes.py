@@ -4,7 +4,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from molbridge.core.recipe import find_recipe, load_recipe, packaged_recipes, to_yaml
+from molbridge.core.recipe import ProfileSetting, find_recipe, load_recipe, packaged_recipes, profile_path, to_yaml
 
 COMPONENTS = ("encoder", "projector", "llm")
 
@@ -60,7 +60,8 @@ def add_parser(sub):
         "is then sized: its model is built on the meta device (no weights read, no memory) and a "
         "table gives parameters, trainable parameters (after the task's and the recipe's freezing) "
         "and memory by component. Model folders not on this machine are sized by their known shape "
-        "(SciBERT, Llama-2-7B), and the report says so.",
+        "(SciBERT, Llama-2-7B), and the report says so. It also names the protocol profile (compat) and "
+        "lists every key the profile changed.",
     )
     validate.epilog = (
         "examples:\n  bench recipes validate 3d-molm-stage3\n  bench recipes validate retrieval --encoder schnet "
@@ -110,7 +111,10 @@ def show_recipe(args) -> int:
 
 
 def validate_recipe(args) -> int:
-    recipe = _load(args)
+    profile: list[ProfileSetting] = []
+    recipe = load_recipe(
+        args.name, args.overrides, components={k: getattr(args, k) for k in COMPONENTS}, profile_report=profile
+    )
     data_note = check_data(recipe)  # a prepared dataset without the recipe's split kind is an error
     sizing = None
     if not args.no_size:  # before saying "valid": a freezing glob that matches no parameter fails here
@@ -122,11 +126,30 @@ def validate_recipe(args) -> int:
         f"recipe {args.name} is valid: task {recipe.task.name}, "
         + ", ".join(f"{k} {recipe[k].name}" for k in ("encoder", "projector", "llm") if recipe.get(k))
     )
+    print(profile_summary(recipe.compat, profile))
     if data_note:
         print(data_note)
     if sizing is not None:
         print(sizing.table())
     return 0
+
+
+def profile_summary(name: str, settings: list[ProfileSetting]) -> str:
+    """The active profile and what it did: each key it changed (before -> after), kept or skipped."""
+    if not settings:
+        return (
+            f"profile {name}: molbridge's defaults (compat=3d-molm for the 3D-MoLM reference's protocol; "
+            "docs/reproducing-3d-molm.md)"
+            if name == "molbridge"
+            else f"profile {name}: no key applies to this recipe"
+        )
+    changed = [s for s in settings if s.status == "set"]
+    lines = [f"profile {name} ({profile_path(name)}): {len(changed)} key(s) changed from molbridge's defaults"]
+    width = max(len(s.key) for s in settings)
+    lines += [f"  {s.key:<{width}}  {_shown(s.before)} -> {_shown(s.value)}" for s in changed]
+    lines += [f"  {s.key:<{width}}  kept the recipe's {s.note}" for s in settings if s.status == "kept"]
+    lines += [f"  {s.key:<{width}}  not applied: {s.note}" for s in settings if s.status == "skipped"]
+    return "\n".join(lines)
 
 
 def check_data(recipe) -> str | None:
@@ -150,3 +173,8 @@ def copy_recipe(args) -> int:
     shutil.copyfile(source, dest)
     print(f"copied {source.name} to {dest}; run it with: bench run TASK --recipe {dest}")
     return 0
+
+
+def _shown(value) -> str:
+    """A value as a recipe would write it (null, strings bare)."""
+    return "null" if value is None else str(value)

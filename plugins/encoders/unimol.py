@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from molbridge.core import hookimpl
 from molbridge.core.contracts import Encoder, EncoderOutput
 from molbridge.core.errors import MolbridgeError, check_choice
+from molbridge.core.recipe import bounded
 from molbridge.plugins.encoders.presets import Preset, preset_metadata
 from molbridge.plugins.encoders.weights import load_strict, read_state_dict
 
@@ -85,6 +86,16 @@ class UniMolConfig:
     """Released Uni-Mol weights ({"model": state dict}); null keeps the random initialisation."""
     trust_checkpoint: bool = False
     """Allow full unpickling of the checkpoint (only for files you trust)."""
+    dropout: float = bounded(0.0, ge=0, lt=1)
+    """Dropout after each attention and feed-forward block, in training only (Uni-Mol base: 0.1; 3D-MoLM keeps its
+    encoder frozen in eval mode, where no dropout acts)."""
+    attention_dropout: float = bounded(0.0, ge=0, lt=1)
+    """Dropout of the attention probabilities, in training only (Uni-Mol base: 0.1)."""
+    emb_dropout: float = bounded(0.0, ge=0, lt=1)
+    """Dropout of the embeddings after their LayerNorm, in training only (Uni-Mol base: 0.1)."""
+    pad_to_multiple: int = bounded(1, ge=1)
+    """Pad each batch to a multiple of this many positions (the reference: 8). Results do not change: padding is
+    masked and skipped; it only changes the shape of the attention tensors."""
 
 
 class Packing(NamedTuple):
@@ -160,9 +171,9 @@ class PairHead(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, attention_dropout: float = 0.0):
         super().__init__()
-        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.heads, self.scale, self.attention_dropout = heads, (dim // heads) ** -0.5, attention_dropout
         self.in_proj, self.out_proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, bias: Tensor, packing: Packing, buffers: dict | None = None) -> tuple[Tensor, Tensor]:
@@ -197,6 +208,8 @@ class SelfAttention(nn.Module):
                 # first copy the bias into out), and the probabilities go to one buffer for all layers
                 logits = bias.baddbmm_(q, k.transpose(1, 2))
                 probs = torch.softmax(logits, dim=-1, out=_lend(buffers, "probs", lambda: torch.empty_like(bias)))
+            if self.training and self.attention_dropout:
+                probs = nn.functional.dropout(probs, self.attention_dropout)
             out = torch.bmm(probs, v).view(b, h, n, d // h).transpose(1, 2).reshape(b * n, d)
         return self.out_proj(out.index_select(0, packing.index).to(qkv.dtype)), logits
 
@@ -204,29 +217,32 @@ class SelfAttention(nn.Module):
 class Layer(nn.Module):
     """Pre-LayerNorm transformer layer with pair-biased attention."""
 
-    def __init__(self, dim: int, ffn: int, heads: int):
+    def __init__(self, dim: int, ffn: int, heads: int, dropout: float = 0.0, attention_dropout: float = 0.0):
         super().__init__()
-        self.self_attn = SelfAttention(dim, heads)
+        self.self_attn = SelfAttention(dim, heads, attention_dropout)
         self.self_attn_layer_norm, self.final_layer_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.fc1, self.fc2 = nn.Linear(dim, ffn), nn.Linear(ffn, dim)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, bias: Tensor, packing: Packing, buffers: dict | None = None) -> tuple[Tensor, Tensor]:
         attended, logits = self.self_attn(self.self_attn_layer_norm(x), bias, packing, buffers)
-        x = x + attended
-        return x + self.fc2(nn.functional.gelu(self.fc1(self.final_layer_norm(x)))), logits
+        x = x + self.dropout(attended)
+        return x + self.dropout(self.fc2(nn.functional.gelu(self.fc1(self.final_layer_norm(x))))), logits
 
 
 class PairEncoder(nn.Module):
-    def __init__(self, layers: int, dim: int, ffn: int, heads: int):
+    def __init__(self, layers: int, dim: int, ffn: int, heads: int, dropouts: tuple[float, float, float] = (0, 0, 0)):
         super().__init__()
+        dropout, attention_dropout, emb_dropout = dropouts
         self.emb_layer_norm, self.final_layer_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.final_head_layer_norm = nn.LayerNorm(heads)  # used by pretraining heads only; in the checkpoint
         self.final_head_layer_norm.requires_grad_(False)  # so it gets no gradient, which DDP would reject
-        self.layers = nn.ModuleList(Layer(dim, ffn, heads) for _ in range(layers))
+        self.layers = nn.ModuleList(Layer(dim, ffn, heads, dropout, attention_dropout) for _ in range(layers))
+        self.emb_dropout = nn.Dropout(emb_dropout)
 
     def forward(self, x: Tensor, bias: Tensor, packing: Packing) -> Tensor:
         """x: (T, D) embeddings of the real positions; bias: (B * heads, N, N), -inf at padded keys."""
-        x = self.emb_layer_norm(x)
+        x = self.emb_dropout(self.emb_layer_norm(x))
         buffers = {} if _no_graph(x, bias, *self.parameters()) else None
         for layer in self.layers:
             x, bias = layer(x, bias, packing, buffers)
@@ -245,7 +261,9 @@ class UniMolEncoder(Encoder):
         self.embed_tokens = nn.Embedding(vocab, dim, padding_idx=PAD)
         self.gbf = GaussianLayer(shape.kernels, vocab * vocab)
         self.gbf_proj = PairHead(shape.kernels, heads)
-        self.encoder = PairEncoder(shape.layers, dim, shape.ffn_dim, heads)
+        dropouts = (config.dropout, config.attention_dropout, config.emb_dropout)
+        self.encoder = PairEncoder(shape.layers, dim, shape.ffn_dim, heads, dropouts)
+        self.pad_to_multiple = config.pad_to_multiple
         if config.checkpoint:
             state = read_state_dict(config.checkpoint, trust=config.trust_checkpoint)
             load_strict(self, state, config.checkpoint, ignore_prefixes=PRETRAINING_HEADS)
@@ -279,13 +297,17 @@ class UniMolEncoder(Encoder):
         }
 
     def collate(self, features: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-        n = max(len(f["src_tokens"]) for f in features)
+        longest, multiple = max(len(f["src_tokens"]) for f in features), self.pad_to_multiple
+        n = -(-longest // multiple) * multiple  # encoder.pad_to_multiple (the reference: 8)
 
         def pad2(t: Tensor) -> Tensor:
             return nn.functional.pad(t, (0, n - t.shape[1], 0, n - t.shape[0]))
 
+        def pad1(t: Tensor) -> Tensor:
+            return nn.functional.pad(t, (0, n - t.shape[0]))
+
         return {
-            "src_tokens": nn.utils.rnn.pad_sequence([f["src_tokens"] for f in features], batch_first=True),
+            "src_tokens": torch.stack([pad1(f["src_tokens"]) for f in features]),
             "src_distance": torch.stack([pad2(f["src_distance"]) for f in features]),
             "src_edge_type": torch.stack([pad2(f["src_edge_type"]) for f in features]),
         }

@@ -47,6 +47,20 @@ class GenerationSettings:
 
 
 @dataclass
+class DecodingSettings(GenerationSettings):
+    """Everything :meth:`SoftPromptLM.generate` accepts: the recipe's defaults (:class:`GenerationSettings`, the
+    ``llm`` section) and settings only a task passes (3D-MoLM's ``min_new_tokens`` and ``length_penalty``).
+    At these defaults (Hugging Face's own) they are not passed to ``generate`` at all."""
+
+    min_new_tokens: int = 0
+    length_penalty: float = 1.0
+
+
+#: Call-only settings whose default means "not passed to Hugging Face generate".
+NEUTRAL_SETTINGS = {"min_new_tokens": 0, "length_penalty": 1.0}
+
+
+@dataclass
 class CausalLMConfig(GenerationSettings):
     """Recipe section of an LLM plugin (the generation fields are the defaults of :meth:`generate`)."""
 
@@ -95,9 +109,20 @@ def apply_lora(model: nn.Module, config: CausalLMConfig) -> nn.Module:
         raise MolbridgeError(f"llm.lora_target_modules {list(config.lora_target_modules)}: {exc}") from exc
 
 
+def _fill_device_constructor_cache() -> None:
+    """transformers swaps ``torch.linspace`` for a wrapper while it builds a model on the meta device, and torch
+    caches which factory functions a ``with torch.device(...)`` block redirects on that block's first use: a
+    first use inside transformers' window leaves ``linspace`` out for the rest of the process (a later
+    ``with torch.device("meta")`` then makes CPU tensors). Using a device block once beforehand fills the cache."""
+    with torch.device("cpu"):
+        torch.empty(0)
+
+
 def load_pretrained(path: str | Path, dtype: torch.dtype):
     """(model, tokenizer) from a local HuggingFace folder; nothing is downloaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _fill_device_constructor_cache()
 
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
@@ -186,7 +211,7 @@ class SoftPromptLM(LanguageModel):
         self.template = config.prompt_template or self.default_template
         self.num_mol_tokens, self.max_length = config.num_mol_tokens, config.max_length
         self._check_template()
-        self.generation = GenerationSettings(
+        self.generation = DecodingSettings(
             **{f.name: getattr(config, f.name) for f in dataclasses.fields(GenerationSettings)}
         )
         self.mol_token_id = self._add_mol_token(model)
@@ -309,9 +334,9 @@ class SoftPromptLM(LanguageModel):
         """Teacher-forced pass; HF shifts ``labels`` and averages the loss over non-ignored tokens."""
         return self.model(inputs_embeds=self.embed(input_ids, mol_tokens), attention_mask=attention_mask, labels=labels)
 
-    def generation_settings(self, **overrides: Any) -> GenerationSettings:
+    def generation_settings(self, **overrides: Any) -> DecodingSettings:
         """The recipe's defaults updated with a task's settings; an unknown name is an error."""
-        valid = [f.name for f in dataclasses.fields(GenerationSettings)]
+        valid = [f.name for f in dataclasses.fields(DecodingSettings)]
         for key in overrides:
             if key not in valid:
                 raise MolbridgeError(
@@ -332,6 +357,9 @@ class SoftPromptLM(LanguageModel):
         settings = dataclasses.asdict(self.generation_settings(**generation))
         if not settings["do_sample"]:  # HF warns about sampling options that greedy/beam search ignores
             settings.pop("temperature"), settings.pop("top_p")
+        for key, neutral in NEUTRAL_SETTINGS.items():  # unset: the call stays what it was before they existed
+            if settings[key] == neutral:
+                settings.pop(key)
         # given inputs_embeds and no input_ids, HF generate returns only the new tokens
         return self.model.generate(
             inputs_embeds=self.embed(input_ids, mol_tokens),

@@ -4,9 +4,15 @@ Learned query tokens read the encoder output through cross-attention (every ``cr
 layer) and become the soft tokens; the same BERT encodes text for the stage-1 losses.
 
 Padding: the encoder's padding mask (True = pad) is turned into "may attend = not padding". The
-reference code passed the padding mask where "1 = attend" was expected, so its Q-Former attended only
-to padding in padded molecules and uniformly everywhere otherwise (3D-MoLM issue 8);
-``reference_padding_mask: true`` reproduces that, for the numbers of its released checkpoints only.
+reference code passed the padding mask where "1 = attend" was expected, so in a padded molecule its
+Q-Former attends only to the padded encoder rows, and in an unpadded one to every row (3D-MoLM issue 8).
+``reference_padding_mask: true`` reproduces that mask exactly (LAVIS adds -10000 to the rows the padding
+mask calls real). It does not, by itself, reproduce the numbers of the released checkpoints: the reference's
+padded rows are Uni-Mol outputs that carry the molecule (they are never zeroed) and its batches are padded
+to a multiple of 8, whereas molbridge's Uni-Mol zeroes padded rows, so with this switch every padded
+molecule of a batch gets the same soft tokens. molbridge's Uni-Mol does not compute padded rows at all (they
+are zero by the encoder contract, and skipping them halves its cost), so the checkpoints' exact numbers are
+not reproduced; the switch is for studying the defect (docs/reproducing-3d-molm.md).
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ class QFormerConfig(TextTowerConfig):
     cross_attention_freq: int = bounded(2, ge=1)
     """Cross-attention on layers 0, k, 2k, ... (3D-MoLM: 2)."""
     reference_padding_mask: bool = False
-    """Reproduce the reference code's inverted encoder mask (only to match its released checkpoints)."""
+    """Use the reference code's inverted encoder mask (a padded molecule reads only its padded rows). With
+    molbridge's Uni-Mol, which zeroes padded rows, every padded molecule then gets the same soft tokens: it
+    does not reproduce the released checkpoints' numbers (see the module docstring)."""
 
 
 class QFormer(Stage1Projector):

@@ -23,7 +23,13 @@ from torch import Tensor, nn
 from molbridge.core.contracts import EncoderOutput, Projector
 from molbridge.core.errors import CheckpointError, check_choice
 from molbridge.core.recipe import bounded
-from molbridge.plugins.projectors.bert import BertShape, PrefixBert, load_pretrained_bert, resize_vocabulary
+from molbridge.plugins.projectors.bert import (
+    BertShape,
+    PrefixBert,
+    load_pretrained_bert,
+    read_bert_weights,
+    resize_vocabulary,
+)
 
 DECODER_TOKEN = "[DEC]"  # BLIP-2's captioning BOS, added to the BERT vocabulary
 
@@ -65,6 +71,30 @@ def load_tokenizer(folder: Path):
         raise CheckpointError(f"cannot load a tokenizer from {folder}: {exc}") from exc
     tokenizer.add_special_tokens({"bos_token": DECODER_TOKEN})
     return tokenizer
+
+
+MLM_HEAD_KEYS = (
+    "transform.dense.weight",
+    "transform.dense.bias",
+    "transform.LayerNorm.weight",
+    "transform.LayerNorm.bias",
+    "bias",
+)
+
+
+def read_mlm_head(folder: str | Path) -> dict[str, Tensor]:
+    """The masked-LM head of a HuggingFace BERT folder (``cls.predictions.*``), by name under it; a folder
+    without one (e.g. a sentence encoder) is an error naming it."""
+    prefix = "cls.predictions."
+    state = {k[len(prefix) :]: v for k, v in read_bert_weights(folder).items() if k.startswith(prefix)}
+    missing = [k for k in MLM_HEAD_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{folder}: no masked-LM head ({', '.join(prefix + k for k in missing)} missing); "
+            "task.captioning_head_init=pretrained needs a BERT checkpoint saved with its pretraining head "
+            "(SciBERT's is); set task.captioning_head_init=fresh for another BERT"
+        )
+    return state
 
 
 class LMHead(nn.Module):
@@ -168,15 +198,31 @@ class Stage1Projector(Projector):
         states = self.bert(prefix, input_ids, attention_mask, memory=memory, memory_mask=memory_mask)
         return self.match_head(states[:, : prefix.shape[1]]).mean(dim=1)
 
-    def caption_loss(self, encoded: EncoderOutput, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Next-token loss on the text decoded causally after the prefix, starting from [DEC]."""
+    def caption_loss(
+        self, encoded: EncoderOutput, input_ids: Tensor, attention_mask: Tensor, label_smoothing: float = 0.0
+    ) -> Tensor:
+        """Next-token loss on the text decoded causally after the prefix, starting from [DEC]; ``label_smoothing``
+        as LAVIS's BertLMHeadModel (0.1) when asked for."""
         prefix, memory, memory_mask = self.prefix(encoded)
         decoder_ids = input_ids.clone()
         decoder_ids[:, 0] = self.tokenizer.bos_token_id
         states = self.bert(prefix, decoder_ids, attention_mask, causal=True, memory=memory, memory_mask=memory_mask)
         logits = self.lm_head(states[:, prefix.shape[1] : -1], self.bert.embeddings.word_embeddings.weight)
         labels = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), label_smoothing=label_smoothing)
+
+    def load_pretrained_lm_head(self) -> None:
+        """Start the LM head from the BERT checkpoint's masked-LM head (``cls.predictions.*``), as LAVIS's
+        BertLMHeadModel.from_pretrained does; bias entries of tokens added since ([DEC]) start at 0."""
+        state = read_mlm_head(self.source)
+        with torch.no_grad():
+            self.lm_head.transform.dense.weight.copy_(state["transform.dense.weight"])
+            self.lm_head.transform.dense.bias.copy_(state["transform.dense.bias"])
+            self.lm_head.transform.LayerNorm.weight.copy_(state["transform.LayerNorm.weight"])
+            self.lm_head.transform.LayerNorm.bias.copy_(state["transform.LayerNorm.bias"])
+            bias = state["bias"]
+            self.lm_head.bias.zero_()
+            self.lm_head.bias[: len(bias)].copy_(bias)
 
 
 class PrefixTextSide(Stage1Projector):

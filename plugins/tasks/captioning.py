@@ -12,24 +12,29 @@ move when a caption gets them wrong, and they are what a 3D encoder should know 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from molbridge.core import hookimpl
 from molbridge.core.data.describe import read_shape_facts
 from molbridge.plugins.tasks.fingerprint_baseline import nearest_neighbours
-from molbridge.plugins.tasks.llm_stage import Example, LLMStageTask
-from molbridge.plugins.tasks.text_metrics import caption_metrics
+from molbridge.plugins.tasks.llm_stage import Example, LLMStageOptions, LLMStageTask
 
 TASK = "Caption"
 
 
 @dataclass
-class CaptioningConfig:
+class CaptioningConfig(LLMStageOptions):
     name: str = "captioning"
     instruction: str = "Describe this molecule."
+    """The instruction of every caption prompt (3D-MoLM: "Describe the input molecule.")."""
     text_field: str = "description"
     """Which stored text of a molecule is its caption."""
+    eval_text_field: str | None = None
+    """The caption of the validation and test molecules; null: ``text_field`` (3D-MoLM's pretraining phase
+    trains on ``enriched_description`` and evaluates on ``description``)."""
     max_new_tokens: int = 192
     num_beams: int = 1
     baseline: bool = True
@@ -40,15 +45,30 @@ class CaptioningTask(LLMStageTask):
     monitor = ("bleu4", "max")
     report_metrics = ("test/bleu4", "test/meteor", "test/rougeL", "test/shape_acc", "test/rg_mae")
 
+    def text_field(self, split: str) -> str:
+        """The stored text that is a molecule's caption in ``split``."""
+        evaluation = self.config.eval_text_field
+        return evaluation if split != "train" and evaluation else self.config.text_field
+
     def examples(self, split: str) -> list[Example]:
-        molecules = self.molecules[split]
+        molecules, field = self.molecules[split], self.text_field(split)
         return [
-            Example(i, self.config.instruction, molecules.store[int(row)].texts.get(self.config.text_field, ""), TASK)
+            Example(i, self.config.instruction, molecules.store[int(row)].texts.get(field, ""), TASK)
             for i, row in enumerate(molecules.indices)
         ]
 
-    def generation(self, task: str) -> dict[str, Any]:
+    def default_generation(self, task: str) -> dict[str, Any]:
         return {"max_new_tokens": self.config.max_new_tokens, "num_beams": self.config.num_beams}
+
+    def reference_tokenizer(self) -> Callable[[str], list[str]]:
+        """3D-MoLM's stage 2 scores with SciBERT's WordPiece: the recipe's BERT (the projector's tokenizer)."""
+        tokenizer = getattr(self.projector, "tokenizer", None)
+        if tokenizer is None:  # a projector without a BERT of its own: the one the recipe names, or the default
+            from molbridge.plugins.projectors.stage1 import default_bert, load_tokenizer
+
+            bert = (self.recipe.get("projector") or {}).get("bert")
+            tokenizer = load_tokenizer(Path(bert) if bert else default_bert())
+        return tokenizer.tokenize
 
     def score(self, split: str, examples: list[Example], answers: list[str]) -> dict[str, float]:
         references = [e.response for e in examples]
@@ -62,7 +82,7 @@ class CaptioningTask(LLMStageTask):
         """Caption metrics, and the shape facts when the dataset declares that its captions state them
         (``caption_facts`` in its dataset.json, as molbridge-mini's): on other texts the sentence reader would
         match unrelated words ("linear pentasaccharide")."""
-        metrics = caption_metrics(captions, references)
+        metrics = self.text_metrics(captions, references)
         if self.caption_facts:
             metrics |= shape_fact_metrics(captions, references)
         return metrics
@@ -72,10 +92,12 @@ class CaptioningTask(LLMStageTask):
         return list(self.molecules["train"].store.meta.get("caption_facts", []))
 
     def _baseline_captions(self, split: str) -> list[str]:
-        train, target = self.molecules["train"], self.molecules[split]
+        """The caption (in ``split``'s text field) of each molecule's most similar training molecule."""
+        train, target, field = self.molecules["train"], self.molecules[split], self.text_field(split)
         smiles = [target.store[int(r)].smiles for r in target.indices]
         known = [train.store[int(r)].smiles for r in train.indices]
-        return [self.splits["train"].examples[j].response for j in nearest_neighbours(smiles, known)]
+        captions = [train.store[int(r)].texts.get(field, "") for r in train.indices]
+        return [captions[j] for j in nearest_neighbours(smiles, known)]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -85,7 +107,7 @@ class CaptioningTask(LLMStageTask):
             "truncation": getattr(self, "truncation", None),
             "instruction": self.config.instruction,
             "metrics": "BLEU-2/4 (NLTK corpus_bleu), ROUGE-1/2/L F (rouge-score), METEOR (NLTK, WordNet 3.0); "
-            "lower-cased NLTK word tokens for all; fractions in [0, 1]. shape_acc: the caption "
+            f"{self.tokenization()}; fractions in [0, 1]. shape_acc: the caption "
             "names the reference's shape class; rg_mae: radius of gyration error (A) where both "
             "state one, rg_valid: share of captions that do",
             "baseline": "caption of the most similar training molecule (Morgan r=2 Tanimoto)",

@@ -7,9 +7,10 @@ builds the model, the batches and the generation loop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,52 @@ from molbridge.core import distributed
 from molbridge.core.contracts import Components, EncoderOutput, StepOutput, Task
 from molbridge.core.data import MoleculeDataset
 from molbridge.core.errors import MolbridgeError
+from molbridge.core.recipe import bounded
 from molbridge.core.testing import synthetic_encoder_output
 from molbridge.plugins.tasks import truncation
+from molbridge.plugins.tasks.text_metrics import caption_metrics
 
 SPLITS = ("train", "valid", "test")
+CAPTION_TOKENIZERS = ("nltk-words", "reference")
+
+
+@dataclass
+class GenerationOptions:
+    """Hugging Face generation settings for one kind of answer (``task.generation.<name>``); null leaves a
+    setting to the task's own keys (``max_new_tokens`` ...) and then to the ``llm`` section's defaults."""
+
+    max_new_tokens: int | None = bounded(None, ge=1)
+    min_new_tokens: int | None = bounded(None, ge=0)
+    """Generate at least this many tokens before EOS may end an answer (3D-MoLM: 32 in stage 2, 16 in stage 3)."""
+    num_beams: int | None = bounded(None, ge=1)
+    length_penalty: float | None = None
+    """Beam search: exponent of the length in the score's normalisation (3D-MoLM: 0.8; > 1 favours longer)."""
+    repetition_penalty: float | None = bounded(None, gt=0)
+    do_sample: bool | None = None
+    temperature: float | None = bounded(None, gt=0)
+    top_p: float | None = bounded(None, gt=0, le=1)
+
+    def problems(self) -> list[str]:
+        if None not in (self.min_new_tokens, self.max_new_tokens) and self.min_new_tokens > self.max_new_tokens:
+            return [f"min_new_tokens={self.min_new_tokens} must be <= max_new_tokens={self.max_new_tokens}"]
+        return []
+
+
+@dataclass
+class LLMStageOptions:
+    """Recipe keys stages 2 and 3 share (the ``task`` section of ``captioning`` and ``qa``)."""
+
+    generation: dict[str, GenerationOptions] = field(default_factory=dict)
+    """Generation settings by answer kind, applied over the task's own keys: ``text`` (answers scored as text),
+    ``numeric`` (``qa``'s numbers), then an instruction task's own name (``Caption``, ``HOMO`` ...), each
+    over the one before. 3D-MoLM: beams 5, min_new_tokens 32 / 16, length_penalty 0.8, repetition 1.2."""
+    max_smiles_chars: int | None = bounded(None, ge=1)
+    """Cut the SMILES in the prompt to this many characters (3D-MoLM: 96); null: the whole SMILES. The
+    encoder still reads the whole molecule."""
+    caption_tokenizer: str = field(default="nltk-words", metadata={"choices": CAPTION_TOKENIZERS})
+    """Tokens BLEU and METEOR are computed on: ``nltk-words`` (lower-cased NLTK words, also for ROUGE) or
+    ``reference`` (3D-MoLM: the recipe's BERT WordPiece in stage 2, the LLM's tokenizer in stage 3; ROUGE on
+    the raw text with rouge-score's own tokenizer)."""
 
 
 @dataclass
@@ -38,6 +81,8 @@ class Example:
     instruction: str
     response: str
     task: str
+    subset: str | None = None
+    """The sub-dataset of the 3D-MoLM release the record comes from (stage 3's mixture unit), if any."""
 
 
 class ExampleDataset(Dataset):
@@ -57,7 +102,9 @@ class ExampleDataset(Dataset):
         return self.molecules.sizes()[[e.molecule for e in self.examples]]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        example = self.examples[i]
+        return self.item(self.examples[i])
+
+    def item(self, example: Example) -> dict[str, Any]:
         return self.molecules[example.molecule] | {
             keys.INSTRUCTION: example.instruction,
             keys.RESPONSE: example.response,
@@ -146,8 +193,12 @@ class LLMStageTask(Task):
     @property
     def splits(self) -> dict[str, ExampleDataset]:
         if self._splits is None:
-            self._splits = {split: ExampleDataset(self.molecules[split], self.examples(split)) for split in SPLITS}
+            self._splits = {split: self.example_dataset(split) for split in SPLITS}
         return self._splits
+
+    def example_dataset(self, split: str) -> ExampleDataset:
+        """The dataset of ``split``: its examples over its molecules (a task may draw training examples anew)."""
+        return ExampleDataset(self.molecules[split], self.examples(split))
 
     def datasets(self):
         if self.llm is not None and not hasattr(self, "truncation"):  # a training run: its data meets its model
@@ -184,9 +235,41 @@ class LLMStageTask(Task):
     def score(self, split: str, examples: list[Example], answers: list[str]) -> dict[str, float]:
         raise NotImplementedError
 
-    def generation(self, task: str) -> dict[str, Any]:
-        """Generation settings for examples of ``task`` (the task's own, never the batch's)."""
+    def default_generation(self, task: str) -> dict[str, Any]:
+        """The task's own generation keys for examples of ``task`` (before ``task.generation``)."""
         return {"max_new_tokens": self.config.max_new_tokens}
+
+    def generation_group(self, task: str) -> str:
+        """The ``task.generation`` group of an instruction task: ``text`` or ``numeric``."""
+        return "text"
+
+    def generation(self, task: str) -> dict[str, Any]:
+        """Generation settings for examples of ``task`` (the task's own, never the batch's): the task's keys,
+        then ``task.generation``'s group entry, then its entry for ``task`` itself."""
+        settings = self.default_generation(task)
+        table = getattr(self.config, "generation", None) or {}  # a subclass config may lack the keys
+        for key in (self.generation_group(task), task):
+            entry = table.get(key)
+            if entry is not None:
+                values = dataclasses.asdict(entry) if dataclasses.is_dataclass(entry) else dict(entry)
+                settings |= {name: value for name, value in values.items() if value is not None}
+        return settings
+
+    def reference_tokenizer(self) -> Callable[[str], list[str]]:
+        """The tokenizer ``caption_tokenizer: reference`` scores with (the stage's own in 3D-MoLM)."""
+        raise NotImplementedError
+
+    def text_metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        """BLEU, ROUGE and METEOR on the recipe's ``caption_tokenizer``."""
+        reference = getattr(self.config, "caption_tokenizer", "nltk-words") == "reference"
+        tokenizer = self.reference_tokenizer() if reference else None
+        return caption_metrics(predictions, references, tokenizer=tokenizer)
+
+    def tokenization(self) -> str:
+        """How :meth:`text_metrics` tokenises, for ``describe()``."""
+        if getattr(self.config, "caption_tokenizer", "nltk-words") == "reference":
+            return "BLEU and METEOR on the tokens of the reference tokenizer (3D-MoLM's), ROUGE on the raw text"
+        return "lower-cased NLTK word tokens for all"
 
     # -- model and batches ----------------------------------------------------------------------------
     def build_model(self, components: Components) -> MolLLM:
@@ -202,8 +285,18 @@ class LLMStageTask(Task):
         model.frozen_projector_parameters = freeze_unused(projector, encoder.output_dim)
         return model
 
+    def instruction_chars(self, task: str | None) -> int | None:
+        """How many characters of an instruction of ``task`` the prompt keeps (None: all)."""
+        return None
+
     def _prompts(self, samples) -> list[str]:
-        return [self.llm.format_prompt(s[keys.INSTRUCTION], s[keys.SMILES]) for s in samples]
+        smiles_chars = getattr(self.config, "max_smiles_chars", None)
+        return [
+            self.llm.format_prompt(
+                s[keys.INSTRUCTION][: self.instruction_chars(s.get(keys.TASK_NAME))], s[keys.SMILES][:smiles_chars]
+            )
+            for s in samples
+        ]
 
     def _molecules(self, samples) -> dict[str, Any]:
         features = [self.encoder.featurize_item(s) for s in samples]

@@ -1,4 +1,4 @@
-"""Numeric answers of property QA: robust parsing and per-property MAE with the valid-answer rate.
+r"""Numeric answers of property QA: robust parsing and per-property MAE with the valid-answer rate.
 
 Unlike the reference implementation (known defect 3), integers are valid answers.
 
@@ -18,13 +18,19 @@ Which number when several appear (:func:`parse_number`), first rule that finds o
 3. the last number: generated text tends to end with its answer.
 
 The unit only selects; values are never converted between units.
+
+3D-MoLM's parser (``task.number_parser: reference``, :func:`parse_reference_number`): the first match of
+``-?\d+\.\d+`` (so an answer without a decimal point is invalid), read_generalist_results.py of
+lsh0520/3D-MoLM. Its plausibility ranges (:data:`REFERENCE_RANGES`) count an answer outside its property's
+range as invalid; :func:`property_errors` reports the MAE and rate both with and without them.
 """
 
 import math
 import re
 import statistics
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from molbridge.core.errors import MolbridgeError
 
@@ -101,8 +107,71 @@ def parse_number(text: str, unit: str | None = None) -> float | None:
     return candidates[-1][2]
 
 
-def _target_value(target: float | str, index: int, prop: str, unit: str | None) -> float:
-    value = parse_number(target, unit) if isinstance(target, str) else target
+REFERENCE_NUMBER = re.compile(r"-?\d+\.\d+")
+
+
+def parse_reference_number(text: str, unit: str | None = None) -> float | None:
+    """3D-MoLM's rule: the first ``-?digits.digits`` in the text (integers are not answers); ``unit`` unused."""
+    match = REFERENCE_NUMBER.search(text)
+    return float(match.group()) if match else None
+
+
+#: ``task.number_parser`` -> parser(text, unit)
+PARSERS: dict[str, Callable[[str, str | None], float | None]] = {
+    "molbridge": parse_number,
+    "reference": parse_reference_number,
+}
+
+#: 3D-MoLM's plausibility range per property (read_generalist_results.py:67-108): outside it, an answer is
+#: invalid. Interval notation: ``(`` / ``)`` open, ``[`` / ``]`` closed; ``inf`` for no bound.
+REFERENCE_RANGES = {
+    "HOMO": "(-20, 20)",
+    "LUMO": "(-20, 20)",
+    "HOMO-LUMO Gap": "(-20, 20)",
+    "SCF Energy": "(-5, 0)",
+    "LogP": "(-30, 50)",
+    "Topological Polar Surface Area": "[0, 2000)",
+    "Complexity": "[0, 10000)",
+    "Molecular Weight": "(0, 4000)",
+}
+_INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A range of plausible values, e.g. ``Interval.parse("[0, 2000)")``."""
+
+    low: float
+    high: float
+    closed_low: bool = False
+    closed_high: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Interval":
+        """``(a, b)``, ``[a, b)``, ``(a, b]`` or ``[a, b]``; ``-inf``/``inf`` for an open end. ValueError otherwise."""
+        match = _INTERVAL.match(str(text))
+        if match is None:
+            raise ValueError(f"{text!r} is not an interval like '(-20, 20)' or '[0, 2000)'")
+        left, low, high, right = match.groups()
+        try:
+            bounds = float(low), float(high)
+        except ValueError:
+            raise ValueError(f"{text!r}: bounds must be numbers (or -inf/inf)") from None
+        if bounds[0] >= bounds[1]:
+            raise ValueError(f"{text!r}: the lower bound must be below the upper one")
+        return cls(bounds[0], bounds[1], left == "[", right == "]")
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.closed_low else value > self.low
+        below = value <= self.high if self.closed_high else value < self.high
+        return above and below
+
+
+UNBOUNDED = Interval(-math.inf, math.inf)
+
+
+def _target_value(target: float | str, index: int, prop: str, unit: str | None, parse=parse_number) -> float:
+    value = parse(target, unit) if isinstance(target, str) else target
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise MolbridgeError(f"QA record {index} ({prop}): target {target!r} is not a finite number")
     return float(value)
@@ -113,6 +182,8 @@ def property_errors(
     targets: Sequence[float | str],
     properties: Sequence[str],
     units: Mapping[str, str] | None = None,
+    parser: str = "molbridge",
+    ranges: Mapping[str, Interval] | None = None,
 ) -> dict[str, dict[str, float | int | None]]:
     """Per property: MAE and median absolute error over valid answers (None when there is none), valid-answer
     rate, n and n_valid. The median is there because one wild answer (an energy's "3000 eV" to a LogP question)
@@ -120,27 +191,41 @@ def property_errors(
 
     ``targets`` are numbers or answer texts (parsed like predictions; one without a number is an error naming
     the record). ``units`` maps a property to its unit, used to pick the number (see the module docstring).
-    An extra entry ``"overall"`` gives n, n_valid and valid_rate over all records; no overall MAE, since
-    properties have different units.
+    ``parser`` names the rule (:data:`PARSERS`). With ``ranges`` (property -> plausible :class:`Interval`;
+    a property without one has no bound), each property also gets ``mae_in_range`` and ``in_range_rate``: the
+    MAE over valid answers inside the range and the share of all answers that are valid and inside it
+    (3D-MoLM's MAE and valid ratio).
+    An extra entry ``"overall"`` gives n, n_valid and valid_rate over all records (and in_range_rate with
+    ``ranges``); no overall MAE, since properties have different units.
     """
     if not len(predictions) == len(targets) == len(properties):
         raise MolbridgeError(
             f"QA metrics: {len(predictions)} predictions, {len(targets)} targets, {len(properties)} properties"
         )
-    units = units or {}
+    units, parse = units or {}, PARSERS[parser]
     errors: dict[str, list[float | None]] = {}
+    in_range: dict[str, list[float | None]] = {}
     for i, (prediction, target, prop) in enumerate(zip(predictions, targets, properties, strict=True)):
         if prop == "overall":
             raise MolbridgeError(f"QA record {i}: 'overall' is reserved for the summary, not a property name")
         if not isinstance(prediction, str):
             raise MolbridgeError(f"QA record {i} ({prop}): prediction is {type(prediction).__name__}, expected str")
         unit = units.get(prop)
-        answer = parse_number(prediction, unit)
-        truth = _target_value(target, i, prop, unit)
-        errors.setdefault(prop, []).append(None if answer is None else abs(answer - truth))
+        answer = parse(prediction, unit)
+        truth = _target_value(target, i, prop, unit, parse)
+        error = None if answer is None else abs(answer - truth)
+        errors.setdefault(prop, []).append(error)
+        plausible = ranges is not None and answer is not None and answer in ranges.get(prop, UNBOUNDED)
+        in_range.setdefault(prop, []).append(error if plausible else None)
     report = {prop: _summary(errs) for prop, errs in errors.items()}
     n, n_valid = len(predictions), sum(r["n_valid"] for r in report.values())
     report["overall"] = {"n": n, "n_valid": n_valid, "valid_rate": n_valid / n if n else 0.0}
+    if ranges is not None:
+        for prop, errs in in_range.items():
+            inside = _summary(errs)
+            report[prop] |= {"mae_in_range": inside["mae"], "in_range_rate": inside["valid_rate"]}
+        n_in = sum(e is not None for errs in in_range.values() for e in errs)
+        report["overall"]["in_range_rate"] = n_in / n if n else 0.0
     return report
 
 

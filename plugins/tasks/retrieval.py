@@ -10,7 +10,7 @@ Morgan fingerprints to the frozen (initial) text tower's embeddings, fitted on t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,19 @@ class RetrievalConfig(Stage1Options):
     name: str = "retrieval"
     text_field: str = "description"
     """Which stored text of a molecule is its caption."""
+    eval_text_field: str | None = None
+    """The text of the validation and test molecules; null: ``text_field`` (3D-MoLM's pretraining phase
+    trains on ``enriched_description`` and evaluates on ``description``)."""
     inbatch_size: int = bounded(64, ge=1)
     """Candidates per batch for the in-batch protocol (3D-MoLM: 64)."""
+    inbatch_order: str = field(default="dataset", metadata={"choices": ("dataset", "shuffled")})
+    """How the evaluation split is cut into in-batch batches: ``dataset`` order, or ``shuffled`` by a
+    permutation seeded by the recipe's seed (3D-MoLM shuffles its test set once). Full-set metrics ignore it."""
     rerank_top_k: int = bounded(0, ge=0)
-    """Re-rank the top k candidates by similarity + matching logit (3D-MoLM: 64; 0 = off, it is slow on CPU)."""
+    """Re-rank the top k candidates by similarity + matching score (3D-MoLM: 64; 0 = off, it is slow on CPU)."""
+    rerank_score: str = field(default="logit-margin", metadata={"choices": ("logit-margin", "positive-logit")})
+    """The matching score added to the similarity: ``logit-margin`` (match logit minus no-match logit, the
+    log-odds) or ``positive-logit`` (the match logit alone, 3D-MoLM's ``compute_gtm``)."""
     baseline: bool = True
     """Score the Morgan-fingerprint ridge baseline in the same run."""
 
@@ -70,11 +79,16 @@ class RetrievalTask(Task):
                     seed=self.recipe.seed,
                     augment=data.augment and split == "train",
                     limit=data.limit if split == "train" else data.eval_limit,
-                    text_field=self.config.text_field,
+                    text_field=self.text_field(split),
                 )
                 for split in SPLITS
             }
         return self._splits
+
+    def text_field(self, split: str) -> str:
+        """The stored text that is a molecule's caption in ``split``."""
+        evaluation = self.config.eval_text_field
+        return evaluation if split != "train" and evaluation else self.config.text_field
 
     # -- model ----------------------------------------------------------------------------------------
     def build_model(self, components: Components) -> Stage1Model:
@@ -84,6 +98,14 @@ class RetrievalTask(Task):
         model = self.assemble(self.config, self.encoder, self.projector, None)
         self.text_side = model.text
         self.truncation = self._truncation()
+        if self.config.captioning_head_init == "pretrained" and self.config.captioning_weight:
+            load_head = getattr(self.text_side, "load_pretrained_lm_head", None)
+            if load_head is None:
+                raise MolbridgeError(
+                    "task.captioning_head_init=pretrained: the text side of projector "
+                    f"'{self.recipe.projector.name}' cannot load a pretrained MLM head"
+                )
+            load_head()
         if self.config.baseline or self.config.lock_text_tower:
             self._encode_texts()  # before training: the text tower is still the pretrained one
         if self.config.baseline:
@@ -141,20 +163,29 @@ class RetrievalTask(Task):
         parts = distributed.gather(mine)
         return torch.cat([m for m, _ in parts]), torch.cat([t for _, t in parts])
 
+    def inbatch_order(self, n: int) -> torch.Tensor | None:
+        """The order the in-batch protocol cuts the split in: None (dataset order) or a seeded permutation."""
+        if self.config.inbatch_order != "shuffled":
+            return None
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.recipe.seed))
+
+    def _report(self, mol: torch.Tensor, text: torch.Tensor, pair_scores=None) -> dict[str, float]:
+        """retrieval_report in the recipe's in-batch order; ``pair_scores`` still receives dataset indices."""
+        order = self.inbatch_order(len(mol))
+        if order is not None:
+            mol, text = mol[order], text[order]
+            if pair_scores is not None:
+                pair_scores = _reindexed(pair_scores, order)
+        return retrieval_report(
+            mol, text, batch_size=self.config.inbatch_size, pair_scores=pair_scores, rerank_k=self.config.rerank_top_k
+        )
+
     @torch.no_grad()
     def evaluate(self, model, fabric, split: str) -> dict[str, float]:
         model.eval()
         mol, text = self.features(fabric, split)
         pair_scores = self._pair_scorer(fabric, split) if self.config.rerank_top_k else None
-        metrics = _with_full_acc(
-            retrieval_report(
-                mol,
-                text,
-                batch_size=self.config.inbatch_size,
-                pair_scores=pair_scores,
-                rerank_k=self.config.rerank_top_k,
-            )
-        )
+        metrics = _with_full_acc(self._report(mol, text, pair_scores))
         self._last_ranks = (split, full_set_ranks(mol, text))  # for write_outputs; cheap next to encoding
         if self.config.baseline:
             metrics |= {f"baseline_{k}": v for k, v in self._baseline_metrics(split).items()}
@@ -162,7 +193,8 @@ class RetrievalTask(Task):
         return metrics
 
     def _pair_scorer(self, fabric, split: str):
-        """Matching logit (match minus no-match) of (molecule i, text j) pairs, in batches."""
+        """Matching score of (molecule i, text j) pairs, in batches: match minus no-match logit, or the match
+        logit alone (``rerank_score``)."""
         dataset, batch_size = self.splits[split], self.recipe.data.eval_batch_size
 
         def score(mol_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
@@ -177,7 +209,7 @@ class RetrievalTask(Task):
                 logits = self.text_side.match_logits(
                     encoded, batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]
                 ).float()
-                out.append((logits[:, 1] - logits[:, 0]).cpu())
+                out.append(matching_score(logits, self.config.rerank_score).cpu())
             return torch.cat(out)
 
         return score
@@ -193,9 +225,10 @@ class RetrievalTask(Task):
         for split in SPLITS:
             dataset = self.splits[split]
             mols = [dataset.store[int(row)] for row in dataset.indices]
+            field = self.text_field(split)
             for start in tqdm(range(0, len(mols), 128), desc=f"text tower: encode {split} texts", leave=False):
                 chunk = mols[start : start + 128]
-                ids, mask = text_side.tokenize([m.texts.get(self.config.text_field, "") for m in chunk])
+                ids, mask = text_side.tokenize([m.texts.get(field, "") for m in chunk])
                 pooled = text_side.pooled_text(ids.to(device), mask.to(device)).float().cpu()
                 self._pooled_text.update(zip((m.id for m in chunk), pooled, strict=True))
         text_side.train()
@@ -232,7 +265,7 @@ class RetrievalTask(Task):
     def _baseline_metrics(self, split: str) -> dict[str, float]:
         if split not in self._baseline:
             predicted, targets = self.baseline.molecule_features(self._smiles(split)), self._frozen_targets(split)
-            report = retrieval_report(predicted, targets, batch_size=self.config.inbatch_size)
+            report = self._report(predicted, targets)
             self._baseline[split] = (_with_full_acc(report), full_set_ranks(predicted, targets))
         return self._baseline[split][0]
 
@@ -263,8 +296,13 @@ class RetrievalTask(Task):
             "split": self.recipe.data.split,
             "sizes": {k: len(v) for k, v in self.splits.items()},
             "text_field": self.config.text_field,
-            "protocol": f"M2T/T2M accuracy and R@20, in batches of {self.config.inbatch_size} and against "
-            "the full split; conformer 0; dataset order",
+            "protocol": f"M2T/T2M accuracy and R@20, in batches of {self.config.inbatch_size} "
+            f"({self.config.inbatch_order} order) and against the full split; conformer 0"
+            + (
+                f"; top {self.config.rerank_top_k} re-ranked by similarity + {self.config.rerank_score}"
+                if self.config.rerank_top_k
+                else ""
+            ),
             "truncation": getattr(self, "truncation", None),
             "text_side": (
                 f"the projector's own ({self.recipe.projector.name})"
@@ -278,6 +316,17 @@ class RetrievalTask(Task):
                 "before training"
             }
         return facts
+
+
+def matching_score(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B,) re-ranking score from (B, 2) no-match/match logits: ``logit-margin`` (match minus no-match, the
+    log-odds) or ``positive-logit`` (the match logit alone, as 3D-MoLM's compute_gtm)."""
+    return logits[:, 1] - logits[:, 0] if kind == "logit-margin" else logits[:, 1]
+
+
+def _reindexed(pair_scores, order: torch.Tensor):
+    """``pair_scores`` over positions of the permuted split, looked up by the molecules' dataset indices."""
+    return lambda mol_index, text_index: pair_scores(order[mol_index], order[text_index])
 
 
 def _directions(ranks: tuple[torch.Tensor, torch.Tensor]) -> dict[str, list[int]]:

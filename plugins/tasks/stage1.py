@@ -33,6 +33,12 @@ class Stage1Options:
     lock_text_tower: bool = False
     """Freeze the BERT for text and encode each text once, before training; the text projection still
     trains (LiT-style locked tuning). Contrastive loss only: matching and captioning run the text tower."""
+    captioning_label_smoothing: float = bounded(0.0, ge=0, lt=1)
+    """Label smoothing of the Q-Former captioning loss (3D-MoLM, through LAVIS's BertLMHeadModel: 0.1)."""
+    captioning_head_init: str = field(default="fresh", metadata={"choices": ("fresh", "pretrained")})
+    """The captioning (LM) head's start: ``fresh`` (BERT's initialisation) or ``pretrained`` (the BERT
+    checkpoint's masked-LM head, as LAVIS's BertLMHeadModel.from_pretrained loads it; the checkpoint must
+    hold ``cls.predictions.*``). A previous stage's weights (``train.init_from``) replace either."""
     text_tower: TextTowerConfig = field(default_factory=TextTowerConfig)
     """The text side built around a projector that has none of its own (any projector but qformer and linear,
     which bring theirs and ignore this section): a BERT text tower reading the soft tokens as a prefix."""
@@ -173,7 +179,9 @@ class Stage1Model(nn.Module):
             local = sim_m2t[:, rank * len(ids) : (rank + 1) * len(ids)].detach()
             terms["matching"] = matching_loss(text_side, encoded, ids, mask, local / self.temperature.detach())
         if options.captioning_weight:
-            terms["captioning"] = text_side.caption_loss(encoded, ids, mask)
+            smoothing = getattr(options, "captioning_label_smoothing", 0.0)
+            extra = {"label_smoothing": smoothing} if smoothing else {}  # text sides without it still work
+            terms["captioning"] = text_side.caption_loss(encoded, ids, mask, **extra)
         weights = {
             "contrastive": options.contrastive_weight,
             "matching": options.matching_weight,

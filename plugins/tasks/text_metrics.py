@@ -13,11 +13,17 @@ Punctuation tokens are kept. See :func:`tokenize`.
   (:mod:`molbridge.core.wordnet`); mean over pairs. Fails with WordNetUnavailableError, never scores 0.
 
 Values are fractions in [0, 1]; 3D-MoLM reports them x100.
+
+3D-MoLM's own tokenisation (``caption_tokenizer: reference``, :func:`caption_metrics` with ``tokenizer``):
+BLEU and METEOR on the tokens of a subword tokenizer (its ``tokenize``; stage 2: SciBERT's WordPiece, stage 3:
+the LLM's), with ``[PAD]``, ``[CLS]`` and ``[SEP]`` removed; ROUGE on the raw texts with rouge-score's default
+tokenizer (lower-cased alphanumeric words, no stemming). See model/help_funcs.py ``caption_evaluate`` of
+lsh0520/3D-MoLM.
 """
 
 import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.wordnet import wordnet_reader
@@ -25,6 +31,8 @@ from molbridge.core.wordnet import wordnet_reader
 # nltk and rouge_score are imported inside the functions: importing nltk takes ~1 s, and task modules are
 # imported by every command that loads the plugins.
 CAPTION_METRICS = ("bleu2", "bleu4", "rouge1", "rouge2", "rougeL", "meteor")
+#: Tokens the reference filters out of its subword tokens before scoring.
+REFERENCE_DROPPED = ("[PAD]", "[CLS]", "[SEP]")
 
 
 @functools.cache
@@ -76,12 +84,17 @@ def bleu(hypotheses: list[list[str]], references: list[list[str]]) -> dict[str, 
 
 def rouge(hypotheses: list[list[str]], references: list[list[str]]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measure over tokenised pairs."""
+    return _mean_rouge([" ".join(h) for h in hypotheses], [" ".join(r) for r in references], _Whitespace())
+
+
+def _mean_rouge(hypotheses: list[str], references: list[str], tokenizer=None) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure; ``tokenizer`` None is rouge-score's own (as 3D-MoLM scores raw text)."""
     from rouge_score.rouge_scorer import RougeScorer
 
-    scorer = RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_Whitespace())
+    scorer = RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=tokenizer)
     totals = dict.fromkeys(("rouge1", "rouge2", "rougeL"), 0.0)
     for hyp, ref in zip(hypotheses, references, strict=True):
-        for key, score in scorer.score(" ".join(ref), " ".join(hyp)).items():
+        for key, score in scorer.score(ref, hyp).items():
             totals[key] += score.fmeasure
     return {key: total / len(hypotheses) for key, total in totals.items()}
 
@@ -95,9 +108,27 @@ def meteor(hypotheses: list[list[str]], references: list[list[str]], wordnet=Non
     return float(sum(scores) / len(scores))
 
 
-def caption_metrics(predictions: Sequence[str], references: Sequence[str], wordnet=None) -> dict[str, float]:
-    """BLEU-2/4, ROUGE-1/2/L F and METEOR (fractions in [0, 1]) of generated texts against one reference each."""
+def caption_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    wordnet=None,
+    tokenizer: Callable[[str], list[str]] | None = None,
+) -> dict[str, float]:
+    """BLEU-2/4, ROUGE-1/2/L F and METEOR (fractions in [0, 1]) of generated texts against one reference each.
+
+    ``tokenizer`` None: :func:`tokenize` for all three. Given (a subword tokenizer's ``tokenize``), 3D-MoLM's
+    protocol: BLEU and METEOR on its tokens without ``[PAD]``/``[CLS]``/``[SEP]``, ROUGE on the raw texts."""
     _check(predictions, references)
-    hyps = [tokenize(p) for p in predictions]
-    refs = [tokenize(r) for r in references]
-    return {**bleu(hyps, refs), **rouge(hyps, refs), "meteor": meteor(hyps, refs, wordnet)}
+    if tokenizer is None:
+        hyps = [tokenize(p) for p in predictions]
+        refs = [tokenize(r) for r in references]
+        return {**bleu(hyps, refs), **rouge(hyps, refs), "meteor": meteor(hyps, refs, wordnet)}
+    hyps = [subword_tokens(p, tokenizer) for p in predictions]
+    refs = [subword_tokens(r, tokenizer) for r in references]
+    raw = _mean_rouge(list(predictions), list(references))
+    return {**bleu(hyps, refs), **raw, "meteor": meteor(hyps, refs, wordnet)}
+
+
+def subword_tokens(text: str, tokenizer: Callable[[str], list[str]]) -> list[str]:
+    """3D-MoLM's caption tokens: the tokenizer's pieces without its padding and boundary tokens."""
+    return [t for t in tokenizer(text) if t not in REFERENCE_DROPPED] if text else []
