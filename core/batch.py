@@ -23,6 +23,10 @@ ATOM_PADDING_MASK: Final = "atom_padding_mask"  #: BoolTensor (B, N), True at pa
 
 # --- encoder input ------------------------------------------------------------------------------
 ENCODER_INPUT: Final = "encoder_input"  #: dict[str, Tensor]: what ``Encoder.collate`` returns
+#: A frozen encoder's outputs read from its cache (molbridge.core.cache.EncoderCache) instead of ENCODER_INPUT:
+ENCODED_ATOMS: Final = "encoded_atoms"  #: FloatTensor (B, N, D), zero at padding
+ENCODED_PADDING_MASK: Final = "encoded_padding_mask"  #: BoolTensor (B, N), True at padding
+ENCODED_POOLED: Final = "encoded_pooled"  #: FloatTensor (B, D)
 
 # --- text -----------------------------------------------------------------------------------------
 TEXT: Final = "text"  #: list[str] (B): the molecule's description (retrieval, captioning)

@@ -185,3 +185,90 @@ def enforce_cap(keep: Path | None = None, base: Path | None = None) -> list[str]
         total -= space["bytes"]
         removed.append(space["namespace"])
     return removed
+
+
+# --- what molbridge caches ---------------------------------------------------------------------------------
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Digest of a Hugging Face tokenizer's full definition (vocabulary, merges, special tokens, normalisation)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return digest(backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items()))
+
+
+def conformer_key(item: Mapping[str, Any]) -> str:
+    """The cache key of one molecule item: its atoms, coordinates and SMILES (what any encoder may read)."""
+    import numpy as np
+
+    from molbridge.core import batch as keys
+
+    return digest(
+        np.asarray(item[keys.ATOMIC_NUMBERS], dtype=np.int64),
+        np.asarray(item[keys.POSITIONS], dtype=np.float32),
+        item.get(keys.SMILES),
+    )
+
+
+class EncoderCache:
+    """The outputs of a frozen encoder, per conformer: computed once (:meth:`fill`), then read (:meth:`encoded`).
+
+    The namespace is the digest of the encoder's weights and its recipe section, so another stage-1 run, preset or
+    hydrogen policy never reads these. A molecule's entry is its real rows (the positions its padding mask leaves)
+    and its pooled vector, computed in batches of similar size; encoders are padding-invariant (a contract every
+    run checks), so a batch assembled from entries equals the encoder's output on that batch (up to float noise).
+    """
+
+    def __init__(self, encoder: nn.Module, settings: Mapping[str, Any], base: Path | None = None):
+        self.encoder = encoder
+        namespace = digest("encoder-outputs", weights_digest(encoder), dict(settings))
+        self.store = FeatureCache(namespace, {"what": f"encoder outputs ({settings.get('name')})", **settings}, base)
+
+    @torch.no_grad()
+    def fill(self, items: list[Mapping[str, Any]], batch_size: int = 64, progress: bool = True) -> int:
+        """Encode the items not cached yet (in size-sorted batches, eval mode); returns how many were computed."""
+        from tqdm.auto import tqdm
+
+        from molbridge.core.data.batching import by_size
+
+        unique = {conformer_key(item): item for item in items}
+        todo = [unique[key] for key in self.store.missing(unique)]
+        if not todo:
+            return 0
+        device = next(self.encoder.parameters()).device
+        was_training = self.encoder.training
+        self.encoder.eval()
+        entries: dict[str, dict[str, torch.Tensor]] = {}
+        sizes = [len(item["atomic_numbers"]) for item in todo]
+        for rows in tqdm(by_size(sizes, batch_size), desc="frozen encoder: cache outputs", disable=not progress):
+            chunk = [todo[i] for i in rows]
+            inputs = self.encoder.collate([self.encoder.featurize_item(item) for item in chunk])
+            out = self.encoder({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
+            for i, item in enumerate(chunk):
+                real = ~out.padding_mask[i]
+                entries[conformer_key(item)] = {"atoms": out.atom_embeddings[i][real].float(), "pooled": out.pooled[i]}
+            if len(entries) >= 4096:  # one part per few thousand molecules: bounded memory, few files
+                self.store.put(entries)
+                entries = {}
+        self.store.put(entries)
+        self.encoder.train(was_training)
+        return len(todo)
+
+    def encoded(self, items: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Batch tensors for these items (CPU): ``encoded_atoms`` (B, N, D) zero-padded, ``encoded_padding_mask`` (B, N)
+        True at padding, ``encoded_pooled`` (B, D). Every item must have been filled."""
+        from molbridge.core import batch as keys
+        from molbridge.core.errors import MolbridgeError
+
+        wanted = [conformer_key(item) for item in items]
+        found = self.store.get(wanted)
+        missing = [item[keys.MOL_ID] for item, key in zip(items, wanted, strict=True) if key not in found]
+        if missing:
+            raise MolbridgeError(f"frozen-encoder cache has no entry for molecules {missing[:5]}: fill() them first")
+        atoms = [found[key]["atoms"] for key in wanted]
+        padded = nn.utils.rnn.pad_sequence(atoms, batch_first=True)
+        lengths = torch.tensor([len(a) for a in atoms])
+        return {
+            keys.ENCODED_ATOMS: padded,
+            keys.ENCODED_PADDING_MASK: torch.arange(padded.shape[1])[None, :] >= lengths[:, None],
+            keys.ENCODED_POOLED: torch.stack([found[key]["pooled"] for key in wanted]),
+        }

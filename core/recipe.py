@@ -85,6 +85,10 @@ class DataConfig:
     """Evaluate on only the first N molecules of each evaluation split (smoke tests; not for results)."""
     augment: bool = True
     """Training draws a seeded random conformer per molecule and epoch; evaluation always uses conformer 0."""
+    cache: bool = True
+    """Keep what frozen parts compute (a locked text tower's text states, a frozen encoder's outputs) on disk, keyed
+    by a digest of the weights and of each input, and reuse it across runs, seeds and sweep children
+    (``bench cache info``). A changed weight or input is another key: nothing stale is ever read."""
     bucketing: bool = False
     """Training batches of molecules of similar size (each epoch still a seeded shuffle; exact resume kept): less
     padding, so less wasted work in Uni-Mol's pair layers. Off by default: it changes which molecules share a

@@ -82,3 +82,68 @@ def test_bench_cache_info_and_clear(base, capsys):
     assert listing["namespaces"][0]["description"] == {"what": "text tower states"}
     assert main(["cache", "clear", "--older-than", "1"]) == 0 and cache.namespaces()  # used just now: kept
     assert main(["cache", "clear"]) == 0 and cache.namespaces() == []
+
+
+TINY_STAGE2 = [
+    "run",
+    "captioning",
+    "encoder.preset=small",
+    "projector.num_layers=1",
+    "data.batch_size=4",
+    "data.limit=16",
+    "data.eval_limit=6",
+    "data.eval_batch_size=8",
+    "train.max_steps=3",
+    "train.warmup_steps=0",
+    "tracking.enabled=false",
+    "train.init_from=null",
+    "task.max_new_tokens=6",
+    "task.baseline=false",
+]
+
+
+def _stage2(tmp_path, out, *extra):
+    assert main([*TINY_STAGE2, "--output", str(tmp_path / out), *extra]) == 0
+    return json.loads((tmp_path / out / "metrics.json").read_text())
+
+
+def test_a_frozen_encoder_is_computed_once_for_every_run_that_shares_it(base, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = _stage2(tmp_path, "first")
+    report = first["provenance"]["task_description"]["encoder_cache"]
+    # train conformers (up to 3 each: training draws one per epoch) + valid + test, all computed this once
+    assert report["computed"] == report["conformers"] > 16 + 12
+    again = _stage2(tmp_path, "again", "seed=0", "train.log_every=1")  # another run of the same frozen encoder
+    assert again["provenance"]["task_description"]["encoder_cache"]["computed"] == 0
+    assert again["metrics"] == first["metrics"]
+    live = _stage2(tmp_path, "live", "data.cache=false")  # the encoder run at every step instead
+    assert live["provenance"]["task_description"]["encoder_cache"] is None
+    assert live["metrics"].keys() == first["metrics"].keys()
+    for name, value in live["metrics"].items():  # cached rows equal the live encoder's up to float noise
+        assert abs(value - first["metrics"][name]) <= 1e-3, name
+    other = _stage2(tmp_path, "other", "encoder.preset=small", "seed=1")  # other initial weights: other namespace
+    assert other["provenance"]["task_description"]["encoder_cache"]["namespace"] != report["namespace"]
+
+
+def test_a_second_retrieval_run_encodes_no_text(base, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny = [
+        "run",
+        "retrieval",
+        "encoder.preset=small",
+        "projector.num_layers=1",
+        "data.limit=16",
+        "data.eval_limit=8",
+        "data.batch_size=8",
+        "train.max_steps=2",
+        "train.warmup_steps=0",
+        "tracking.enabled=false",
+    ]
+    results = []
+    for out, extra in (("cold", []), ("warm", ["train.log_every=1"]), ("off", ["data.cache=false"])):
+        assert main([*tiny, "--output", str(tmp_path / out), *extra]) == 0
+        results.append(json.loads((tmp_path / out / "metrics.json").read_text()))
+    cold, warm, off = (r["provenance"]["task_description"]["text_cache"] for r in results)
+    assert cold["computed"] == cold["texts"] > 0 and warm == cold | {"computed": 0}  # the second run encodes none
+    assert off == {"texts": cold["texts"], "computed": cold["texts"], "cached": False}
+    assert results[1]["metrics"] == results[0]["metrics"]  # the same states, so the same numbers

@@ -105,6 +105,7 @@ class CaptioningTask(LLMStageTask):
             "split": self.recipe.data.split,
             "sizes": {k: len(v) for k, v in self.splits.items()},
             "truncation": getattr(self, "truncation", None),
+            "encoder_cache": getattr(self, "cache_report", None),
             "instruction": self.config.instruction,
             "metrics": "BLEU-2/4 (NLTK corpus_bleu), ROUGE-1/2/L F (rouge-score), METEOR (NLTK, WordNet 3.0); "
             f"{self.tokenization()}; fractions in [0, 1]. shape_acc: the caption "

@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from molbridge.core import batch as keys
 from molbridge.core import distributed
+from molbridge.core.cache import EncoderCache, conformer_key
 from molbridge.core.contracts import Components, EncoderOutput, StepOutput, Task
 from molbridge.core.data import MoleculeDataset
 from molbridge.core.errors import MolbridgeError
@@ -119,23 +121,26 @@ class MolLLM(nn.Module):
         super().__init__()
         self.encoder, self.projector, self.llm = encoder, projector, llm
 
-    def soft_tokens(self, encoder_input) -> torch.Tensor:
-        return self.projector(self.encoder(encoder_input))
+    def soft_tokens(self, batch: dict) -> torch.Tensor:
+        """The projector's tokens of the batch's molecules, from the frozen encoder's cached outputs when the batch
+        carries them (``ENCODED_*``), else from the encoder."""
+        if keys.ENCODED_ATOMS in batch:
+            encoded = EncoderOutput(
+                batch[keys.ENCODED_ATOMS], batch[keys.ENCODED_PADDING_MASK], batch[keys.ENCODED_POOLED]
+            )
+        else:
+            encoded = self.encoder(batch[keys.ENCODER_INPUT])
+        return self.projector(encoded)
 
     def forward(self, batch: dict) -> torch.Tensor:
         out = self.llm(
-            batch[keys.INPUT_IDS],
-            batch[keys.ATTENTION_MASK],
-            self.soft_tokens(batch[keys.ENCODER_INPUT]),
-            labels=batch[keys.LABELS],
+            batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK], self.soft_tokens(batch), labels=batch[keys.LABELS]
         )
         return out.loss
 
     @torch.no_grad()
     def generate(self, batch: dict, **settings: Any) -> list[str]:
-        return self.llm.generate(
-            batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK], self.soft_tokens(batch[keys.ENCODER_INPUT]), **settings
-        )
+        return self.llm.generate(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK], self.soft_tokens(batch), **settings)
 
 
 def freeze_unused(projector: nn.Module, input_dim: int) -> list[str]:
@@ -201,9 +206,51 @@ class LLMStageTask(Task):
         return ExampleDataset(self.molecules[split], self.examples(split))
 
     def datasets(self):
-        if self.llm is not None and not hasattr(self, "truncation"):  # a training run: its data meets its model
-            self.truncation = self._truncation()
+        if self.llm is not None:  # a training run: its data meets its model
+            if not hasattr(self, "truncation"):
+                self.truncation = self._truncation()
+            if getattr(self, "encoder_cache", None) is None:  # decided once the loop has frozen what it freezes
+                self.encoder_cache = self._cache_encoder()
         return self.splits
+
+    def _cache_encoder(self) -> EncoderCache | None:
+        """With ``data.cache`` and a frozen encoder (3D-MoLM's stages 2 and 3), every conformer the splits use is
+        encoded once, before training, and batches read the outputs (the loop runs a frozen module in eval mode,
+        so they are what the encoder would compute)."""
+        if not self.recipe.data.cache or any(p.requires_grad for p in self.encoder.parameters()):
+            return None
+        settings = {
+            k: v
+            for k, v in OmegaConf.to_container(self.recipe.encoder, resolve=True).items()
+            if k not in ("checkpoint", "trust_checkpoint")
+        }
+        cache = EncoderCache(self.encoder, settings)
+        items = [item for split in SPLITS for item in self._conformer_items(split)]
+        computed = cache.fill(items, batch_size=self.recipe.data.eval_batch_size)
+        self.cache_report = {
+            "conformers": len({conformer_key(i) for i in items}),
+            "computed": computed,
+            "namespace": cache.store.folder.name,
+        }
+        return cache
+
+    def _conformer_items(self, split: str) -> list[dict[str, Any]]:
+        """Every conformer a split can hand the encoder: all of them where training draws one per epoch."""
+        molecules = self.molecules[split]
+        items = []
+        for row in molecules.indices:
+            mol = molecules.store[int(row)]
+            count = len(mol.conformers) if molecules.augment else 1
+            items += [
+                {
+                    keys.MOL_ID: mol.id,
+                    keys.SMILES: mol.smiles,
+                    keys.ATOMIC_NUMBERS: mol.atomic_numbers,
+                    keys.POSITIONS: mol.conformers[k],
+                }
+                for k in range(count)
+            ]
+        return items
 
     def _truncation(self) -> dict[str, Any]:
         """How many training sequences ``llm.max_length`` cuts, and how many reference answers of the evaluation
@@ -299,8 +346,11 @@ class LLMStageTask(Task):
         ]
 
     def _molecules(self, samples) -> dict[str, Any]:
+        ids = {keys.MOL_ID: [s[keys.MOL_ID] for s in samples]}
+        if getattr(self, "encoder_cache", None) is not None:
+            return self.encoder_cache.encoded(list(samples)) | ids
         features = [self.encoder.featurize_item(s) for s in samples]
-        return {keys.ENCODER_INPUT: self.encoder.collate(features), keys.MOL_ID: [s[keys.MOL_ID] for s in samples]}
+        return {keys.ENCODER_INPUT: self.encoder.collate(features)} | ids
 
     def collate(self, samples):
         tokens = self.llm.tokenize_batch(self._prompts(samples), [s[keys.RESPONSE] for s in samples])

@@ -255,6 +255,7 @@ class QATask(LLMStageTask):
             "split": self.recipe.data.split,
             "sizes": {k: len(v) for k, v in self.splits.items()},
             "truncation": getattr(self, "truncation", None),
+            "encoder_cache": getattr(self, "cache_report", None),
             "train_mixture": getattr(self, "train_mixture", None),
             "sampling": f"{config.mixture_groups} probability proportional to size^{config.sampling_power}, "
             + (

@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from molbridge.core import batch as keys
 from molbridge.core import distributed, hookimpl
+from molbridge.core.cache import FeatureCache, tokenizer_fingerprint, weights_digest
+from molbridge.core.cache import digest as cache_digest
 from molbridge.core.contracts import Components, StepOutput, Task
 from molbridge.core.data import MoleculeDataset
 from molbridge.core.errors import MolbridgeError
@@ -217,21 +219,59 @@ class RetrievalTask(Task):
     # -- the frozen text tower: baseline targets and the locked tower's cache --------------------------
     @torch.no_grad()
     def _encode_texts(self) -> None:
-        """Pooled states of every text under the text tower as loaded, by molecule id (CPU, float32)."""
+        """Pooled states of every text under the text tower as loaded, by molecule id (CPU, float32).
+
+        With ``data.cache`` they come from the content-addressed cache when an earlier run (any seed, any sweep
+        child) of the same tower already computed them; the texts missing from it are encoded in batches of
+        similar length and added."""
+        by_id = {
+            mol.id: mol.texts.get(self.text_field(split), "")
+            for split in SPLITS
+            for mol in (self.splits[split].store[int(row)] for row in self.splits[split].indices)
+        }
+        cache = self._text_cache() if self.recipe.data.cache else None
+        texts = set(by_id.values())
+        keys_of = {text: cache_digest(text) for text in texts}
+        missing = set(cache.missing(keys_of.values())) if cache is not None else set(keys_of.values())
+        # similar lengths together (little padding), ties by text: the same batches in every process
+        pooled = self._pool(sorted((t for t in texts if keys_of[t] in missing), key=lambda t: (len(t), t)))
+        self.text_cache_report = {"texts": len(texts), "computed": len(pooled), "cached": cache is not None}
+        if cache is not None:  # every value read back from the cache: a cold and a warm run use identical states
+            cache.put({keys_of[text]: {"pooled": value} for text, value in pooled.items()})
+            found = cache.get(keys_of.values())
+            pooled = {text: found[key]["pooled"] for text, key in keys_of.items()}
+        self._pooled_text = {mol_id: pooled[text] for mol_id, text in by_id.items()}
+
+    def _text_cache(self) -> FeatureCache | None:
+        """The cache of this text tower's pooled states: its weights, tokenizer, length limit and pooling."""
+        side = self.text_side
+        tokenizer = getattr(side, "tokenizer", None)
+        if tokenizer is None:  # a text side that does not expose its tokenizer: not cached (nothing to key on)
+            return None
+        namespace = cache_digest(
+            "text-tower-pooled",
+            weights_digest(side.text_tower_parameters()),
+            tokenizer_fingerprint(tokenizer),
+            side.max_text_length,
+            side.text_pooling,
+        )
+        return FeatureCache(
+            namespace,
+            {"what": "pooled text-tower states", "pooling": side.text_pooling, "max_text_length": side.max_text_length},
+        )
+
+    @torch.no_grad()
+    def _pool(self, texts: list[str]) -> dict[str, torch.Tensor]:
         text_side = self.text_side
         device = next(text_side.parameters()).device  # built under fabric.init_module: maybe a GPU
         text_side.eval()
-        self._pooled_text = {}
-        for split in SPLITS:
-            dataset = self.splits[split]
-            mols = [dataset.store[int(row)] for row in dataset.indices]
-            field = self.text_field(split)
-            for start in tqdm(range(0, len(mols), 128), desc=f"text tower: encode {split} texts", leave=False):
-                chunk = mols[start : start + 128]
-                ids, mask = text_side.tokenize([m.texts.get(field, "") for m in chunk])
-                pooled = text_side.pooled_text(ids.to(device), mask.to(device)).float().cpu()
-                self._pooled_text.update(zip((m.id for m in chunk), pooled, strict=True))
+        pooled = {}
+        for start in tqdm(range(0, len(texts), 128), desc="text tower: encode texts", leave=False):
+            chunk = texts[start : start + 128]
+            ids, mask = text_side.tokenize(chunk)
+            pooled.update(zip(chunk, text_side.pooled_text(ids.to(device), mask.to(device)).float().cpu(), strict=True))
         text_side.train()
+        return pooled
 
     def _truncation(self) -> dict[str, Any]:
         """How many texts of the dataset the text tower's length limit cuts (reported with the run)."""
@@ -304,6 +344,7 @@ class RetrievalTask(Task):
                 else ""
             ),
             "truncation": getattr(self, "truncation", None),
+            "text_cache": getattr(self, "text_cache_report", None),
             "text_side": (
                 f"the projector's own ({self.recipe.projector.name})"
                 if self.text_side is self.projector
