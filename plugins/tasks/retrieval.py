@@ -24,6 +24,7 @@ from molbridge.core.cache import FeatureCache, tokenizer_fingerprint, weights_di
 from molbridge.core.cache import digest as cache_digest
 from molbridge.core.contracts import Components, StepOutput, Task
 from molbridge.core.data import MoleculeDataset
+from molbridge.core.data.batching import by_size
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.recipe import bounded
 from molbridge.plugins.tasks import truncation
@@ -145,13 +146,14 @@ class RetrievalTask(Task):
     def features(self, fabric, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Molecule (N, P, E) and text (N, E) features of a split, in dataset order, float32 on CPU.
 
-        Under DDP each rank encodes its share of the batches (:mod:`molbridge.core.distributed`); every rank
-        gets all features, identical to a single process's."""
+        Molecules are encoded in batches of similar size (less padding; the features are put back in dataset
+        order, so the in-batch protocol is untouched). Under DDP each rank encodes its share of the batches
+        (:mod:`molbridge.core.distributed`); every rank gets all features, identical to a single process's."""
         dataset, text_side = self.splits[split], self.text_side
-        ranges = distributed.batches(len(dataset), self.recipe.data.eval_batch_size)
+        batches = by_size(dataset.sizes(), self.recipe.data.eval_batch_size)
         mine = []
         for rows in tqdm(
-            distributed.shard(ranges), desc=f"encode {split}", leave=False, disable=not fabric.is_global_zero
+            distributed.shard(batches), desc=f"encode {split}", leave=False, disable=not fabric.is_global_zero
         ):
             batch = fabric.to_device(self.collate([dataset[i] for i in rows]))
             encoded = self.encoder(batch[keys.ENCODER_INPUT])
@@ -163,7 +165,8 @@ class RetrievalTask(Task):
             )
             mine.append((mol, text.float().cpu()))
         parts = distributed.gather(mine)
-        return torch.cat([m for m, _ in parts]), torch.cat([t for _, t in parts])
+        order = torch.tensor([i for rows in batches for i in rows]).argsort()  # back to dataset order
+        return torch.cat([m for m, _ in parts])[order], torch.cat([t for _, t in parts])[order]
 
     def inbatch_order(self, n: int) -> torch.Tensor | None:
         """The order the in-batch protocol cuts the split in: None (dataset order) or a seeded permutation."""
