@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/suite.py [--quick | --tiny] [--device auto|cpu|cuda] [--only NAME ...] [--out DIR]
 
-Runs each benchmark of this folder in a subprocess of its own (conformer preparation, encoder forward,
+Runs each benchmark of this folder in a subprocess of its own (conformer preparation, encoder forward, caches
+and size bucketing,
 stage-1 training step, full-set and in-batch retrieval at 10k and 100k candidates, generation tokens/s,
 stage-3 step), each at the sizes of the mode: default (the README's sizes; on the 2-core project
 machine the 100k full-set ranking alone takes about 17 minutes when the machine is quiet, and the
@@ -150,6 +151,52 @@ def encoder_rows(results: list[dict]) -> list[Row]:
     return rows
 
 
+def cache_rows(r: dict) -> list[Row]:
+    """Caches against recomputing, bucketed against random batches (seconds: lower is better)."""
+    encoder, text = r["encoder"], r["text_tower"]
+    rows = [
+        Row(
+            "caches",
+            f"stage-2 frozen encoder, an epoch of {encoder['batches']} batches from the cache",
+            encoder["cached_s"],
+            "s",
+            "recomputed every epoch",
+            encoder["recompute_s"],
+            higher_is_better=False,
+            note=f"filling the cache once: {encoder['fill_s']:.2f} s",
+        ),
+        Row(
+            "caches",
+            f"main job's text encoding ({text['texts']} texts), warm cache",
+            text["warm_s"],
+            "s",
+            "cold cache (every text through the tower)",
+            text["cold_s"],
+            higher_is_better=False,
+        ),
+    ]
+    for name, label in (("bucketing_mini", "molbridge-mini"), ("bucketing_long_tail", "long-tail sample")):
+        b = r[name]
+        note = (
+            f"padded positions {b['random_padding_positions']:.0%} -> {b['bucketed_padding_positions']:.0%}, "
+            f"padded pairs {b['random_padding_pairs']:.0%} -> {b['bucketed_padding_pairs']:.0%}"
+        )
+        rows += [
+            Row(
+                "caches",
+                f"Uni-Mol {preset} forward, {b['molecules']} {label} molecules, size-bucketed batches",
+                b[f"{preset}_bucketed_s"],
+                "s",
+                "random batches",
+                b[f"{preset}_random_s"],
+                higher_is_better=False,
+                note=note,
+            )
+            for preset in ("small", "base")
+        ]
+    return rows
+
+
 def stage1_rows(results: list[dict]) -> list[Row]:
     rows = []
     for r in results:
@@ -294,6 +341,16 @@ def benchmarks() -> list[Benchmark]:
                 ["--batch", "32"],
             ),
             encoder_rows,
+        ),
+        Benchmark(
+            "caches",
+            _mode_args(
+                "caches.py",
+                ["--molecules", "32", "--texts", "64", "--long-tail", "64", "--repeats", "1"],
+                ["--molecules", "256", "--texts", "1024", "--long-tail", "256"],
+                ["--molecules", "1024", "--texts", "4096", "--long-tail", "1000"],
+            ),
+            cache_rows,
         ),
         Benchmark("stage1-default", _mode_args("stage1.py", *stage1, ["--shape", "default"]), stage1_rows),
         Benchmark(

@@ -191,9 +191,16 @@ def enforce_cap(keep: Path | None = None, base: Path | None = None) -> list[str]
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """Digest of a Hugging Face tokenizer's full definition (vocabulary, merges, special tokens, normalisation)."""
+    """Digest of a Hugging Face tokenizer's definition (vocabulary, merges, special tokens, normalisation).
+
+    Not the padding and truncation of its serialised form: a fast tokenizer records there the settings of its
+    last call, so the same tokenizer would change its fingerprint by being used."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    return digest(backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items()))
+    if backend is None:
+        return digest(sorted(tokenizer.get_vocab().items()))
+    definition = json.loads(backend.to_str())
+    definition.pop("truncation", None), definition.pop("padding", None)
+    return digest(definition)
 
 
 def conformer_key(item: Mapping[str, Any]) -> str:

@@ -147,3 +147,14 @@ def test_a_second_retrieval_run_encodes_no_text(base, tmp_path, monkeypatch):
     assert cold["computed"] == cold["texts"] > 0 and warm == cold | {"computed": 0}  # the second run encodes none
     assert off == {"texts": cold["texts"], "computed": cold["texts"], "cached": False}
     assert results[1]["metrics"] == results[0]["metrics"]  # the same states, so the same numbers
+
+
+def test_a_tokenizer_keeps_its_fingerprint_when_used():
+    from molbridge.plugins.projectors.stage1 import default_bert, load_tokenizer
+
+    tokenizer = load_tokenizer(default_bert())
+    before = cache.tokenizer_fingerprint(tokenizer)
+    tokenizer(["a text", "another"], padding="longest", truncation=True, max_length=8)  # records its settings
+    assert cache.tokenizer_fingerprint(tokenizer) == before
+    tokenizer.add_tokens(["[NEW]"])
+    assert cache.tokenizer_fingerprint(tokenizer) != before  # another vocabulary: another key
