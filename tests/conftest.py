@@ -13,6 +13,9 @@ import pytest
 from molbridge.core.plugins import load_plugins
 
 TESTS = Path(__file__).resolve().parent
+# `python -m pytest` puts the working directory (the repository root) on sys.path, where core/ and plugins/ would
+# be importable by their folder names; the tests import the installed molbridge.core and molbridge.plugins only.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != TESTS.parent]
 
 
 def load_by_path(name: str, path: Path):

@@ -28,10 +28,34 @@ def test_declared_packages_match_the_folders():
     assert _declared_packages() == _packages_on_disk()
 
 
-def test_no_top_level_core_or_plugins_module_is_importable():
-    assert importlib.util.find_spec("molbridge.core") is not None
-    assert importlib.util.find_spec("core") is None
-    assert importlib.util.find_spec("plugins") is None
+def test_no_top_level_core_or_plugins_module_is_importable(tmp_path):
+    """Asked of a fresh interpreter in a neutral folder: the installed environment, however pytest was started."""
+    probe = (
+        "import importlib.util as u; print([u.find_spec(m) is not None for m in ('molbridge.core', 'core', 'plugins')])"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert done.stdout.strip() == "[True, False, False]"
+    assert importlib.util.find_spec("core") is None  # and not in this process either (conftest drops the root)
+
+
+def test_python_m_pytest_works_from_the_repository_root():
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_declared_packages_match_the_folders",
+            f"{__file__}::test_no_top_level_core_or_plugins_module_is_importable",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
 
 
 def test_wheel_holds_only_the_molbridge_namespace_and_ships_recipes_and_data(tmp_path):
