@@ -9,6 +9,11 @@ import warnings
 
 from molbridge.core.errors import MolbridgeError
 
+# OpenMP threads that finish a parallel region wait for the next one by spinning, by default: two jobs on the
+# same cores (sweep children, data workers, two users) then spin each other down. Passive waiting costs a lone
+# job little and keeps parallel ones apart; set before torch is imported (the first command that needs it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 #: Sub-command modules, in the order ``bench --help`` lists them.
 COMMANDS = ("run", "sweep", "plugins", "recipes", "compare", "data", "ask", "cache")
 
