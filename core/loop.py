@@ -13,11 +13,12 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from functools import partial
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -108,6 +109,11 @@ def _train_loader(
     fabric: Fabric, task: Task, dataset: Dataset, recipe: DictConfig
 ) -> tuple[DataLoader, ResumableSampler]:
     batch_size, seed, limit = recipe.data.batch_size, recipe.seed, recipe.data.limit
+    if not isinstance(dataset, Sized):
+        raise ContractError(
+            f"task '{recipe.task.name}': the train dataset ({type(dataset).__name__}) has no len(); "
+            "datasets() must return map-style datasets"
+        )
     if limit is not None and limit < len(dataset):  # data.limit: a quick experiment on the first N
         dataset = Subset(dataset, range(limit))
     sizes = _sizes(dataset) if recipe.data.bucketing else None
@@ -131,7 +137,9 @@ def _train_loader(
         drop_last=True,
         generator=torch.Generator().manual_seed(seed),
     )
-    return fabric.setup_dataloaders(loader, use_distributed_sampler=False), sampler
+    wrapped = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
+    assert not isinstance(wrapped, list)  # one loader in, one out
+    return wrapped, sampler
 
 
 # --- parameters and optimisation ----------------------------------------------------------------------
@@ -239,19 +247,25 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The learning-rate schedule ``train.lr_schedule`` names; ``batches_per_epoch`` (micro-batches of one
     process) places the epoch boundaries of ``cosine-per-epoch``."""
-    ratios = {
-        "min_ratio": train.min_lr / train.lr if train.lr else 0.0,
-        "start_ratio": train.get("warmup_start_lr", 0.0) / train.lr if train.lr else 0.0,
-    }
-    steps = {"warmup": train.warmup_steps, "total": train.max_steps}
+    min_ratio = train.min_lr / train.lr if train.lr else 0.0
+    start_ratio = train.get("warmup_start_lr", 0.0) / train.lr if train.lr else 0.0
+    warmup, total = train.warmup_steps, train.max_steps
     schedule = train.get("lr_schedule", "cosine")
+    factor: Callable[[int], float]
     if schedule == "cosine-per-epoch":
-        epochs = {"batches_per_epoch": max(1, batches_per_epoch), "grad_accum": train.grad_accum}
-        factor = partial(epoch_lr_factor, **steps, **epochs, **ratios)
+        factor = partial(
+            epoch_lr_factor,
+            warmup=warmup,
+            total=total,
+            batches_per_epoch=max(1, batches_per_epoch),
+            grad_accum=train.grad_accum,
+            min_ratio=min_ratio,
+            start_ratio=start_ratio,
+        )
     elif schedule == "cosine-from-start":
-        factor = partial(from_start_lr_factor, **steps, **ratios)
+        factor = partial(from_start_lr_factor, warmup=warmup, total=total, min_ratio=min_ratio, start_ratio=start_ratio)
     else:
-        factor = partial(lr_factor, **steps, **ratios)
+        factor = partial(lr_factor, warmup=warmup, total=total, min_ratio=min_ratio, start_ratio=start_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -271,7 +285,8 @@ class _StopSignals:
     """SIGINT/SIGTERM ask the loop to stop at the next step boundary; a second signal aborts."""
 
     def __init__(self, loop: Loop):
-        self.loop, self.previous = loop, {}
+        self.loop = loop
+        self.previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | signal.Handlers | None] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.loop.stop_requested:
@@ -362,7 +377,10 @@ class Loop:
         self.model = fabric.setup_module(model)
         scope = train.get("weight_decay_scope", "matrices")
         optimizer = build_optimizer(self.model, train.lr, train.weight_decay, self.recipe.recipe, scope)
-        self.optimizer = fabric.setup_optimizers(optimizer)
+        fabric_optimizer = fabric.setup_optimizers(optimizer)
+        # one optimizer in, one out; Fabric's wrapper takes on the optimizer's class, so it is an Optimizer too
+        assert isinstance(fabric_optimizer, torch.optim.Optimizer)
+        self.optimizer = fabric_optimizer
         splits = self.task.datasets()
         if "train" not in splits:
             raise MolbridgeError(f"task '{self.recipe.task.name}' has no 'train' split (it has: {', '.join(splits)})")
@@ -445,7 +463,9 @@ class Loop:
         if self.fabric.world_size == 1:
             return flag
         flags = torch.tensor(float(flag), device=self.fabric.device)
-        return bool(self.fabric.all_reduce(flags, reduce_op="sum") > 0)
+        total = self.fabric.all_reduce(flags, reduce_op="sum")
+        assert isinstance(total, torch.Tensor)  # a tensor in, a tensor out
+        return bool(total > 0)
 
     def _non_finite(self, step_logs: list[dict[str, torch.Tensor]], batches: list[Any]) -> NonFiniteLossError:
         bad = sorted({k for logs in step_logs for k, v in logs.items() if not torch.isfinite(v).all()})
@@ -481,6 +501,7 @@ class Loop:
         }
         if self.train.grad_clip:
             norm = self.fabric.clip_gradients(self.model, self.optimizer, max_norm=self.train.grad_clip)
+            assert norm is not None  # with max_norm Fabric returns the norm
             scalars["grad_norm"] = float(norm)
         scalars["lr"] = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
@@ -518,7 +539,9 @@ class Loop:
         if self.fabric.world_size > 1:  # mean over ranks, only at logging steps
             names = sorted(scalars)
             values = torch.tensor([scalars[n] for n in names], device=self.fabric.device)
-            values = self.fabric.all_reduce(values, reduce_op="mean")
+            reduced = self.fabric.all_reduce(values, reduce_op="mean")
+            assert isinstance(reduced, torch.Tensor)  # a tensor in, a tensor out
+            values = reduced
             scalars = dict(zip(names, values.tolist(), strict=True))
         if self.fabric.is_global_zero and self.log_metrics is not None:
             self.log_metrics({f"train/{k}": v for k, v in scalars.items()}, self.step)

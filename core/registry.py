@@ -14,9 +14,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from molbridge.core.errors import PluginError, unknown_name
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from molbridge.core.contracts import Components
 
 KINDS = ("encoder", "projector", "llm", "task")
 HOOK_BY_KIND = {kind: f"molbridge_register_{kind}s" for kind in KINDS}
@@ -80,7 +85,17 @@ class Registry:
         return self.get(kind, config.name).build(config, **kwargs)
 
 
-def make_register(registry: Registry, kind: str, plugin: str, distribution: str | None, version: str | None):
+class Register(Protocol):
+    """The ``register`` callback a ``molbridge_register_*`` hook receives (see the module docstring)."""
+
+    def __call__(
+        self, name: str, factory: Callable[..., Any], config_schema: type | None = None, description: str = ""
+    ) -> None: ...
+
+
+def make_register(
+    registry: Registry, kind: str, plugin: str, distribution: str | None, version: str | None
+) -> Register:
     """The ``register`` callback handed to one plugin's hook for one kind."""
 
     def register(
@@ -96,7 +111,7 @@ def make_register(registry: Registry, kind: str, plugin: str, distribution: str 
     return register
 
 
-def build_components(recipe: Any, registry: Registry) -> Any:
+def build_components(recipe: DictConfig, registry: Registry) -> Components:
     """The recipe's encoder, projector and LLM, each built with the width of the one before it.
 
     A projector needs an encoder and an LLM a projector (their ``input_dim``); a section without the one
@@ -119,7 +134,9 @@ def build_components(recipe: Any, registry: Registry) -> Any:
     if sections["encoder"] is not None:
         built.encoder = registry.build("encoder", sections["encoder"])
     if sections["projector"] is not None:
+        assert built.encoder is not None  # the problems above: a projector section comes with an encoder section
         built.projector = registry.build("projector", sections["projector"], input_dim=built.encoder.output_dim)
     if sections["llm"] is not None:
+        assert built.projector is not None  # likewise an LLM section with a projector section
         built.llm = registry.build("llm", sections["llm"], input_dim=built.projector.output_dim)
     return built

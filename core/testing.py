@@ -17,7 +17,7 @@ once with a :class:`~molbridge.core.errors.ContractError` naming its plugin and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,12 +25,14 @@ import torch
 from torch import Tensor
 
 from molbridge.core import batch as keys
-from molbridge.core.contracts import Components, Encoder, EncoderOutput, Projector
+from molbridge.core.contracts import Components, Encoder, EncoderOutput, LanguageModel, Projector
 from molbridge.core.errors import ContractError
 
 if TYPE_CHECKING:
+    from lightning_fabric import Fabric
     from omegaconf import DictConfig
 
+    from molbridge.core.contracts import Task
     from molbridge.core.registry import Registry
 
 Molecule = tuple[np.ndarray, np.ndarray]  # atomic numbers (N,), positions (N, 3) in angstrom
@@ -41,15 +43,15 @@ EXAMPLE_SMILES = ("CC(=O)Oc1ccccc1C(=O)O", "c1ccc2[nH]ccc2c1", "OCC(O)CO", "CN1C
 def example_molecules(smiles: Sequence[str] = EXAMPLE_SMILES, seed: int = 0) -> list[Molecule]:
     """Real molecules with hydrogens, embedded with RDKit (ETKDGv3 + MMFF), sizes deliberately different."""
     from rdkit import Chem
-    from rdkit.Chem import AllChem
+    from rdkit.Chem import rdDistGeom, rdForceFieldHelpers
 
     molecules = []
     for text in smiles:
         mol = Chem.AddHs(Chem.MolFromSmiles(text))
-        params = AllChem.ETKDGv3()
-        params.randomSeed = seed
-        AllChem.EmbedMolecule(mol, params)
-        AllChem.MMFFOptimizeMolecule(mol)
+        params = rdDistGeom.ETKDGv3()
+        params.randomSeed = seed  # type: ignore[assignment]  # rdkit stubs type the property setters as methods
+        rdDistGeom.EmbedMolecule(mol, params)
+        rdForceFieldHelpers.MMFFOptimizeMolecule(mol)
         z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int64)
         molecules.append((z, mol.GetConformer().GetPositions().astype(np.float32)))
     return molecules
@@ -68,7 +70,7 @@ def _geometry(molecule: Molecule | Mapping[str, Any]) -> Molecule:
     return (molecule[keys.ATOMIC_NUMBERS], molecule[keys.POSITIONS]) if isinstance(molecule, Mapping) else molecule
 
 
-def _with_geometry(molecule: Molecule | Mapping[str, Any], z: np.ndarray, pos: np.ndarray):
+def _with_geometry(molecule: Molecule | Mapping[str, Any], z: np.ndarray, pos: np.ndarray) -> Molecule | dict[str, Any]:
     """The same molecule (tuple or item) with other atoms/positions (an item keeps its SMILES)."""
     if isinstance(molecule, Mapping):
         return {**molecule, keys.ATOMIC_NUMBERS: z, keys.POSITIONS: pos}
@@ -130,7 +132,9 @@ def check_rigid_motion_invariance(
     moved = []
     for i, molecule in enumerate(molecules):
         z, pos = _geometry(molecule)
-        moved.append(_with_geometry(molecule, z, pos @ _random_rotation(i).T + np.float32([3.0, -7.5, 12.0])))
+        moved.append(
+            _with_geometry(molecule, z, pos @ _random_rotation(i).T + np.array([3.0, -7.5, 12.0], dtype=np.float32))
+        )
     a, b = _encode(encoder, molecules), _encode(encoder, moved)
     _close(a.atom_embeddings, b.atom_embeddings, atol, "atom embeddings after rotation + translation")
     _close(a.pooled, b.pooled, atol, "pooled output after rotation + translation")
@@ -225,7 +229,7 @@ def check_projector_on(projector: Projector, encoded: EncoderOutput, atol: float
 # --- language models ---------------------------------------------------------------------------------------
 
 
-def check_llm(llm: Any, input_dim: int) -> None:
+def check_llm(llm: LanguageModel, input_dim: int) -> None:
     """Prompts carry ``num_mol_tokens`` placeholders, labels cover only the response, a teacher-forced pass gives
     a finite loss, and generation answers every prompt of a batch."""
     prompts = [llm.format_prompt("What is the LogP of this molecule?", smiles) for smiles in ("CCO", "c1ccccc1O")]
@@ -253,7 +257,9 @@ def check_llm(llm: Any, input_dim: int) -> None:
 # --- tasks ---------------------------------------------------------------------------------------------------
 
 
-def check_task(task: str, recipe: str | None = None, overrides: Sequence[str] = (), registry: Registry | None = None):
+def check_task(
+    task: str, recipe: str | None = None, overrides: Sequence[str] = (), registry: Registry | None = None
+) -> None:
     """Build task ``task`` from ``recipe`` (default: its packaged recipe) with ``overrides``, then check it: its
     datasets have a train split, a batch collates and trains to a finite loss with a gradient, evaluation returns
     finite floats including the monitored metric. Keep it small with overrides such as ``data.limit=8``."""
@@ -317,10 +323,10 @@ def component_label(registry: Registry, kind: str, name: str) -> str:
 def check_run_contracts(
     components: Components,
     model: torch.nn.Module,
-    task: Any,
+    task: Task,
     registry: Registry,
     recipe: DictConfig,
-    fabric: Any,
+    fabric: Fabric,
     count: int = 3,
 ) -> None:
     """Cheap checks of the run's components on the first ``count`` molecules of its training set, before
@@ -329,15 +335,20 @@ def check_run_contracts(
     reads as many soft tokens as the projector makes. Only components the task's model runs are checked (a task
     may ignore a section). A failure is a ContractError naming the plugin."""
     used = {id(module) for module in model.modules()}
+    encoder, projector, llm = components.encoder, components.projector, components.llm
     components = Components(
-        *(
-            part if part is not None and id(part) in used else None
-            for part in (components.encoder, components.projector, components.llm)
-        )
+        encoder=encoder if encoder is not None and id(encoder) in used else None,
+        projector=projector if projector is not None and id(projector) in used else None,
+        llm=llm if llm is not None and id(llm) in used else None,
     )
     if components.encoder is None:
         return
     train = task.datasets()["train"]
+    if not isinstance(train, Sized):
+        raise ContractError(
+            f"{component_label(registry, 'task', recipe.task.name)}: the train dataset ({type(train).__name__}) "
+            "has no len(); datasets() must return map-style datasets"
+        )
     items = [train[i] for i in range(min(count, len(train)))]
     modules = [m for _, m in components.items()]
     modes = [m.training for m in modules]
