@@ -49,7 +49,7 @@ def example_molecules(smiles: Sequence[str] = EXAMPLE_SMILES, seed: int = 0) -> 
     for text in smiles:
         mol = Chem.AddHs(Chem.MolFromSmiles(text))
         params = rdDistGeom.ETKDGv3()
-        params.randomSeed = seed  # type: ignore[assignment]  # rdkit stubs type the property setters as methods
+        params.randomSeed = seed  # type: ignore[assignment]  # rdkit stub: property typed as a method
         rdDistGeom.EmbedMolecule(mol, params)
         rdForceFieldHelpers.MMFFOptimizeMolecule(mol)
         z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int64)

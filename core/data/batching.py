@@ -24,15 +24,15 @@ def bucketed(order: Sequence[int], sizes: Sequence[int], batch_size: int, seed: 
     Within each chunk of ``chunk * batch_size`` items of ``order``, items are sorted by size (stable) and cut
     into batches; all batches of the epoch are then shuffled with ``seed``. An incomplete last batch stays last
     (the loader drops it, as it would without bucketing)."""
-    order = np.asarray(order, dtype=np.int64)
-    sizes = np.asarray(sizes)
+    items = np.asarray(order, dtype=np.int64)
+    size_of = np.asarray(sizes)
     span = max(1, chunk) * batch_size
     regrouped = (
         np.concatenate(
-            [part[np.argsort(sizes[part], kind="stable")] for part in np.split(order, range(span, len(order), span))]
+            [part[np.argsort(size_of[part], kind="stable")] for part in np.split(items, range(span, len(items), span))]
         )
-        if len(order)
-        else order
+        if len(items)
+        else items
     )
     full = len(regrouped) // batch_size * batch_size
     batches = regrouped[:full].reshape(-1, batch_size)
@@ -48,10 +48,10 @@ def by_size(sizes: Sequence[int], batch_size: int) -> list[list[int]]:
 
 def padding_fraction(batches: Sequence[Sequence[int]], sizes: Sequence[int], power: int = 1) -> float:
     """Share of padded positions (``power=1``) or of padded pairs (``power=2``, Uni-Mol's attention) in ``batches``."""
-    sizes = np.asarray(sizes)
+    size_of = np.asarray(sizes)
     padded = real = 0
     for batch in batches:
-        counts = sizes[list(batch)]
+        counts = size_of[list(batch)]
         padded += len(counts) * counts.max() ** power
         real += (counts**power).sum()
     return float(1 - real / padded) if padded else 0.0

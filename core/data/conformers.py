@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from rdkit import Chem, RDLogger
-from rdkit.Chem import AllChem, rdDistGeom, rdMolAlign
+from rdkit import Chem, rdBase
+from rdkit.Chem import rdDistGeom, rdForceFieldHelpers, rdMolAlign
 from rdkit.Chem.MolStandardize import rdMolStandardize
 
-RDLogger.DisableLog("rdApp.*")  # parse errors are reported as Failures instead of printed
+rdBase.DisableLog("rdApp.*")  # parse errors are reported as Failures instead of printed
 
 #: Failure reasons, one per way a molecule can be unusable (stable strings: they are stored).
 REASONS = {
@@ -212,17 +212,17 @@ def time_limit(atoms: int, config: ConformerConfig) -> float:
 
 def _embed_once(mol: Chem.Mol, config: ConformerConfig, strategy: str, seconds: float) -> tuple[list[int], Counter]:
     params = rdDistGeom.ETKDGv3()
-    params.randomSeed = config.seed
-    params.numThreads = 1
-    params.pruneRmsThresh = config.prune_rms
+    params.randomSeed = config.seed  # type: ignore[assignment]  # rdkit stub: property typed as a method
+    params.numThreads = 1  # type: ignore[assignment]  # rdkit stub: property typed as a method
+    params.pruneRmsThresh = config.prune_rms  # type: ignore[assignment]  # rdkit stub: property typed as a method
     # RDKit's default embeds each fragment of a salt around the origin, on top of the others
     # (overlapping atoms, absurd xTB energies); one embedding keeps fragments apart.
-    params.embedFragmentsSeparately = False
-    params.timeout = max(1, round(seconds))
-    params.trackFailures = True
+    params.embedFragmentsSeparately = False  # type: ignore[assignment]  # rdkit stub: property typed as a method
+    params.timeout = max(1, round(seconds))  # type: ignore[assignment]  # rdkit stub: property typed as a method
+    params.trackFailures = True  # type: ignore[assignment]  # rdkit stub: property typed as a method
     if strategy == "random_coords":
-        params.useRandomCoords = True
-        params.maxIterations = 1000
+        params.useRandomCoords = True  # type: ignore[assignment]  # rdkit stub: property typed as a method
+        params.maxIterations = 1000  # type: ignore[assignment]  # rdkit stub: property typed as a method
     ids = list(rdDistGeom.EmbedMultipleConfs(mol, numConfs=config.num_conformers, params=params))
     # RDKit 2026.09 reports a failed or timed-out embedding as [-1]: only ids of existing conformers count
     existing = {conf.GetId() for conf in mol.GetConformers()}
@@ -262,10 +262,10 @@ def _choose_forcefield(mol: Chem.Mol, config: ConformerConfig) -> tuple[str, Any
         # MMFFGetMoleculeProperties first: it sets MMFF aromaticity flags on the molecule, which ETKDG's
         # torsion rules then see; keeping that order keeps every conformer built before the fallbacks the same
         if name == "mmff":
-            props = AllChem.MMFFGetMoleculeProperties(mol)
-            if props is not None and AllChem.MMFFHasAllMoleculeParams(mol):
+            props = rdForceFieldHelpers.MMFFGetMoleculeProperties(mol)
+            if props is not None and rdForceFieldHelpers.MMFFHasAllMoleculeParams(mol):
                 return "mmff", props
-        if name == "uff" and AllChem.UFFHasAllMoleculeParams(mol):
+        if name == "uff" and rdForceFieldHelpers.UFFHasAllMoleculeParams(mol):
             return "uff", None
         if name not in FORCEFIELDS:
             raise _Fail("forcefield", "invalid_input", f"unknown force field '{name}' (known: {FORCEFIELDS})")
@@ -281,8 +281,8 @@ def _choose_forcefield(mol: Chem.Mol, config: ConformerConfig) -> tuple[str, Any
 
 def _forcefield_for(mol: Chem.Mol, name: str, conf_id: int, mmff_props):
     if name == "mmff":
-        return AllChem.MMFFGetMoleculeForceField(mol, mmff_props, confId=conf_id)
-    return AllChem.UFFGetMoleculeForceField(mol, confId=conf_id)
+        return rdForceFieldHelpers.MMFFGetMoleculeForceField(mol, mmff_props, confId=conf_id)
+    return rdForceFieldHelpers.UFFGetMoleculeForceField(mol, confId=conf_id)
 
 
 def _optimize(
@@ -320,14 +320,17 @@ def _set_positions(mol: Chem.Mol, conf_id: int, positions: np.ndarray) -> None:
         conf.SetAtomPosition(i, xyz.tolist())
 
 
-def _from_given(item: MoleculeInput, config: ConformerConfig) -> MoleculeRecord:
-    """A record from coordinates that came with the input (e.g. the 3D-MoLM LMDB): no embedding."""
+def _from_given(
+    item: MoleculeInput, atoms: list[str], coordinates: list[np.ndarray], config: ConformerConfig
+) -> MoleculeRecord:
+    """A record from coordinates that came with the input (``item.atoms``, ``item.coordinates``; e.g. the
+    3D-MoLM LMDB): no embedding."""
     table = Chem.GetPeriodicTable()
     try:
-        numbers = np.array([table.GetAtomicNumber(s.capitalize()) for s in item.atoms], dtype=np.int64)
+        numbers = np.array([table.GetAtomicNumber(s.capitalize()) for s in atoms], dtype=np.int64)
     except RuntimeError as exc:
         raise _Fail("check", "unknown_element", str(exc)) from None
-    conformers = np.asarray(item.coordinates, dtype=np.float32)
+    conformers = np.asarray(coordinates, dtype=np.float32)
     if conformers.ndim != 3 or conformers.shape[1:] != (len(numbers), 3) or not np.isfinite(conformers).all():
         raise _Fail("check", "bad_coordinates", f"coordinates {conformers.shape} for {len(numbers)} atoms")
     if (numbers == 0).any() or numbers.max() > config.max_atomic_number:
@@ -365,7 +368,7 @@ def _build(item: MoleculeInput, config: ConformerConfig) -> MoleculeRecord:
         if not item.texts.get(name, "").strip():
             raise _Fail("check", "empty_text", f"text field '{name}' is empty")
     if item.atoms is not None and item.coordinates is not None:
-        return _from_given(item, config)
+        return _from_given(item, item.atoms, item.coordinates, config)
     mol = parse(item)
     if config.fragments == "largest" and len(Chem.GetMolFrags(mol)) > 1:
         mol = rdMolStandardize.LargestFragmentChooser(preferOrganic=True).choose(mol)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,13 +16,13 @@ from molbridge.core.data.store import MoleculeStore
 ENCODER_ATOMS = 256
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def _stats(values: Sequence[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
     array = array[np.isfinite(array)]
     if not len(array):
         return {"count": 0}
-    values = {"mean": array.mean(), "std": array.std(), "min": array.min(), "max": array.max()}
-    return {"count": int(len(array)), **{k: round(float(v), 4) for k, v in values.items()}}
+    summary = {"mean": array.mean(), "std": array.std(), "min": array.min(), "max": array.max()}
+    return {"count": int(len(array)), **{k: round(float(v), 4) for k, v in summary.items()}}
 
 
 def dataset_info(store: MoleculeStore) -> dict[str, Any]:
@@ -33,7 +34,11 @@ def dataset_info(store: MoleculeStore) -> dict[str, Any]:
         names = pq.read_schema(shard).names
         tables.append(pq.read_table(shard, columns=[c for c in [*wanted, "forcefield"] if c in names], memory_map=True))
     props: dict[str, list[float]] = {}
-    texts, tasks, subsets, embedding, forcefield = Counter(), Counter(), Counter(), Counter(), Counter()
+    texts: Counter[str] = Counter()
+    tasks: Counter[str] = Counter()
+    subsets: Counter[str] = Counter()
+    embedding: Counter[str] = Counter()
+    forcefield: Counter[str] = Counter()
     atoms, heavy, conformers, converged, total_conformers = [], [], [], 0, 0
     for table in tables:
         for row in table["properties"].to_pylist():

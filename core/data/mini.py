@@ -77,13 +77,14 @@ def enrich(record: MoleculeRecord) -> MoleculeRecord | Failure:
     except Exception as exc:  # noqa: BLE001 - tblite raises its own types; an SCF failure is a record
         detail = f"{type(exc).__name__}: {exc}"
         return Failure(record.index, record.id, record.smiles, "xtb", "xtb_failed", detail)
-    facts = describe.structure_facts(mol, conf_id=0, dipole=values.pop("xtb_dipole"))
+    dipole = values.pop("xtb_dipole")
+    facts = describe.structure_facts(mol, conf_id=0, dipole=dipole)
     seed = molecule_seed(record.id)
     text = describe.describe(facts, seed)
     record.properties = {
         **record.properties,
         **{k: round(v, 6) for k, v in values.items()},
-        "xtb_dipole_debye": round(facts.dipole, 6),
+        "xtb_dipole_debye": round(dipole, 6),
         "radius_of_gyration": round(facts.radius_of_gyration, 6),
     }
     record.texts = {**record.texts, "description": text, "scaffold": facts.scaffold, "formula": facts.formula}

@@ -187,7 +187,9 @@ def finalize(
     extra_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write splits.parquet and dataset.json from the finished shards."""
-    shards, smiles, given, described, reasons = [], [], [], [], Counter()
+    shards, smiles, described = [], [], []
+    given: list[str | None] = []
+    reasons: Counter[str] = Counter()
     for k in range(num_shards):
         shard_file, failure_file = shard_paths(out, k)
         has_given = "given_split" in pq.read_schema(shard_file).names  # format-1 shards of a resumed build lack it

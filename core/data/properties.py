@@ -32,8 +32,8 @@ def rdkit_properties(mol: Chem.Mol) -> dict[str, float]:
     """Molecular weight (g/mol), Crippen LogP, TPSA (A^2) and BertzCT of a molecule."""
     heavy = Chem.RemoveHs(mol)
     return {
-        "molecular_weight": float(Descriptors.MolWt(heavy)),
-        "logp": float(Crippen.MolLogP(heavy)),
+        "molecular_weight": float(Descriptors.MolWt(heavy)),  # type: ignore[attr-defined]  # rdkit stub lacks it
+        "logp": float(Crippen.MolLogP(heavy)),  # type: ignore[attr-defined]  # rdkit stub lacks it
         "tpsa": float(rdMolDescriptors.CalcTPSA(heavy)),
         "bertz_ct": float(GraphDescriptors.BertzCT(heavy)),
     }

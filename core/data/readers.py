@@ -96,7 +96,9 @@ def read_sdf(path: Path, id_field: str | None = None) -> Iterator[MoleculeInput]
 
 
 def _sd_fields(data: str) -> dict[str, str]:
-    fields, key, lines = {}, None, []
+    fields: dict[str, str] = {}
+    key: str | None = None
+    lines: list[str] = []
     for line in data.splitlines():
         if line.startswith(">"):
             if key:

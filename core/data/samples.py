@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rdkit import Chem, RDLogger
+from rdkit import Chem, rdBase
 
-RDLogger.DisableLog("rdApp.*")
+rdBase.DisableLog("rdApp.*")  # what RDLogger.DisableLog is (RDLogger's stubs lack it)
 
 SEED = 1_000_003
 
@@ -62,7 +63,7 @@ def _sdf(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
-def sources() -> dict[str, tuple[Path, object]]:
+def sources() -> dict[str, tuple[Path, Callable[[Path], list[tuple[str, str]]]]]:
     root = rdkit_root()
     return {
         "nci": (root / "Data" / "NCI" / "first_5K.smi", _smi),
