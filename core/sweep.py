@@ -115,7 +115,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not isinstance(data, dict):
         raise SweepError(str(path), ["a sweep file is a mapping with task/recipe, overrides, grid and seeds"])
     problems = [
-        f"{key}: unknown key{suggest(str(key), FILE_KEYS)}; valid keys: {', '.join(FILE_KEYS)}"
+        f"{key!s}: unknown key{suggest(str(key), FILE_KEYS)}; valid keys: {', '.join(FILE_KEYS)}"
         for key in data
         if key not in FILE_KEYS
     ]
@@ -213,8 +213,9 @@ def plan(sweep: Sweep, registry, root: str | Path = "runs", allow_devices: bool 
     children: list[Child] = []
     configurations = list(_configurations(sweep.grid))
     _check_labels(configurations, problems)
+    seeds: list[int | None] = [*sweep.seeds] if sweep.seeds else [None]  # None: the recipe's own seed
     for label, assignment in configurations:
-        for seed in sweep.seeds or [None]:
+        for seed in seeds:
             try:
                 children.append(_child(sweep, registry, root, label, assignment, seed, allow_devices))
             except MolbridgeError as exc:
@@ -569,7 +570,11 @@ def prepare_child(child: Child) -> None:
     _write_json(child.output_dir / CHILD_FILE, child.definition)
 
 
-def run_child(recipe, registry, output_dir: Path, tags: Mapping[str, str], callbacks: Sequence = ()):
+#: What one child's run gives: (result, None, None) or (None, error, traceback).
+ChildOutcome = tuple[dict[str, Any] | None, str | None, str | None]
+
+
+def run_child(recipe, registry, output_dir: Path, tags: Mapping[str, str], callbacks: Sequence = ()) -> ChildOutcome:
     """(result, None, None) or (None, error, traceback): whatever one child raises, the others still run."""
     from molbridge.core.runner import run  # lazy: torch and Lightning take seconds to import
 

@@ -22,9 +22,12 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from molbridge.core.errors import MolbridgeError
+
+if TYPE_CHECKING:
+    from molbridge.core.sweep import ChildOutcome
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def _init_worker(threads: int, gpus: list[int], slot) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[index % len(gpus)])
 
 
-def run_in_worker(recipe_yaml: str, output_dir: str, tags: Mapping[str, str]):
+def run_in_worker(recipe_yaml: str, output_dir: str, tags: Mapping[str, str]) -> ChildOutcome:
     """One child in a worker process: (result, error, traceback) as :func:`molbridge.core.sweep.run_child` gives."""
     import yaml
 
@@ -112,7 +115,9 @@ def run_parallel(children, parent, invocation: str, jobs: int, registry, record:
         )
 
 
-def _collect(running: dict[Future, tuple[int, Any, float]], done: Callable) -> None:
+def _collect(
+    running: dict[Future, tuple[int, Any, float]], done: Callable[[int, Any, ChildOutcome, float], None]
+) -> None:
     """Record futures as they finish; on Ctrl-C cancel those not started and keep waiting for the others (which
     save and stop); a second Ctrl-C raises."""
     interrupted = False
@@ -130,6 +135,7 @@ def _collect(running: dict[Future, tuple[int, Any, float]], done: Callable) -> N
             continue
         for future in finished:
             index, child, started = running.pop(future)
+            outcome: ChildOutcome
             try:
                 outcome = future.result()
             except Exception as exc:  # noqa: BLE001 - a worker that died (killed, out of memory) fails its child
@@ -164,6 +170,7 @@ def run_submitit(
         log.info("sweep child %s: submitit job %s", child.key, job.job_id)
         jobs.append((index, child, job, time.time()))
     for index, child, job, started in jobs:
+        outcome: ChildOutcome
         try:
             outcome = job.result()
         except Exception as exc:  # noqa: BLE001 - a job the cluster lost or killed fails its child
