@@ -32,7 +32,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from molbridge.core.errors import MolbridgeError
-from molbridge.core.recipe import flatten, packaged_recipes, to_yaml
+from molbridge.core.recipe import flatten, packaged_recipes, read_yaml, to_yaml
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def write_run_files(folder: Path, recipe: DictConfig, identity: Identity) -> Non
 def stored_recipe(folder: Path) -> DictConfig | None:
     """The resolved recipe a run folder was started with (``recipe.yaml``; plain YAML, never unpickled)."""
     path = Path(folder) / RUN_RECIPE
-    return OmegaConf.load(path) if path.is_file() else None
+    return read_yaml(path) if path.is_file() else None
 
 
 # --- stage chaining ------------------------------------------------------------------------------------------

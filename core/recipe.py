@@ -19,12 +19,13 @@ files and overrides leave unset, and never changes one they set (:func:`apply_pr
 import dataclasses
 import importlib.resources
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from molbridge.core.errors import RecipeError, suggest, unknown_name
@@ -258,7 +259,8 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dic
     if not isinstance(data, dict):
         raise RecipeError(str(path), ["a recipe must be a mapping of sections"])
     bases = data.pop("extends", None) or []
-    merged, origin = {}, {}
+    merged: dict[Any, Any] = {}
+    origin: dict[str, str] = {}
     for base in [bases] if isinstance(bases, str) else bases:
         base_data, base_origin = _read_with_bases(find_recipe(base, path.parent), seen + (path.resolve(),))
         merged = _merge(merged, base_data)
@@ -269,8 +271,14 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dic
 
 
 def _merge(base: dict, top: dict) -> dict:
-    merged = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(top))
-    return OmegaConf.to_container(merged)
+    return to_dict(OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(top)))
+
+
+def to_dict(config: Container, resolve: bool = False) -> dict[Any, Any]:
+    """``OmegaConf.to_container`` of a config that holds a mapping (a DictConfig), typed as the dict it gives."""
+    container = OmegaConf.to_container(config, resolve=resolve)
+    assert isinstance(container, dict), f"expected a mapping, got {type(container).__name__}"
+    return container
 
 
 # --- overrides --------------------------------------------------------------------------------------
@@ -293,7 +301,7 @@ def apply_overrides(data: dict, overrides: list[str], origin: dict[str, str]) ->
             continue
         key = item.split("=", 1)[0]
         try:
-            data = _merge(data, OmegaConf.to_container(OmegaConf.from_dotlist([item])))
+            data = _merge(data, to_dict(OmegaConf.from_dotlist([item])))
         except OmegaConfBaseException as exc:
             problems.append(f"'{item}' (command line): {exc}")
             continue
@@ -463,7 +471,12 @@ def _check_section(schema: type, data: Any, path: str, origin: dict[str, str], p
 def _entry_schema(hint: Any) -> type | None:
     """D when ``hint`` is ``dict[str, D]`` with D a dataclass (a table of sections), else None."""
     args = typing.get_args(hint)
-    if typing.get_origin(hint) is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+    if (
+        typing.get_origin(hint) is dict
+        and len(args) == 2
+        and isinstance(args[1], type)
+        and dataclasses.is_dataclass(args[1])
+    ):
         return args[1]
     return None
 
@@ -525,6 +538,7 @@ def validate(
     if problems:
         raise RecipeError(source, problems)
     recipe = OmegaConf.merge(OmegaConf.structured(RecipeSchema), fixed)
+    assert isinstance(recipe, DictConfig)  # merged into a dataclass schema
     for kind, schema in schemas.items():
         recipe[kind] = OmegaConf.merge(OmegaConf.structured(schema), data[kind])
     missing = sorted(OmegaConf.missing_keys(recipe))
@@ -540,7 +554,7 @@ def validate(
 
 def load_recipe(
     name_or_path: str | Path,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     registry: Registry | None = None,
     components: dict[str, str] | None = None,
     profile_report: list[ProfileSetting] | None = None,
@@ -561,15 +575,15 @@ def load_recipe(
     without = _merge({}, data) if profile_report is not None else None  # a copy: the recipe without the profile
     settings = apply_profile(data, origin, registry)
     recipe = validate(data, registry, origin, source=str(path))
-    if without is not None:
+    if without is not None and profile_report is not None:  # both or neither
         before = flatten(validate(without, registry, dict(origin), source=str(path)))
         profile_report += [dataclasses.replace(s, before=before.get(s.key, "(unset)")) for s in settings]
     return recipe
 
 
-def flatten(recipe: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+def flatten(recipe: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"train.lr": 1e-4, ...}``: keys exactly as a command-line override would name them."""
-    container = OmegaConf.to_container(recipe, resolve=True) if isinstance(recipe, DictConfig) else recipe
+    container: Mapping[str, Any] = to_dict(recipe, resolve=True) if isinstance(recipe, DictConfig) else recipe
     flat: dict[str, Any] = {}
     for key, value in container.items():
         dotted = f"{prefix}{key}"
@@ -582,3 +596,11 @@ def flatten(recipe: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
 
 def to_yaml(recipe: DictConfig) -> str:
     return OmegaConf.to_yaml(recipe, resolve=True)
+
+
+def read_yaml(path: Path) -> DictConfig:
+    """A recipe :func:`to_yaml` wrote (a run's or a checkpoint's ``recipe.yaml``), as read back; not validated."""
+    recipe = OmegaConf.load(path)
+    if not isinstance(recipe, DictConfig):
+        raise RecipeError(str(path), ["a recipe must be a mapping of sections"])
+    return recipe

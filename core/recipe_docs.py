@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from molbridge.core.recipe import RecipeSchema
+from molbridge.core.recipe import RecipeSchema, to_dict
 from molbridge.core.registry import Registry
 
 
@@ -35,13 +35,17 @@ def field_docs(schema: type) -> dict[str, str]:
             continue
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
         for node, after in zip(body, body[1:] + [None], strict=True):
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and _is_docstring(after):
-                docs[node.target.id] = inspect.cleandoc(after.value.value)
+            doc = _docstring(after)
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and doc is not None:
+                docs[node.target.id] = inspect.cleandoc(doc)
     return docs
 
 
-def _is_docstring(node: ast.stmt | None) -> bool:
-    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+def _docstring(node: ast.stmt | None) -> str | None:
+    """The text of a statement that is a bare string literal, else None."""
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+        return node.value.value
+    return None
 
 
 def undocumented(schema: type, prefix: str = "") -> list[str]:
@@ -104,7 +108,7 @@ def _section_lines(schema: type, values: dict, indent: int) -> list[str]:
 
 def document(recipe: DictConfig, registry: Registry) -> str:
     """The resolved recipe as YAML, each key preceded by its documentation (plugin sections by their schema)."""
-    values = OmegaConf.to_container(recipe, resolve=True)
+    values = to_dict(recipe, resolve=True)
     lines = [f"# recipe {recipe.recipe}: every key, its documentation, type, default and range"]
     fixed = {k: v for k, v in values.items() if k not in ("encoder", "projector", "llm", "task")}
     lines += _section_lines(RecipeSchema, fixed, 0)

@@ -22,13 +22,14 @@ from typing import Any
 
 import torch
 from lightning_fabric import Fabric
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from molbridge.core import identity as identities
 from molbridge.core import loop as training
 from molbridge.core.checkpoint import CHECKPOINTS, RECIPE_FILE, resolve_resume
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.plugins import molbridge_version
+from molbridge.core.recipe import read_yaml
 from molbridge.core.registry import Registry, build_components
 from molbridge.core.testing import check_run_contracts
 
@@ -198,7 +199,7 @@ def _check_folder(out: Path, recipe: DictConfig) -> DictConfig | None:
     stored = identities.stored_recipe(out)
     if stored is None:  # a folder written before run.json existed: its newest checkpoint says
         folders = sorted((out / CHECKPOINTS).glob("step-*/" + RECIPE_FILE))
-        stored = OmegaConf.load(folders[-1]) if folders else None
+        stored = read_yaml(folders[-1]) if folders else None
     if stored is None:
         return None
     conflicts = identities.resume_conflicts(stored, recipe)

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +24,11 @@ from torch import nn
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.identity import is_stage_reference
 from molbridge.core.loop import apply_freezing
+from molbridge.core.recipe import to_dict
 from molbridge.core.registry import Registry
+
+if TYPE_CHECKING:
+    from molbridge.core.contracts import Projector
 
 GIB = 2**30
 #: Mixed-precision AdamW state per trainable parameter: fp32 master weight, gradient and two moments.
@@ -31,7 +36,7 @@ TRAIN_STATE_BYTES = 16
 #: Options that only say where weights come from, and their "no weights" value.
 WEIGHT_OPTIONS = {"checkpoint": None, "pretrained": False}
 #: allenai/scibert_scivocab_uncased: BERT-base with the SciBERT vocabulary.
-SCIBERT_SHAPE = {
+SCIBERT_SHAPE: dict[str, Any] = {
     "model_type": "bert",
     "vocab_size": 31090,
     "hidden_size": 768,
@@ -98,7 +103,7 @@ class Sizing:
 
 def _plain(section: DictConfig) -> DictConfig:
     """A resolved, editable copy of a validated recipe section (env interpolations applied)."""
-    return OmegaConf.create(OmegaConf.to_container(section, resolve=True))
+    return OmegaConf.create(to_dict(section, resolve=True))
 
 
 def _clear_weights(kind: str, section: DictConfig, notes: list[str]) -> DictConfig:
@@ -202,7 +207,8 @@ def size_recipe(recipe: DictConfig, registry: Registry) -> Sizing:
             )
         with torch.device("meta"):
             if recipe.get("llm") is not None and parts["projector"] is not None:
-                parts["llm"], llm_base = _build_llm(_plain(recipe.llm), registry, parts["projector"].output_dim, notes)
+                soft_width = cast("Projector", parts["projector"]).output_dim  # the projector contract's width
+                parts["llm"], llm_base = _build_llm(_plain(recipe.llm), registry, soft_width, notes)
             model = _assemble(recipe, registry, parts, notes)
     apply_freezing(model, recipe.train.trainable, recipe.train.frozen, recipe.recipe)
     spec = recipe.train.init_from
