@@ -42,7 +42,7 @@ from molbridge.core.data import (
 from molbridge.core.data.conformers import REASONS
 from molbridge.core.data.readers import read_sdf
 from molbridge.core.errors import CheckpointError, MolbridgeError
-from molbridge.core.recipe import load_recipe
+from molbridge.core.recipe import Precision, load_recipe
 from molbridge.core.registry import Registry, build_components
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def from_sdf(path: str | Path, config: ConformerConfig, record: int | None = Non
     problems = [f"record {r.index} ({r.id}): {_reason(r)}" for r in results if isinstance(r, Failure)]
     if problems:
         raise AskError(f"--sdf {path}: {len(problems)} unusable record(s):\n  " + "\n  ".join(problems))
-    return results
+    return [r for r in results if not isinstance(r, Failure)]
 
 
 def _sdf_record(item: MoleculeInput, config: ConformerConfig) -> MoleculeRecord | Failure:
@@ -228,7 +228,7 @@ class Asker:
         self.model: torch.nn.Module | None = None
         self.fabric: Fabric | None = None
 
-    def load_model(self, device: str = "auto", precision: str | None = None) -> torch.nn.Module:
+    def load_model(self, device: str = "auto", precision: Precision | None = None) -> torch.nn.Module:
         """Rebuild the model through the registry (the task's ``build_model``), load the weights, eval mode.
 
         ``precision`` defaults to the run's (``train.precision``), applied by Lightning Fabric as in evaluation.
@@ -254,9 +254,11 @@ class Asker:
         self, smiles: str | None = None, sdf: str | Path | None = None, record: int | None = None
     ) -> list[MoleculeRecord]:
         """The molecules to ask about: one SMILES, or the records of an SDF."""
-        if (smiles is None) == (sdf is None):
-            raise AskError("give exactly one of a SMILES or an SDF file")
-        return [from_smiles(smiles, self.conformers)] if smiles is not None else from_sdf(sdf, self.conformers, record)
+        if smiles is not None and sdf is None:
+            return [from_smiles(smiles, self.conformers)]
+        if sdf is not None and smiles is None:
+            return from_sdf(sdf, self.conformers, record)
+        raise AskError("give exactly one of a SMILES or an SDF file")
 
     @torch.no_grad()
     def answer(self, question: str, molecules: Sequence[MoleculeRecord], **generation: Any) -> list[str]:
@@ -265,9 +267,11 @@ class Asker:
             raise AskError("the question is empty")
         if self.model is None:
             self.load_model()
+        model, fabric = self.model, self.fabric
+        assert model is not None and fabric is not None  # load_model sets both
         samples = [self._sample(question, mol) for mol in molecules]
         try:
-            return self.task.answer(self.model, self.fabric, samples, **generation)
+            return self.task.answer(model, fabric, samples, **generation)
         except MolbridgeError as exc:  # e.g. an element the encoder has no token for
             raise AskError(f"molecule(s) {', '.join(str(s[keys.MOL_ID]) for s in samples)}: {exc}") from exc
 
@@ -281,7 +285,7 @@ class Asker:
         }
 
 
-def _fabric(device: str, precision: str) -> Fabric:
+def _fabric(device: str, precision: Precision) -> Fabric:
     try:
         return Fabric(accelerator=device, devices=1, precision=precision)
     except (ValueError, TypeError, RuntimeError) as exc:

@@ -22,10 +22,13 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from molbridge.core.contracts import Encoder
 
 ENV_MAX_GB = "MOLBRIDGE_CACHE_MAX_GB"
 META_FILE = "meta.json"
@@ -225,7 +228,7 @@ class EncoderCache:
     run checks), so a batch assembled from entries equals the encoder's output on that batch (up to float noise).
     """
 
-    def __init__(self, encoder: nn.Module, settings: Mapping[str, Any], base: Path | None = None):
+    def __init__(self, encoder: Encoder, settings: Mapping[str, Any], base: Path | None = None):
         self.encoder = encoder
         namespace = digest("encoder-outputs", weights_digest(encoder), dict(settings))
         self.store = FeatureCache(namespace, {"what": f"encoder outputs ({settings.get('name')})", **settings}, base)

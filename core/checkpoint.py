@@ -66,8 +66,12 @@ def list_checkpoints(root: Path) -> list[Path]:
     """
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / STATE_FILE).exists()]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+    found = [
+        (int(match.group(1)), p)
+        for p in root.iterdir()
+        if p.is_dir() and (match := _STEP_DIR.match(p.name)) and (p / STATE_FILE).exists()
+    ]
+    return [p for _, p in sorted(found, key=lambda pair: pair[0])]
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -165,7 +169,9 @@ def _tensor(text: str) -> torch.Tensor:
 def rng_state() -> dict[str, Any]:
     """This process's RNG states as JSON-able data (no pickle: a checkpoint folder may not be trusted)."""
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = np.random.get_state()
+    assert isinstance(numpy_state, tuple)  # legacy=True, the default: (kind, keys, pos, has_gauss, cached)
+    kind, keys, pos, has_gauss, cached = numpy_state
     state = {
         "python": [version, list(internal), gauss],
         "numpy": [kind, base64.b64encode(keys.astype("<u4").tobytes()).decode(), pos, has_gauss, cached],

@@ -96,8 +96,8 @@ def _candidates(external: bool, extra: Iterable[Any]) -> list[tuple[PluginInfo, 
     # built-ins first in their declared order, then the others by distribution: "later" in a clash is well defined
     found.sort(key=lambda pair: (not pair[0].builtin, "" if pair[0].builtin else (pair[0].distribution or "")))
     for obj in extra:
-        name = getattr(obj, "__name__", type(obj).__name__)
-        found.append((PluginInfo(name, name, None, None, False), functools.partial(lambda o: o, obj)))
+        label = getattr(obj, "__name__", type(obj).__name__)
+        found.append((PluginInfo(label, label, None, None, False), functools.partial(lambda o: o, obj)))
     return found
 
 

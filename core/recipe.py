@@ -22,7 +22,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from omegaconf import Container, DictConfig, OmegaConf
@@ -35,7 +35,8 @@ PROFILES = ("molbridge", "3d-molm")  # compat: molbridge's defaults, or the 3D-M
 DEFAULT_PROFILE = "molbridge"
 SPLIT_KINDS = ("scaffold", "random", "given", "given-described", "given-pretrain")  # see core/data/splits.py
 LR_SCHEDULES = ("cosine", "cosine-per-epoch", "cosine-from-start")  # see TrainConfig.lr_schedule
-PRECISIONS = ("32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
+Precision = Literal["32-true", "32", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
+PRECISIONS: tuple[Precision, ...] = typing.get_args(Precision)  # the Lightning Fabric precisions a recipe may name
 BOUNDS = {
     "ge": (">=", lambda v, b: v >= b),
     "gt": (">", lambda v, b: v > b),

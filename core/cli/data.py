@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 EPILOG = """\
 examples:
@@ -151,7 +152,7 @@ def _prepare(args) -> int:
     )
     first = sources[0].resolve()
     name = args.name or (first.name.split(".")[0] if len(sources) == 1 else first.parent.name)
-    extra = {"source": ", ".join(p.name for p in sources)}
+    extra: dict[str, Any] = {"source": ", ".join(p.name for p in sources)}
     if len(inputs) < total:
         extra["subset"] = {"of": total, "limit": args.limit, "sample": args.sample, "seed": args.seed}
     if release := getattr(inputs, "summary", None) or getattr(getattr(inputs, "inputs", None), "summary", None):
@@ -190,6 +191,9 @@ def _build_mini(args) -> int:
     from molbridge.core.data.mini import build_mini
 
     meta = build_mini(args.out, limit=args.limit, workers=args.workers)
+    if meta is None:  # a shard went missing while building (build_mini builds every shard itself)
+        print(f"{args.out}: shards are missing; run the same command again to finish", file=sys.stderr)
+        return 1
     print(f"{args.out}: {meta['molecules']} molecules, {meta['failed']} failed of {meta['inputs']} inputs")
     return 0
 

@@ -86,7 +86,7 @@ def check_plugins() -> int:
             component = registry.get(kind, name)
             origin = f"{component.distribution} {component.version}" if component.distribution else component.plugin
             problem = check_component(registry, kind, name)
-            failed += bool(problem) and not problem.startswith("skipped")
+            failed += bool(problem and not problem.startswith("skipped"))
             print(f"{kind:<9} {name:<14} [{origin}] {problem or 'ok'}", flush=True)
     print(f"{failed} component(s) failed their contract checks" if failed else "every component passed")
     return 1 if failed else 0
