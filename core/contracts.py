@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from lightning_fabric import Fabric
+    from omegaconf import DictConfig
     from torch.utils.data import Dataset
 
 Batch = dict[str, Any]
@@ -219,7 +220,7 @@ class Task(ABC):
 
     @classmethod
     def assemble(
-        cls, config: Any, encoder: nn.Module | None, projector: nn.Module | None, llm: nn.Module | None
+        cls, config: DictConfig, encoder: nn.Module | None, projector: nn.Module | None, llm: nn.Module | None
     ) -> nn.Module:
         """The model :meth:`build_model` returns, from components already built, without data: the
         task's own freezing (unused heads, locked towers) included. ``bench recipes validate`` calls it

@@ -45,7 +45,7 @@ class Component:
     distribution: str | None = None
     version: str | None = None
 
-    def build(self, config: Any, **kwargs: Any) -> Any:
+    def build(self, config: DictConfig, **kwargs: Any) -> Any:
         return self.factory(config, **kwargs)
 
 
@@ -81,7 +81,7 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
 
-    def build(self, kind: str, config: Any, **kwargs: Any) -> Any:
+    def build(self, kind: str, config: DictConfig, **kwargs: Any) -> Any:
         return self.get(kind, config.name).build(config, **kwargs)
 
 

@@ -77,7 +77,9 @@ def _with_geometry(molecule: Molecule | Mapping[str, Any], z: np.ndarray, pos: n
     return (z, pos)
 
 
-def _encode(encoder: Encoder, molecules: Sequence[Molecule | Mapping[str, Any]], device: Any = None) -> EncoderOutput:
+def _encode(
+    encoder: Encoder, molecules: Sequence[Molecule | Mapping[str, Any]], device: torch.device | str | None = None
+) -> EncoderOutput:
     """Encode (z, positions) molecules or dataset items (through ``featurize_item``) as one batch."""
     features = [encoder.featurize_item(m) if isinstance(m, Mapping) else encoder.featurize(*m) for m in molecules]
     inputs = encoder.collate(features)
@@ -104,7 +106,7 @@ def _random_rotation(seed: int) -> np.ndarray:
 
 
 def check_encoder_outputs(
-    encoder: Encoder, molecules: Sequence[Molecule | Mapping[str, Any]], device: Any = None
+    encoder: Encoder, molecules: Sequence[Molecule | Mapping[str, Any]], device: torch.device | str | None = None
 ) -> EncoderOutput:
     """Shapes, dtypes, the padding-mask convention and zero rows at padding."""
     out = _encode(encoder, molecules, device)
@@ -141,7 +143,10 @@ def check_rigid_motion_invariance(
 
 
 def check_padding_invariance(
-    encoder: Encoder, molecules: Sequence[Molecule | Mapping[str, Any]], atol: float = 1e-5, device: Any = None
+    encoder: Encoder,
+    molecules: Sequence[Molecule | Mapping[str, Any]],
+    atol: float = 1e-5,
+    device: torch.device | str | None = None,
 ) -> None:
     """A molecule's outputs are the same alone and in a batch padded to a larger molecule."""
     together = _encode(encoder, molecules, device)
