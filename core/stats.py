@@ -137,12 +137,16 @@ def configuration(
     intervals over seeds and items together, over items only and over seeds only."""
     matrix = _matrix(runs)
     point = float(np.mean(summarize(matrix, statistic)))
-    intervals = []
-    for items, seeds in ((True, True), (True, False), (False, True)):
-        rng = np.random.default_rng(seed)
-        (replicates,) = _replicates([matrix], rng, resamples, statistic, items=items, seeds=seeds)
-        intervals.append(_interval(point, replicates, level))
-    return Estimate(*intervals, items=matrix.shape[1], seeds=matrix.shape[0])
+    # one pass gives both item-resampled intervals: the same item draws, seeds drawn or each kept once
+    ((both, items_only),) = _replicates([matrix], np.random.default_rng(seed), resamples, statistic)
+    ((seeds_only, _),) = _replicates([matrix], np.random.default_rng(seed), resamples, statistic, items=False)
+    return Estimate(
+        _interval(point, both, level),
+        _interval(point, items_only, level),
+        _interval(point, seeds_only, level),
+        items=matrix.shape[1],
+        seeds=matrix.shape[0],
+    )
 
 
 def paired(
@@ -166,7 +170,7 @@ def paired(
         raise ValueError(f"pairing seeds of {a.shape[0]} runs with {b.shape[0]}")
     point = float(np.mean(summarize(a, statistic)) - np.mean(summarize(b, statistic)))
     rng = np.random.default_rng(seed)
-    first, second = _replicates([a, b], rng, resamples, statistic, shared_seeds=pair_seeds)
+    (first, _), (second, _) = _replicates([a, b], rng, resamples, statistic, shared_seeds=pair_seeds)
     difference = _interval(point, first - second, level)
     return Comparison(
         difference, verdict(difference.lo, difference.hi, higher), "paired by seed" if pair_seeds else "pooled"
@@ -201,21 +205,22 @@ def _replicates(
     statistic: str,
     *,
     items: bool = True,
-    seeds: bool = True,
     shared_seeds: bool = False,
-) -> list[np.ndarray]:
-    """Per matrix, ``resamples`` values of "mean over drawn seeds of the statistic over drawn items", with one
-    item draw per replicate shared by every matrix and seed (items are crossed with seeds and configurations)."""
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per matrix, ``resamples`` values of "mean over drawn seeds of the statistic over drawn items", and of the
+    same with every seed kept once. One item draw per replicate is shared by every matrix and seed (items are
+    crossed with seeds and configurations); ``items=False`` keeps the items; ``shared_seeds`` draws the same seed
+    rows for every matrix (they must have as many)."""
     n = matrices[0].shape[1]
     most = max(m.shape[0] for m in matrices)
     chunk = max(1, min(resamples, CHUNK_ELEMENTS // (most * n)))
-    out = [np.empty(resamples) for _ in matrices]
+    out = [(np.empty(resamples), np.empty(resamples)) for _ in matrices]
     for start in range(0, resamples, chunk):
         size = min(chunk, resamples - start)
         drawn = rng.integers(0, n, size=(size, n)) if items else None
         counts = _counts(drawn) if drawn is not None and statistic == "mean" else None
-        common = rng.integers(0, most, size=(size, most)) if seeds and shared_seeds else None
-        for matrix, result in zip(matrices, out, strict=True):
+        common = rng.integers(0, most, size=(size, most)) if shared_seeds else None
+        for matrix, (drawn_seeds, kept_seeds) in zip(matrices, out, strict=True):
             count = matrix.shape[0]
             if drawn is None:  # items kept: each seed's statistic is the same in every replicate
                 per_seed = np.broadcast_to(summarize(matrix, statistic), (size, count))
@@ -223,11 +228,9 @@ def _replicates(
                 per_seed = _weighted_mean(matrix, counts)
             else:
                 per_seed = summarize(matrix[:, drawn], statistic).T  # (size, seeds)
-            if not seeds:
-                picks = np.broadcast_to(np.arange(count), (size, count))
-            else:
-                picks = common if common is not None else rng.integers(0, count, size=(size, count))
-            result[start : start + size] = np.take_along_axis(per_seed, picks, axis=1).mean(axis=1)
+            picks = common if common is not None else rng.integers(0, count, size=(size, count))
+            drawn_seeds[start : start + size] = np.take_along_axis(per_seed, picks, axis=1).mean(axis=1)
+            kept_seeds[start : start + size] = per_seed.mean(axis=1)
     return out
 
 
