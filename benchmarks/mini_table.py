@@ -9,8 +9,11 @@ repository root (each stage's children start from the previous stage's child of 
 and seed). Rendering reads the sweeps' children back from MLflow, groups them by encoder and projector,
 and writes mean +- sample std over seeds to ``benchmarks/results/mini/STAGE/table.{md,csv}`` and to the
 README between that stage's ``mini-table:STAGE`` markers. A cell from fewer seeds than the sweep asked
-for says so. Each stage is its own block, so redrawing one stage from a new MLflow store leaves the
-tables of the others as they were.
+for says so. Where the runs' artifacts hold the metric per test item (retrieval's ranks, QA's answers), the
+cell is the mean with its 95% bootstrap interval over test items and seeds instead, and the configurations
+that a paired bootstrap cannot tell from the best one are bold with it (``bench compare --aggregate``'s
+statistics, :mod:`molbridge.core.stats`). Each stage is its own block, so redrawing one stage from a new
+MLflow store leaves the tables of the others as they were.
 """
 
 from __future__ import annotations
@@ -23,9 +26,19 @@ import re
 import sys
 from pathlib import Path
 
+from molbridge.core import stats
 from molbridge.core.cli import main as bench
-from molbridge.core.compare import Group, Stat, gather_runs, group_runs, pooled
-from molbridge.core.compare_report import write_report
+from molbridge.core.compare import (
+    Group,
+    ItemData,
+    Stat,
+    compare_groups,
+    estimate_of,
+    gather_runs,
+    group_runs,
+    pooled,
+)
+from molbridge.core.compare_report import collect_items, write_report
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.sweep import load_sweep
 
@@ -101,10 +114,13 @@ def run_sweeps(stages: list[str]) -> list[str]:
     return failed
 
 
-def cell(stat: Stat | None, best: bool = False) -> str:
+def cell(stat: Stat | None, best: bool = False, estimate: stats.Estimate | None = None) -> str:
     if stat is None:
         return "not run"
-    text = f"{stat.mean:.3f}" if stat.std is None else f"{stat.mean:.3f} ± {stat.std:.3f}"
+    if estimate is not None:
+        text = f"{stat.mean:.3f} [{estimate.interval.lo:.3f}, {estimate.interval.hi:.3f}]"
+    else:
+        text = f"{stat.mean:.3f}" if stat.std is None else f"{stat.mean:.3f} ± {stat.std:.3f}"
     text = f"**{text}**" if best else text
     return text if stat.n == SEEDS else f"{text} (n={stat.n})"
 
@@ -129,34 +145,77 @@ def planned(stage: str) -> list[tuple[str, str]]:
     return list(itertools.product(grid["encoder"], grid["projector"]))
 
 
-def stage_table(stage: str, groups: list[Group]) -> tuple[list[str], list[list[str]]]:
-    """Markdown lines and CSV rows of one stage: a row per configuration, then the baseline's row."""
+def stage_table(
+    stage: str, groups: list[Group], items: ItemData | None = None, notes: list[str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Markdown lines and CSV rows of one stage: a row per configuration, then the baseline's row.
+
+    With ``items`` (per-item values, :func:`molbridge.core.compare_report.collect_items`), a metric that has
+    them shows its bootstrap interval, and every configuration not distinguishable from the best mean by a
+    paired bootstrap is bold with it; otherwise only the best mean is bold. Why a metric got no interval goes to
+    ``notes``."""
     columns = COLUMNS[stage][1]
+    items, notes = items or {}, notes if notes is not None else []
     header = ["encoder", "projector", *(title for title, *_ in columns)]
-    best = {}
-    for title, metric, _, lower in columns:
-        means = [(g.stat(metric).mean, g.config) for g in groups if g.stat(metric)]
-        best[title] = (min(means) if lower else max(means))[1] if means else None
+    estimates = {
+        (title, group.config): estimate_of(group, metric, items, notes=notes)
+        for title, metric, *_ in columns
+        for group in groups
+    }
+    bold = {title: _bold(groups, metric, lower, items) for title, metric, _, lower in columns}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    rows = [["encoder", "projector", *(f"{title} {part}" for title, *_ in columns for part in ("mean", "std", "n"))]]
+    parts = ("mean", "std", "n", "lo", "hi")
+    rows = [["encoder", "projector", *(f"{title} {part}" for title, *_ in columns for part in parts)]]
     for group in groups:
         who = [NAMES.get(group.runs[0].identity[k], group.runs[0].identity[k]) for k in ("encoder", "projector")]
-        stats = [group.stat(metric) for _, metric, _, _ in columns]
-        lines.append(
-            "| "
-            + " | ".join(who + [cell(s, best[t] == group.config) for (t, *_), s in zip(columns, stats, strict=True)])
-            + " |"
-        )
-        rows.append(who + _csv(stats))
+        stats_ = [group.stat(metric) for _, metric, _, _ in columns]
+        found = [estimates[title, group.config] for title, *_ in columns]
+        cells = [
+            cell(s, group.config in bold[title], e) for (title, *_), s, e in zip(columns, stats_, found, strict=True)
+        ]
+        lines.append("| " + " | ".join(who + cells) + " |")
+        rows.append(who + _csv(stats_, found))
     done = {tuple(g.runs[0].identity[k] for k in ("encoder", "projector")) for g in groups}
     for missing in [c for c in planned(stage) if c not in done]:
         who = [NAMES.get(name, name) for name in missing]
         lines.append("| " + " | ".join(who + ["not run yet"] * len(columns)) + " |")
-        rows.append(who + [""] * 3 * len(columns))
-    stats = [pooled(groups, base) if base else None for _, _, base, _ in columns]
-    lines.append("| " + " | ".join([f"{BASELINES[stage]} (baseline)", ""] + [_baseline_cell(s) for s in stats]) + " |")
-    rows.append([f"{BASELINES[stage]} (baseline)", "", *_csv(stats)])
+        rows.append(who + [""] * len(parts) * len(columns))
+    base = [pooled(groups, b) if b else None for _, _, b, _ in columns]
+    lines.append("| " + " | ".join([f"{BASELINES[stage]} (baseline)", ""] + [_baseline_cell(s) for s in base]) + " |")
+    rows.append([f"{BASELINES[stage]} (baseline)", "", *_csv(base, [None] * len(base))])
     return lines, rows
+
+
+def _bold(groups: list[Group], metric: str, lower: bool, items: ItemData) -> set[str]:
+    """The configuration with the best mean and, where per-item values allow a paired bootstrap, every one not
+    distinguishable from it."""
+    means = [(g.stat(metric).mean, g.config) for g in groups if g.stat(metric)]
+    if not means:
+        return set()
+    best = (min(means) if lower else max(means))[1]
+    reference = next(g for g in groups if g.config == best)
+    tied = set()
+    for group in groups:
+        if group is not reference and group.stat(metric):
+            comparison = compare_groups(group, reference, metric, items)
+            if comparison is not None and comparison.verdict == stats.TIED:
+                tied.add(group.config)
+    return {best} | tied
+
+
+def legend(stage: str, groups: list[Group], items: ItemData) -> str:
+    """What the cells of a stage's table are, for the line under it."""
+    metrics = [metric for _, metric, _, _ in COLUMNS[stage][1]]
+    with_items = [m for m in metrics if any(items.get(r.run_id, {}).get(m) for g in groups for r in g.runs)]
+    spread = "mean ± sample std over seeds"
+    if not with_items:
+        return f"Cells: {spread}; bold: the best mean."
+    titles = ", ".join(title for title, metric, *_ in COLUMNS[stage][1] if metric in with_items)
+    return (
+        f"Cells: {spread}, except {titles}: mean [95% percentile bootstrap interval over test items and seeds, "
+        f"{stats.RESAMPLES} resamples]; bold: the best mean and, for those, every configuration a paired "
+        "bootstrap on the same test items cannot tell from it (its 95% interval of the difference contains 0)."
+    )
 
 
 def _baseline_cell(stat: Stat | None) -> str:
@@ -166,8 +225,13 @@ def _baseline_cell(stat: Stat | None) -> str:
     return f"{stat.mean:.3f}" if not stat.std else f"{stat.mean:.3f} ± {stat.std:.3f}"
 
 
-def _csv(stats: list[Stat | None]) -> list[str]:
-    return ["" if v is None else f"{v:.6g}" for s in stats for v in ((s.mean, s.std, s.n) if s else (None,) * 3)]
+def _csv(stats_: list[Stat | None], estimates: list[stats.Estimate | None]) -> list[str]:
+    out = []
+    for s, e in zip(stats_, estimates, strict=True):
+        numbers = (s.mean, s.std, s.n) if s else (None,) * 3
+        numbers += (e.interval.lo, e.interval.hi) if e else (None, None)
+        out += ["" if v is None else f"{v:.6g}" for v in numbers]
+    return out
 
 
 def render(stage: str, uri: str | None, plots: bool) -> str:
@@ -175,12 +239,22 @@ def render(stage: str, uri: str | None, plots: bool) -> str:
     groups, runs = stage_rows(stage, uri)
     if not groups:
         return f"**{stage}**: no finished run of sweep {COLUMNS[stage][0]} yet\n"
-    lines, rows = stage_table(stage, groups)
+    items, notes = collect_items(groups, uri), []
+    lines, rows = stage_table(stage, groups, items, notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     seeds = sorted({r.identity["seed"] for g in groups for r in g.runs})
     out = OUT / "mini" / stage
     figures = f"; [figures]({(out / 'README.md').relative_to(ROOT)})" if plots else ""
     text = "\n".join(
-        [f"**{stage}** (`benchmarks/mini/{stage}.yaml`; seeds {', '.join(seeds)}{figures})", "", *lines, ""]
+        [
+            f"**{stage}** (`benchmarks/mini/{stage}.yaml`; seeds {', '.join(seeds)}{figures})",
+            "",
+            *lines,
+            "",
+            legend(stage, groups, items),
+            "",
+        ]
     )
     if plots:
         write_report(
@@ -189,6 +263,7 @@ def render(stage: str, uri: str | None, plots: bool) -> str:
             table_metrics=("test/*",),
             uri=uri,
             command=f"benchmarks/mini_table.py --render --stages {stage} (sweep {COLUMNS[stage][0]})",
+            versus=groups[0].config,  # the table's first row: Uni-Mol with the Q-Former, 3D-MoLM's own
         )
     out.mkdir(parents=True, exist_ok=True)
     with (out / "table.csv").open("w", newline="") as f:

@@ -6,6 +6,9 @@ task's ``report_metrics``), the metric history of ``train/loss`` and of each mon
 (see :meth:`molbridge.core.contracts.Task.write_outputs`): ``ranks-<split>.json`` (Recall@k curves) and
 ``answers-<split>.jsonl`` records with numeric ``value`` and ``target`` (parity plots). The figures
 themselves are drawn by :mod:`molbridge.core.plots` from plain data.
+
+The same two artifacts hold the per-item values behind some test metrics (:func:`item_values`), from which
+:func:`interval_table` gives ``bench compare --aggregate`` its bootstrap intervals and paired verdicts.
 """
 
 from __future__ import annotations
@@ -20,12 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from molbridge.core import plots
+import numpy as np
+
+from molbridge.core import plots, stats
 from molbridge.core.compare import (
     Group,
+    Intervals,
+    ItemData,
+    Items,
     RunRow,
     check_patterns,
     group_runs,
+    intervals,
     pooled,
     render,
     render_aggregate,
@@ -39,6 +48,10 @@ FALLBACK_PLOT_METRICS = ("best/*",)
 TRAIN_CURVES = ("train/loss",)
 RANKS = re.compile(r"ranks-(?P<split>[\w.-]+)\.json")
 ANSWERS = re.compile(r"answers-(?P<split>[\w.-]+)\.jsonl")
+#: Metrics whose per-item values a ranks artifact holds: rank == 0 (acc) or rank < K (rK), model or baseline.
+RANK_METRIC = re.compile(r"(?P<split>[^/]+)/(?P<baseline>baseline_)?full_(?P<direction>m2t|t2m)_(?:acc|r(?P<k>\d+))")
+#: ... and an answers artifact (numeric records): |value - target| (its mean and median), whether there is a value.
+ANSWER_METRIC = re.compile(r"(?P<split>[^/]+)/(?P<task>.+)/(?P<stat>mae|medae|valid_rate)")
 
 
 @dataclass
@@ -72,26 +85,46 @@ def write_report(
     plot_metrics: tuple[str, ...] | None = None,
     uri: str | None = None,
     command: str = "bench compare",
+    table: Intervals | None = None,
+    versus: str | None = None,
+    resamples: int = stats.RESAMPLES,
 ) -> Report:
     """Tables (per run and per configuration, markdown and CSV), figures and ``README.md`` into ``folder``.
 
     ``rows`` carry every metric of their runs (gather with ``metrics=("*",)``); ``table_metrics`` picks the
     tables' metrics, ``plot_metrics`` the bar charts' (default: :data:`DEFAULT_PLOT_METRICS` by task; a
-    pattern given here that matches nothing is an error naming it).
+    pattern given here that matches nothing is an error naming it). ``table``: the intervals of these rows'
+    configurations, if already computed (:func:`interval_table`); else they are, with ``versus`` and ``resamples``.
     """
     client = client_for(uri)
     report = Report(Path(folder))
     report.folder.mkdir(parents=True, exist_ok=True)
     groups = group_runs(rows)
-    _tables(rows, table_metrics, report)
-    _bars(groups, plot_metrics, report)
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
         artifacts = Artifacts(client, Path(tmp))
+        if table is None:
+            table = intervals(groups, item_values(groups, artifacts), versus=versus, resamples=resamples)
+        _tables(rows, table_metrics, report, table)
+        _bars(groups, plot_metrics, report, table)
         _recall(groups, artifacts, report)
         _parities(groups, artifacts, report)
+    report.notes += table.notes
     _curves(client, groups, report)
     _index(report, groups, command)
     return report
+
+
+def interval_table(
+    groups: list[Group], *, uri: str | None = None, versus: str | None = None, resamples: int = stats.RESAMPLES
+) -> Intervals:
+    """Bootstrap intervals and paired verdicts for ``groups`` from their runs' artifacts."""
+    return intervals(groups, collect_items(groups, uri), versus=versus, resamples=resamples)
+
+
+def collect_items(groups: list[Group], uri: str | None = None) -> ItemData:
+    """:func:`item_values` of ``groups``' runs, their artifacts downloaded to a scratch folder deleted after."""
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
+        return item_values(groups, Artifacts(client_for(uri), Path(tmp)))
 
 
 def log_report(report: Report, run_id: str, uri: str | None = None, artifact_path: str = "compare") -> None:
@@ -117,14 +150,14 @@ def sweep_parent(rows: list[RunRow]) -> str | None:
 # --- tables ----------------------------------------------------------------------------------------------
 
 
-def _tables(rows: list[RunRow], patterns: tuple[str, ...], report: Report) -> None:
+def _tables(rows: list[RunRow], patterns: tuple[str, ...], report: Report, table: Intervals) -> None:
     shown = select_metrics(rows, patterns)
     groups = group_runs(shown)
     for name, text in (
         ("runs.md", render(shown)),
         ("runs.csv", render(shown, "csv")),
-        ("aggregate.md", render_aggregate(groups)),
-        ("aggregate.csv", render_aggregate(groups, "csv")),
+        ("aggregate.md", render_aggregate(groups, table=table)),
+        ("aggregate.csv", render_aggregate(groups, "csv", table)),
     ):
         path = report.folder / name
         path.write_text(text)
@@ -156,7 +189,7 @@ def task_report_metrics(task: str) -> tuple[str, ...]:
     return tuple(getattr(factory, "report_metrics", ()) or ()) or FALLBACK_PLOT_METRICS
 
 
-def _bars(groups: list[Group], patterns: tuple[str, ...] | None, report: Report) -> None:
+def _bars(groups: list[Group], patterns: tuple[str, ...] | None, report: Report, table: Intervals) -> None:
     metrics = plot_metric_names(groups, patterns)
     if not metrics:
         report.notes.append(
@@ -164,13 +197,27 @@ def _bars(groups: list[Group], patterns: tuple[str, ...] | None, report: Report)
         )
     for metric in metrics:
         values = {g.label: g.values(metric) for g in groups}
+        bounds = {g.label: b for g in groups if (b := table.bounds(g.label, metric)) is not None}
         baseline = pooled(groups, baseline_metric(metric))
         dashed = f"; dashed: the baseline's {baseline_metric(metric)}, mean over {baseline.n} runs" if baseline else ""
         caption = (
-            f"{metric}; bar = mean over seeds, error bar = sample std, dots = single seeds{dashed}. "
-            f"Runs: {runs_caption(groups, metric)}."
+            f"{metric}; bar = mean over seeds, {whiskers_caption(groups, metric, bounds, table)}, "
+            f"dots = single seeds{dashed}. Runs: {runs_caption(groups, metric)}."
         )
-        report.add(plots.metric_bars(values, metric, caption, baseline.mean if baseline else None), f"bars-{metric}")
+        fig = plots.metric_bars(values, metric, caption, baseline.mean if baseline else None, intervals=bounds)
+        report.add(fig, f"bars-{metric}")
+
+
+def whiskers_caption(groups: list[Group], metric: str, bounds: dict[str, tuple[float, float]], table: Intervals) -> str:
+    """What a bar chart's error bars are: the bootstrap interval where there is one, else the sample std."""
+    ci = f"{table.level:.0%} percentile bootstrap interval over test items and seeds ({table.resamples} resamples)"
+    drawn = [g.label for g in groups if g.values(metric)]
+    if not bounds:
+        return "error bar = sample std over seeds (no per-item values for an interval)"
+    if all(label in bounds for label in drawn):
+        return f"error bar = {ci}"
+    others = ", ".join(label for label in drawn if label not in bounds)
+    return f"error bar = {ci}, but sample std over seeds for {others} (no per-item values)"
 
 
 def baseline_metric(metric: str) -> str:
@@ -197,10 +244,15 @@ class Artifacts:
 
     def __init__(self, client: Any, scratch: Path):
         self.client, self.scratch = client, scratch
+        self._found: dict[tuple[str, str], dict[str, Path]] = {}
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file is noise here
 
     def find(self, run: RunRow, pattern: re.Pattern) -> dict[str, Path]:
-        """``{split: local path}`` of the run's top-level artifacts whose name matches ``pattern``."""
+        """``{split: local path}`` of the run's top-level artifacts whose name matches ``pattern`` (each run and
+        pattern listed and downloaded once: intervals, curves and parity plots read the same files)."""
+        key = (run.run_id, pattern.pattern)
+        if key in self._found:
+            return self._found[key]
         found = {}
         for info in self.client.list_artifacts(run.run_id):
             match = pattern.fullmatch(info.path)
@@ -208,6 +260,7 @@ class Artifacts:
                 target = self.scratch / run.run_id
                 target.mkdir(exist_ok=True)
                 found[match["split"]] = Path(self.client.download_artifacts(run.run_id, info.path, str(target)))
+        self._found[key] = found
         return found
 
 
@@ -218,6 +271,93 @@ def _load_json(path: Path, run: RunRow) -> Any:
         raise MolbridgeError(
             f"artifact {path.name} of run {run.name} ({run.run_id}) is not readable JSON: {exc}"
         ) from exc
+
+
+# --- per-item values: what intervals and paired tests resample ---------------------------------------------
+
+
+def item_values(groups: list[Group], artifacts: Artifacts) -> ItemData:
+    """Per run, the per-item values behind those of its metrics that its artifacts can give (only runs that
+    logged such a metric are looked at):
+
+    - ``ranks-SPLIT.json`` -> ``SPLIT/full_{m2t,t2m}_acc`` (1 where rank == 0, else 0) and
+      ``SPLIT/full_{m2t,t2m}_rK`` (rank < K), and the same with ``baseline_`` from its ``baseline`` ranks;
+      items are the molecules of its ``ids`` (positions in an artifact without them).
+    - ``answers-SPLIT.jsonl`` -> ``SPLIT/PROP/mae`` (mean of |value - target| over the property's numeric records,
+      a record without a value left out), ``SPLIT/PROP/medae`` (their median) and ``SPLIT/PROP/valid_rate``
+      (1 where there is a value); items are the records, by ``id`` (and occurrence, for a molecule asked twice).
+    """
+    values: ItemData = {}
+    for group in groups:
+        for run in group.runs:
+            ranked = [(m, match) for m in run.metrics if (match := RANK_METRIC.fullmatch(m))]
+            answered = [(m, match) for m in run.metrics if (match := ANSWER_METRIC.fullmatch(m))]
+            found = values.setdefault(run.run_id, {})
+            if ranked:
+                files = artifacts.find(run, RANKS)
+                for metric, match in ranked:
+                    if match["split"] in files:
+                        found[metric] = _rank_items(files[match["split"]], run, match)
+            if answered:
+                files = artifacts.find(run, ANSWERS)
+                records = {split: _numeric_records(path, run) for split, path in files.items()}
+                for metric, match in answered:
+                    numeric = records.get(match["split"], {}).get(match["task"])
+                    if numeric:
+                        found[metric] = _answer_items(numeric, files[match["split"]], match)
+    return values
+
+
+def _rank_items(path: Path, run: RunRow, match: re.Match) -> Items:
+    content = _ranks(_load_json(path, run), path, run)
+    who = "baseline" if match["baseline"] else "model"
+    if who not in content:
+        raise MolbridgeError(f"artifact {path.name} of run {run.name} ({run.run_id}) has no '{who}' ranks")
+    ranks = np.asarray(content[who][match["direction"]])
+    ids = content.get("ids") or [f"#{i}" for i in range(len(ranks))]
+    if len(ids) != len(ranks):
+        raise MolbridgeError(
+            f"artifact {path.name} of run {run.name} ({run.run_id}): {len(ids)} ids but {len(ranks)} "
+            f"{who} {match['direction']} ranks"
+        )
+    hits = ranks == 0 if match["k"] is None else ranks < int(match["k"])
+    return Items(_unique(str(i) for i in ids), hits.astype(float), "mean", path.name)
+
+
+def _numeric_records(path: Path, run: RunRow) -> dict[str, list[tuple[str, float, float | None]]]:
+    """task -> (item id, target, value or None) of the numeric records (those with a target), in file order."""
+    out: dict[str, list[tuple[str, float, float | None]]] = {}
+    for number, record in _jsonl(path, run):
+        if "target" not in record:
+            continue
+        target, value = record["target"], record.get("value")
+        if not isinstance(target, int | float):
+            raise MolbridgeError(
+                f"{path.name} of run {run.name} ({run.run_id}), line {number}: the reference "
+                f"{record.get('reference')!r} holds no number"
+            )
+        item = str(record.get("id", f"line {number}"))
+        parsed = float(value) if isinstance(value, int | float) else None
+        out.setdefault(record["task"], []).append((item, float(target), parsed))
+    return out
+
+
+def _answer_items(records: list[tuple[str, float, float | None]], path: Path, match: re.Match) -> Items:
+    ids = _unique(item for item, _, _ in records)
+    if match["stat"] == "valid_rate":
+        return Items(ids, np.array([float(v is not None) for _, _, v in records]), "mean", path.name)
+    errors = np.array([np.nan if v is None else abs(v - t) for _, t, v in records])
+    return Items(ids, errors, "median" if match["stat"] == "medae" else "mean", path.name)
+
+
+def _unique(ids: Iterable[str]) -> tuple[str, ...]:
+    """Ids made unique by occurrence (``m1``, ``m1#2``): one molecule may be asked about twice."""
+    seen: dict[str, int] = {}
+    out = []
+    for item in ids:
+        seen[item] = seen.get(item, 0) + 1
+        out.append(item if seen[item] == 1 else f"{item}#{seen[item]}")
+    return tuple(out)
 
 
 # --- retrieval: Recall@k curves ----------------------------------------------------------------------------

@@ -70,30 +70,45 @@ def save(fig: Figure, path: str | Path) -> Path:
 
 
 def metric_bars(
-    values: Mapping[str, Sequence[tuple[str, float]]], metric: str, caption: str, baseline: float | None = None
+    values: Mapping[str, Sequence[tuple[str, float]]],
+    metric: str,
+    caption: str,
+    baseline: float | None = None,
+    intervals: Mapping[str, tuple[float, float]] | None = None,
 ) -> Figure:
-    """A bar per configuration at the mean over seeds, error bar the sample std, a point per seed.
+    """A bar per configuration at the mean over seeds, a point per seed, and an error bar: the configuration's
+    interval ``(lo, hi)`` from ``intervals`` where it has one (a bootstrap interval; the caption says which),
+    else the sample std over seeds.
 
     ``values`` maps a configuration to its (seed, value) pairs; a configuration without values gets no bar.
     ``baseline``, the task's own baseline scored in the same runs, is drawn as a dashed line across.
     """
     configs = [c for c, pairs in values.items() if pairs]
     colors = palette(list(values))
+    intervals = intervals or {}
     fig = _figure(max(5.0, 1.5 + 0.9 * len(configs)), 4.6, caption)
     ax = fig.add_subplot()
+    labelled: set[str] = set()
     for x, config in enumerate(configs):
         seeds = np.array([v for _, v in values[config]], dtype=float)
-        std = seeds.std(ddof=1) if len(seeds) > 1 else None
+        mean = seeds.mean()
+        if config in intervals:
+            lo, hi = intervals[config]
+            # a percentile interval need not be centred on the mean (nor, for a median, contain it): clip at 0
+            error, kind = np.array([[max(mean - lo, 0.0)], [max(hi - mean, 0.0)]]), "mean, interval (see caption)"
+        else:
+            error, kind = (seeds.std(ddof=1) if len(seeds) > 1 else None), "mean ± sample std"
         ax.bar(
             x,
-            seeds.mean(),
-            yerr=std,
+            mean,
+            yerr=error,
             color=colors[config],
             alpha=0.75,
             capsize=5,
             width=0.6,
-            label="mean ± sample std" if x == 0 else None,
+            label=kind if kind not in labelled else None,
         )
+        labelled.add(kind)
         ax.scatter(
             np.full(len(seeds), x) + _jitter(len(seeds)),
             seeds,

@@ -3,9 +3,11 @@
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from molbridge.core.compare import Group, RunRow
+from molbridge.core import stats
+from molbridge.core.compare import Group, Items, RunRow
 from molbridge.core.identity import stage_differences
 from molbridge.core.plugins import get_registry
 from molbridge.core.sweep import load_sweep, plan
@@ -81,3 +83,75 @@ def test_stages_option_keeps_chain_order_and_names_an_unknown_stage(table):
     assert table._stages("qa, retrieval") == ["retrieval", "qa"]
     with pytest.raises(argparse.ArgumentTypeError, match="unknown stage .qna.; choose from retrieval, captioning, qa"):
         table._stages("qa,qna")
+
+
+def _retrieval_group(encoder: str, projector: str, hits: list[list[int]]) -> tuple[Group, dict]:
+    """A retrieval configuration whose seeds hit (rank 0) the molecules marked 1 in ``hits``."""
+    group = _group(encoder, projector, {"test/full_m2t_acc": [sum(h) / len(h) for h in hits]})
+    ids = tuple(f"mol{i}" for i in range(len(hits[0])))
+    items = {
+        run.run_id + encoder + projector: {"test/full_m2t_acc": Items(ids, np.array(h, dtype=float))}
+        for run, h in zip(group.runs, hits, strict=True)
+    }
+    for run in group.runs:
+        run.run_id += encoder + projector  # run ids unique across configurations, as MLflow's are
+    return group, items
+
+
+def test_stage_table_shows_intervals_and_bolds_configurations_tied_with_the_best(table):
+    rng = np.random.default_rng(0)
+    good = (rng.random((3, 60)) < 0.5).astype(int).tolist()
+    close = [[min(1, h + (i % 20 == 0)) for i, h in enumerate(seed)] for seed in good]  # 3 more hits of 60
+    poor = (rng.random((3, 60)) < 0.1).astype(int).tolist()
+    groups, items = [], {}
+    for encoder, projector, hits in (
+        ("unimol", "qformer", good),
+        ("schnet", "linear", close),
+        ("smiles", "linear", poor),
+    ):
+        group, found = _retrieval_group(encoder, projector, hits)
+        groups.append(group)
+        items |= found
+    lines, rows = table.stage_table("retrieval", groups, items)
+    unimol, schnet, smiles = lines[2:5]
+    expected = stats.configuration(np.array(close, dtype=float))
+    mean = np.mean(close)
+    assert f"| SchNet | linear | **{mean:.3f} [{expected.interval.lo:.3f}, {expected.interval.hi:.3f}]** |" in schnet
+    assert unimol.startswith("| Uni-Mol | Q-Former | **")  # not distinguishable from the best: bold too
+    assert smiles.startswith("| SMILES (1D control) | linear | 0.") and "**" not in smiles.split(" | ")[2]
+    assert "| not run yet |" in lines[5] and unimol.endswith("| not run | not run | not run |")  # planned, unrun
+    assert rows[0][2:7] == [f"M2T acc {part}" for part in ("mean", "std", "n", "lo", "hi")]
+    assert float(rows[2][5]) == pytest.approx(expected.interval.lo, rel=1e-5)
+    legend = table.legend("retrieval", groups, items)
+    assert "except M2T acc: mean [95% percentile bootstrap interval" in legend and "paired bootstrap" in legend
+    assert table.legend("qa", groups, {}) == "Cells: mean ± sample std over seeds; bold: the best mean."
+
+
+def test_render_reads_intervals_from_any_mlflow_store(table, tmp_path, monkeypatch):
+    """No sweep is run: two finished children of sweep mini-retrieval with ranks artifacts are enough."""
+    import json
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("retrieval-molbridge-mini", artifact_location=str(tmp_path / "artifacts"))
+    for encoder, first in (("unimol", 30), ("smiles", 10)):
+        ranks = [0 if i < first else 7 for i in range(40)]
+        tags = {"task": "retrieval", "encoder": encoder, "projector": "qformer", "seed": "0"}
+        run_id = client.create_run(
+            experiment, run_name=f"{encoder}-qformer-none-s0", tags=tags | {"sweep.name": "mini-retrieval"}
+        ).info.run_id
+        client.log_batch(run_id, metrics=[Metric("test/full_m2t_acc", first / 40, 0, 0)])
+        path = tmp_path / run_id / "ranks-test.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"ids": [f"m{i}" for i in range(40)], "model": {"m2t": ranks, "t2m": ranks}}))
+        client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id)
+    monkeypatch.setattr(table, "OUT", tmp_path / "results")
+    text = table.render("retrieval", uri, plots=False)
+    unimol = next(line for line in text.splitlines() if line.startswith("| Uni-Mol | Q-Former |"))
+    assert unimol.startswith("| Uni-Mol | Q-Former | **0.750 [") and "(n=1)" in unimol
+    assert "| SMILES (1D control) | Q-Former | 0.250 [" in text and "except M2T acc: mean [95%" in text
+    assert (tmp_path / "results" / "mini" / "retrieval" / "table.md").read_text() == text
