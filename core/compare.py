@@ -442,7 +442,8 @@ def item_matrix(
     if lacking:
         notes.append(f"no interval for {metric} of {group.label}: {', '.join(lacking)} logged no per-item values")
         return None
-    for run, part in zip(runs, found, strict=True):
+    parts = [f for f in found if f is not None]  # all of them, after the check above
+    for run, part in zip(runs, parts, strict=True):
         value = float(stats.summarize(np.asarray(part.values, dtype=float), part.statistic))
         if not math.isclose(value, run.metrics[metric], rel_tol=1e-5, abs_tol=1e-6):
             notes.append(
@@ -450,15 +451,15 @@ def item_matrix(
                 f"gives {value:.6g}, the run logged {run.metrics[metric]:.6g} (written by another evaluation?)"
             )
             return None
-    ids = found[0].ids
-    rows = [np.asarray(found[0].values, dtype=float)]
-    for run, part in zip(runs[1:], found[1:], strict=True):
+    ids = parts[0].ids
+    rows = [np.asarray(parts[0].values, dtype=float)]
+    for run, part in zip(runs[1:], parts[1:], strict=True):
         order = _alignment(ids, part.ids, runs[0], run, metric)
         rows.append(np.asarray(part.values, dtype=float)[order])
-    statistics_used = {f.statistic for f in found}
+    statistics_used = {f.statistic for f in parts}
     if len(statistics_used) > 1:
         raise MolbridgeError(f"{metric} of {group.label}: per-item values read as {' and '.join(statistics_used)}")
-    return ids, np.stack(rows), found[0].statistic, runs
+    return ids, np.stack(rows), parts[0].statistic, runs
 
 
 def _alignment(ids: tuple[str, ...], other: tuple[str, ...], run: RunRow, other_run: RunRow, metric: str) -> list[int]:
@@ -498,7 +499,9 @@ def _cell(stat: Stat | None, runs: int, estimate: stats.Estimate | None = None) 
     return text if stat.n == runs else f"{text} (n={stat.n})"
 
 
-def _verdict_cell(label: str, metric: str, table: Intervals) -> str:
+def _verdict_cell(label: str, metric: str, table: Intervals | None) -> str:
+    if table is None:
+        return ""
     comparison = table.comparisons.get((label, metric))
     if comparison is not None:
         d = comparison.difference
@@ -589,10 +592,11 @@ def render_aggregate(groups: list[Group], fmt: str = "markdown", table: Interval
             cells = []
             for metric, s in zip(metrics, row, strict=True):
                 bounds = table.bounds(group.label, metric) if table else None
-                numbers = (s.mean, s.std, s.n) if s else (None,) * 3
+                numbers: tuple[float | int | None, ...] = (s.mean, s.std, s.n) if s else (None,) * 3
                 numbers += (bounds or (None, None)) if table else ()
                 cells += [_csv_number(v) for v in numbers]
             for metric in metrics if table else []:
+                assert table is not None  # the loop runs only with a table
                 comparison = table.comparisons.get((group.label, metric))
                 if comparison is None:
                     cells += [""] * len(verdicts)

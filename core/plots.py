@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.ticker import MaxNLocator
 
 CAPTION_GID = "caption"
@@ -54,7 +55,9 @@ def _figure(width: float, height: float, caption: str) -> Figure:
     lines = textwrap.wrap(caption, int(width * CHARS_PER_INCH), break_on_hyphens=False) or [""]
     bottom = (0.18 * len(lines) + 0.1) / height  # inches of caption as a fraction of the figure
     fig = Figure(figsize=(width, height), layout="constrained")
-    fig.get_layout_engine().set(rect=(0, bottom, 1, 1 - bottom))
+    engine = fig.get_layout_engine()
+    assert isinstance(engine, ConstrainedLayoutEngine)  # layout="constrained" above
+    engine.set(rect=(0, bottom, 1, 1 - bottom))
     fig.text(0.01, 0.02 / height, "\n".join(lines), fontsize=7, va="bottom", ha="left", gid=CAPTION_GID)
     return fig
 
@@ -92,6 +95,7 @@ def metric_bars(
     for x, config in enumerate(configs):
         seeds = np.array([v for _, v in values[config]], dtype=float)
         mean = seeds.mean()
+        error: np.ndarray | float | None
         if config in intervals:
             lo, hi = intervals[config]
             # a percentile interval need not be centred on the mean (nor, for a median, contain it): clip at 0
@@ -139,10 +143,10 @@ def _jitter(n: int) -> np.ndarray:
 
 def recall_at_k(ranks: Sequence[int], n: int | None = None) -> np.ndarray:
     """Recall@k for k = 1..n (default: the number of ranks): the share of ranks below k (rank 0 = first)."""
-    ranks = np.asarray(ranks, dtype=np.int64)
-    n = len(ranks) if n is None else n
-    hits = np.bincount(np.clip(ranks, 0, n), minlength=n + 1)[:n]  # ranks >= n never count
-    return np.cumsum(hits) / len(ranks)
+    positions = np.asarray(ranks, dtype=np.int64)
+    n = len(positions) if n is None else n
+    hits = np.bincount(np.clip(positions, 0, n), minlength=n + 1)[:n]  # ranks >= n never count
+    return np.cumsum(hits) / len(positions)
 
 
 DIRECTIONS = {"m2t": "molecule → text", "t2m": "text → molecule"}
@@ -203,9 +207,9 @@ def _band(ax, runs: Sequence[Sequence[int]], color, label: str, linestyle: str =
 class Parity:
     """One property's answers: true and predicted values of the parsed answers, with each one's seed."""
 
-    true: Sequence[float]
-    predicted: Sequence[float]
-    seeds: Sequence[str]
+    true: list[float]
+    predicted: list[float]
+    seeds: list[str]
     unparsed: int = 0
 
 

@@ -40,6 +40,9 @@ import numpy as np
 RESAMPLES = 2000
 SEED = 0
 LEVEL = 0.95
+
+# per-item values of a configuration: one row per seed, items in the same order in every row
+Rows = Sequence[Sequence[float]] | np.ndarray
 STATISTICS = ("mean", "median")
 #: Elements of the (seeds x replicates x items) block gathered at once for a median (memory, not speed).
 CHUNK_ELEMENTS = 4_000_000
@@ -126,7 +129,7 @@ def bootstrap(
 
 
 def configuration(
-    runs: Sequence[Sequence[float]],
+    runs: Rows,
     *,
     statistic: str = "mean",
     resamples: int = RESAMPLES,
@@ -150,8 +153,8 @@ def configuration(
 
 
 def paired(
-    candidate: Sequence[Sequence[float]],
-    reference: Sequence[Sequence[float]],
+    candidate: Rows,
+    reference: Rows,
     *,
     higher: bool | None,
     pair_seeds: bool = False,
@@ -180,7 +183,7 @@ def paired(
 # --- the engine ----------------------------------------------------------------------------------------------
 
 
-def _matrix(runs: Sequence[Sequence[float]]) -> np.ndarray:
+def _matrix(runs: Rows) -> np.ndarray:
     matrix = np.atleast_2d(np.asarray(runs, dtype=float))
     if matrix.ndim != 2 or not matrix.size:
         raise ValueError("per-item values: one non-empty row per seed, every row the same items")

@@ -150,7 +150,7 @@ def compare(args) -> int:
         )
     if args.aggregate:
         print(render_aggregate(group_runs(shown), args.format, table), end="")
-        for note in table.notes:
+        for note in table.notes if table else ():
             print(f"note: {note}", file=sys.stderr)
     else:
         print(render(shown, args.format), end="")
