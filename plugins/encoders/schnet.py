@@ -56,9 +56,13 @@ class SchNetConfig:
     preset: str = field(default="small", metadata=preset_metadata(PRESETS))
     """``base`` (the paper's shape) or ``small`` (CPU-friendly); explicit fields below override it."""
     hidden: int | None = None
+    """Width of the atom embeddings and of the output (null: the preset's)."""
     filters: int | None = None
+    """Width of the continuous filters in each interaction (null: the preset's)."""
     interactions: int | None = None
+    """Number of interaction blocks (null: the preset's)."""
     gaussians: int | None = None
+    """Gaussians expanding each interatomic distance up to ``cutoff`` (null: the preset's)."""
     cutoff: float | None = None
     """Interaction cutoff in angstrom."""
     hydrogens: str = field(default="all_h", metadata={"choices": HYDROGEN_POLICIES})

@@ -192,9 +192,13 @@ class SmilesConfig:
     preset: str = field(default="small", metadata=preset_metadata(PRESETS))
     """``small`` or ``base`` (Uni-Mol's shapes of the same names); explicit fields below override it."""
     layers: int | None = None
+    """Transformer layers (null: the preset's)."""
     hidden: int | None = None
+    """Width of the token embeddings and of the output (null: the preset's)."""
     ffn: int | None = None
+    """Width of each layer's feed-forward block (null: the preset's)."""
     heads: int | None = None
+    """Attention heads per layer; must divide ``hidden`` (null: the preset's)."""
     dropout: float = 0.0
     """Dropout inside the Transformer layers (0 like our Uni-Mol, for a like-for-like control)."""
     max_length: int = DEFAULT_MAX_LENGTH

@@ -39,11 +39,17 @@ class GenerationSettings:
     """Decoding options; a task passes its own to :meth:`SoftPromptLM.generate` (recipe defaults otherwise)."""
 
     max_new_tokens: int = bounded(128, ge=1)
+    """Most tokens generated per answer (a task may pass its own)."""
     num_beams: int = bounded(1, ge=1)
+    """Beam width; 1 is greedy decoding when ``do_sample`` is off."""
     do_sample: bool = False
+    """Sample instead of greedy or beam search (evaluation is then random: set ``seed``)."""
     temperature: float = bounded(1.0, gt=0)
+    """Softmax temperature when sampling (ignored otherwise)."""
     top_p: float = bounded(1.0, gt=0, le=1)
+    """Nucleus sampling mass when sampling (ignored otherwise); 1 keeps every token."""
     repetition_penalty: float = bounded(1.0, gt=0)
+    """Hugging Face's repetition penalty; 1 is none."""
 
 
 @dataclass
@@ -72,10 +78,15 @@ class CausalLMConfig(GenerationSettings):
     num_mol_tokens: int = bounded(8, ge=1)
     """``<mol>`` placeholders per prompt = soft tokens per molecule (3D-MoLM: 8)."""
     lora: bool = True
+    """Train LoRA adapters (peft) on the frozen LLM; off: the LLM stays frozen, only ``llm_proj`` trains."""
     lora_r: int = bounded(8, ge=1)
+    """LoRA rank (3D-MoLM: 8)."""
     lora_alpha: int = bounded(32, ge=1)
+    """LoRA scaling numerator: updates are scaled by ``lora_alpha / lora_r`` (3D-MoLM: 32)."""
     lora_dropout: float = bounded(0.1, ge=0, lt=1)
+    """Dropout on the LoRA input (3D-MoLM: 0.1)."""
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    """Names of the linear layers that get adapters (default: Llama's attention and MLP projections)."""
     dtype: str = field(default="float32", metadata={"choices": tuple(DTYPES)})
     """Weights of the base LLM (bfloat16 on GPU); ``llm_proj`` and LoRA weights stay float32."""
     gradient_checkpointing: bool = False

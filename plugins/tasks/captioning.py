@@ -36,7 +36,9 @@ class CaptioningConfig(LLMStageOptions):
     """The caption of the validation and test molecules; null: ``text_field`` (3D-MoLM's pretraining phase
     trains on ``enriched_description`` and evaluates on ``description``)."""
     max_new_tokens: int = 192
+    """Most tokens generated per caption (overrides ``llm.max_new_tokens`` for this task)."""
     num_beams: int = 1
+    """Beam width of caption decoding (overrides ``llm.num_beams``)."""
     baseline: bool = True
     """Score the nearest-training-molecule caption baseline in the same run."""
 

@@ -25,11 +25,15 @@ class Stage1Options:
     """Loss weights and temperature (the ``task`` section of a stage-1 recipe holds these keys)."""
 
     contrastive_weight: float = bounded(1.0, ge=0)
+    """Weight of the molecule-text contrastive loss (BLIP-2's ITC)."""
     matching_weight: float = bounded(1.0, ge=0)
+    """Weight of the molecule-text matching loss (ITM, hard negatives from the contrastive scores); 0 skips it."""
     captioning_weight: float = bounded(1.0, ge=0)
+    """Weight of the molecule-grounded text generation loss (ITG); 0 skips it."""
     temperature: float = bounded(0.1, gt=0)
     """Contrastive temperature (3D-MoLM: 0.1 fixed; BLIP-2 learns it from 0.07)."""
     learn_temperature: bool = False
+    """Train the contrastive temperature, starting from ``temperature``."""
     lock_text_tower: bool = False
     """Freeze the BERT for text and encode each text once, before training; the text projection still
     trains (LiT-style locked tuning). Contrastive loss only: matching and captioning run the text tower."""
