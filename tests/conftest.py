@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from molbridge.core.plugins import load_plugins
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each test worker gets one core's worth of threads: with OpenMP's default (all cores) per worker, the workers'
+    # threads spin against each other and the parallel tier runs slower than a serial one. Set before torch loads
+    # its thread pool, and inherited by the subprocesses tests start (DDP ranks, CLI runs).
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+
+from molbridge.core.plugins import load_plugins  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 # `python -m pytest` puts the working directory (the repository root) on sys.path, where core/ and plugins/ would
