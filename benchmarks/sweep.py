@@ -1,0 +1,86 @@
+"""A 2x2 sweep run one child at a time against ``--jobs N`` at once, in the same run.
+
+    .venv/bin/python benchmarks/sweep.py [--steps 150] [--jobs 2] [--json F]
+
+The sweep: the packaged retrieval recipe, grid encoder {unimol, schnet} x projector {qformer, linear}, seed 0,
+``--steps`` training steps, no evaluation during training (the test evaluation at the end is included). Both
+ways run ``bench sweep`` as a user would, each in a fresh working directory with a cold feature cache (the
+children of one sweep share its cache as any runs do), so the wall time covers process start, data loading,
+training, evaluation and MLflow. Reported: the two wall times and their ratio (parallel / sequential; below
+1 is faster), and whether both ways gave every child the same test metric (``--jobs`` divides the cores
+between children, which changes no result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(sys.executable).with_name("bench")
+
+
+def run_sweep(steps: int, jobs: int) -> tuple[float, dict[str, float]]:
+    """Wall seconds of one ``bench sweep`` and each child's test/full_acc, in a fresh directory and cache."""
+    with tempfile.TemporaryDirectory() as work:
+        env = {**os.environ, "MOLBRIDGE_CACHE": str(Path(work) / "cache")}
+        command = [
+            str(BENCH),
+            "sweep",
+            "retrieval",
+            "--encoder",
+            "unimol,schnet",
+            "--projector",
+            "qformer,linear",
+            "--seeds",
+            "1",
+            "--name",
+            "bench",
+            "--jobs",
+            str(jobs),
+            f"train.max_steps={steps}",
+            "train.eval_every=0",
+        ]
+        start = time.perf_counter()
+        subprocess.run(command, cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        summary = json.loads((Path(work) / "runs" / "sweep-bench" / "sweep.json").read_text())
+    return seconds, _child_metrics(summary)
+
+
+def _child_metrics(summary: dict) -> dict[str, float]:
+    """Each child's key -> its test/full_acc, from sweep.json."""
+    return {child["key"]: child["metrics"]["test/full_acc"] for child in summary["children"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=150, help="training steps of each child")
+    parser.add_argument("--jobs", type=int, default=2, help="children at once in the parallel way")
+    parser.add_argument("--json", type=Path, help="write the result here")
+    args = parser.parse_args(argv)
+    sequential, metrics_sequential = run_sweep(args.steps, 1)
+    parallel, metrics_parallel = run_sweep(args.steps, args.jobs)
+    result = {
+        "children": len(metrics_sequential),
+        "steps": args.steps,
+        "jobs": args.jobs,
+        "sequential_s": round(sequential, 1),
+        "parallel_s": round(parallel, 1),
+        "parallel_vs_sequential": round(parallel / sequential, 3),
+        "same_metrics": metrics_sequential == metrics_parallel,
+    }
+    for key, value in result.items():
+        print(f"{key:<28} {value}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
