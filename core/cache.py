@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,8 +74,19 @@ class FeatureCache:
         if description is not None and not meta.is_file():
             _atomic_write(meta, json.dumps(dict(description), indent=2, default=str).encode())
         os.utime(self.folder)  # "used": the size cap removes namespaces used least recently first
-        self._index: dict[str, Path] = {}
+        self._index: dict[str, tuple[Path, list[str]]] = {}  # key -> (its part, its tensors' names)
         self._seen: set[Path] = set()
+        self._handles: dict[Path, Any] = {}  # parts kept open: reading a batch must not reopen and rescan a file
+
+    def __getstate__(self) -> dict[str, Any]:  # data workers under spawn: open handles do not pickle
+        return self.__dict__ | {"_handles": {}}
+
+    def _handle(self, part: Path) -> Any:
+        from safetensors import safe_open
+
+        if part not in self._handles:
+            self._handles[part] = safe_open(str(part), framework="pt")
+        return self._handles[part]
 
     def _refresh(self) -> None:
         from safetensors import safe_open
@@ -83,9 +94,12 @@ class FeatureCache:
         for part in sorted(self.folder.glob("part-*.safetensors")):
             if part in self._seen:
                 continue
+            names: dict[str, list[str]] = {}
             with safe_open(str(part), framework="pt") as handle:
                 for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    self._index.setdefault(name.split(SEPARATOR, 1)[0], part)
+                    names.setdefault(name.split(SEPARATOR, 1)[0], []).append(name)
+            for key, fields in names.items():
+                self._index.setdefault(key, (part, fields))  # two writers of one key stored the same value
             self._seen.add(part)
 
     def missing(self, keys: Iterable[str]) -> list[str]:
@@ -94,22 +108,55 @@ class FeatureCache:
         return [key for key in dict.fromkeys(keys) if key not in self._index]
 
     def get(self, keys: Iterable[str]) -> dict[str, dict[str, torch.Tensor]]:
-        """``{key: {field: tensor}}`` for the keys present (tensors memory-mapped from the files)."""
-        from safetensors import safe_open
-
-        self._refresh()
+        """``{key: {field: tensor}}`` for the keys present (read from the memory-mapped files)."""
+        keys = list(keys)
+        if any(key not in self._index for key in keys):
+            self._refresh()  # another process may have written them since
         found: dict[str, dict[str, torch.Tensor]] = {}
-        by_part: dict[Path, list[str]] = {}
-        for key in dict.fromkeys(keys):
-            if key in self._index:
-                by_part.setdefault(self._index[key], []).append(key)
-        for part, wanted in by_part.items():
-            with safe_open(str(part), framework="pt") as handle:
-                names = [n for n in handle.keys() if n.split(SEPARATOR, 1)[0] in set(wanted)]  # noqa: SIM118
-                for name in names:
-                    key, field = name.split(SEPARATOR, 1)
-                    found.setdefault(key, {})[field] = handle.get_tensor(name)
+        for key in keys:
+            if key in self._index and key not in found:
+                part, names = self._index[key]
+                handle = self._handle(part)
+                found[key] = {name.split(SEPARATOR, 1)[1]: handle.get_tensor(name) for name in names}
         return found
+
+    def fill(
+        self,
+        inputs: Mapping[str, Any],
+        compute: Callable[[list[Any]], list[Mapping[str, torch.Tensor]]],
+        chunk: int,
+        desc: str = "cache",
+        progress: bool = True,
+    ) -> int:
+        """Compute the entries missing for ``inputs`` (key -> input, in the order to compute them): ``compute`` maps
+        a list of inputs to one ``{field: tensor}`` each. Returns how many entries this process computed.
+
+        Processes filling one namespace at once (sweep children starting together) share the work instead of each
+        doing all of it: the keys are cut into chunks of ``chunk`` the same way in every process, a chunk is computed
+        by whoever holds its claim (a lock file, released by the OS if its holder dies), the others take the next
+        unclaimed chunk, then wait on the chunks still claimed and compute whatever their holder left missing."""
+        from filelock import FileLock, Timeout
+        from tqdm.auto import tqdm
+
+        keys = list(inputs)
+        pending = [part for part in (keys[s : s + chunk] for s in range(0, len(keys), chunk)) if self.missing(part)]
+        claims = self.folder / "claims"
+        claims.mkdir(exist_ok=True)
+        computed = 0
+        with tqdm(total=len(pending), desc=desc, unit="chunk", disable=not progress or not pending) as bar:
+            for timeout in (0, -1):  # first the unclaimed chunks, then wait for the others
+                for part in list(pending):
+                    try:
+                        with FileLock(claims / f"{digest(*part)[:32]}.lock", timeout=timeout):
+                            todo = self.missing(part)  # its former holder may have written them meanwhile
+                            if todo:
+                                self.put(dict(zip(todo, compute([inputs[k] for k in todo]), strict=True)))
+                                computed += len(todo)
+                    except Timeout:
+                        continue
+                    pending.remove(part)
+                    bar.update()
+        return computed
 
     def put(self, entries: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         """Write ``entries`` as one new part (atomic), then keep the whole cache under its size cap."""
@@ -235,33 +282,35 @@ class EncoderCache:
 
     @torch.no_grad()
     def fill(self, items: list[Mapping[str, Any]], batch_size: int = 64, progress: bool = True) -> int:
-        """Encode the items not cached yet (in size-sorted batches, eval mode); returns how many were computed."""
-        from tqdm.auto import tqdm
-
-        from molbridge.core.data.batching import by_size
-
+        """Encode the items not cached yet (batches of similar size, eval mode); returns how many this process
+        computed (processes filling the same cache at once share the work: :meth:`FeatureCache.fill`)."""
         unique = {conformer_key(item): item for item in items}
-        todo = [unique[key] for key in self.store.missing(unique)]
-        if not todo:
-            return 0
-        device = next(self.encoder.parameters()).device
+        # similar sizes together (little padding), ties by key: the same chunks in every process
+        order = sorted(unique, key=lambda key: (len(unique[key]["atomic_numbers"]), key))
         was_training = self.encoder.training
         self.encoder.eval()
-        entries: dict[str, dict[str, torch.Tensor]] = {}
-        sizes = [len(item["atomic_numbers"]) for item in todo]
-        for rows in tqdm(by_size(sizes, batch_size), desc="frozen encoder: cache outputs", disable=not progress):
-            chunk = [todo[i] for i in rows]
-            inputs = self.encoder.collate([self.encoder.featurize_item(item) for item in chunk])
-            out = self.encoder({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
-            for i, item in enumerate(chunk):
-                real = ~out.padding_mask[i]
-                entries[conformer_key(item)] = {"atoms": out.atom_embeddings[i][real].float(), "pooled": out.pooled[i]}
-            if len(entries) >= 4096:  # one part per few thousand molecules: bounded memory, few files
-                self.store.put(entries)
-                entries = {}
-        self.store.put(entries)
-        self.encoder.train(was_training)
-        return len(todo)
+        try:
+            return self.store.fill(
+                {key: unique[key] for key in order},
+                lambda chunk: [
+                    entry for s in range(0, len(chunk), batch_size) for entry in self._encode(chunk[s : s + batch_size])
+                ],
+                chunk=8 * batch_size,
+                desc="frozen encoder: cache outputs",
+                progress=progress,
+            )
+        finally:
+            self.encoder.train(was_training)
+
+    def _encode(self, items: list[Mapping[str, Any]]) -> list[dict[str, torch.Tensor]]:
+        """One batch through the encoder: each item's real rows and its pooled vector."""
+        device = next(self.encoder.parameters()).device
+        inputs = self.encoder.collate([self.encoder.featurize_item(item) for item in items])
+        out = self.encoder({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
+        return [
+            {"atoms": out.atom_embeddings[i][~out.padding_mask[i]].float(), "pooled": out.pooled[i]}
+            for i in range(len(items))
+        ]
 
     def encoded(self, items: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Batch tensors for these items (CPU): ``encoded_atoms`` (B, N, D) zero-padded, ``encoded_padding_mask`` (B, N)

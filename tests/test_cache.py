@@ -65,6 +65,56 @@ def test_concurrent_writers_never_collide(base):
     assert torch.equal(space.get([cache.digest("b", 7)])[cache.digest("b", 7)]["x"], torch.full((3,), 7.0))
 
 
+FILLER = """
+import json, os, sys, time
+from pathlib import Path
+import torch
+from molbridge.core import cache
+namespace, name, mode = sys.argv[1:4]
+here = Path(os.environ["MOLBRIDGE_CACHE"])
+(here / f"ready-{name}").touch()
+while mode == "share" and len(list(here.glob("ready-*"))) < 2:  # start filling together
+    time.sleep(0.01)
+done = []
+def compute(inputs):
+    if mode == "die":
+        (here / "claimed").touch()
+        time.sleep(2)
+        os._exit(1)  # dies holding its claim, having written nothing
+    time.sleep(0.1)
+    done.extend(inputs)
+    return [{"x": torch.full((2,), float(i))} for i in inputs]
+computed = cache.FeatureCache(namespace).fill({cache.digest(i): i for i in range(48)}, compute, chunk=4, progress=False)
+print(json.dumps({"computed": computed, "inputs": done}))
+"""
+
+
+def _filler(namespace: str, name: str, mode: str) -> subprocess.Popen:
+    command = [sys.executable, "-c", FILLER, namespace, name, mode]
+    return subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.PIPE, text=True)
+
+
+def test_processes_filling_one_cache_share_the_work(base):
+    namespace = cache.digest("cooperative")
+    fillers = [_filler(namespace, name, "share") for name in "ab"]
+    reports = [json.loads(f.communicate(timeout=120)[0]) for f in fillers]
+    a, b = (set(r["inputs"]) for r in reports)
+    assert a and b and not a & b and a | b == set(range(48))  # each chunk computed once, by one of them
+    assert [r["computed"] for r in reports] == [len(a), len(b)]
+    entries = cache.FeatureCache(namespace).get([cache.digest(i) for i in range(48)])
+    assert all(torch.equal(entries[cache.digest(i)]["x"], torch.full((2,), float(i))) for i in range(48))
+
+
+def test_a_chunk_whose_claimant_died_is_computed_by_the_one_waiting(base):
+    namespace = cache.digest("orphaned")
+    dying = _filler(namespace, "dying", "die")
+    while not (base.parent / "claimed").exists():
+        assert dying.poll() is None, "the dying filler exited before claiming"
+    survivor = json.loads(_filler(namespace, "survivor", "alone").communicate(timeout=120)[0])
+    assert dying.wait(timeout=60) == 1
+    assert survivor["computed"] == 48 and sorted(survivor["inputs"])[:4] == [0, 1, 2, 3]
+
+
 def test_the_size_cap_removes_the_least_recently_used_namespaces(base, monkeypatch):
     old, new = cache.FeatureCache("old"), cache.FeatureCache("new")
     old.put({"k": {"x": torch.zeros(64 * 1024)}})  # 256 KiB each

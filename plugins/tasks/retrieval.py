@@ -33,6 +33,7 @@ from molbridge.plugins.tasks.retrieval_metrics import full_set_ranks, retrieval_
 from molbridge.plugins.tasks.stage1 import CACHED_TEXT, Stage1Model, Stage1Options, check_options, text_side_for
 
 SPLITS = ("train", "valid", "test")
+TEXT_BATCH = 128  # texts per batch through the locked text tower
 
 
 @dataclass
@@ -60,6 +61,7 @@ class RetrievalConfig(Stage1Options):
 class RetrievalTask(Task):
     monitor = ("full_acc", "max")
     report_metrics = ("test/full_m2t_acc", "test/full_t2m_acc")
+    dataset_class = MoleculeDataset  # what reads a split (a subclass may caption items otherwise)
 
     def __init__(self, config: RetrievalConfig, recipe, registry=None):
         self.config, self.recipe = config, recipe
@@ -75,7 +77,7 @@ class RetrievalTask(Task):
         if self._splits is None:
             data = self.recipe.data
             self._splits = {
-                split: MoleculeDataset.from_split(
+                split: self.dataset_class.from_split(
                     data.name,
                     split,
                     data.split,
@@ -134,7 +136,7 @@ class RetrievalTask(Task):
             keys.MOL_ID: [s[keys.MOL_ID] for s in samples],
         }
         if self.config.lock_text_tower:
-            batch[CACHED_TEXT] = torch.stack([self._pooled_text[s[keys.MOL_ID]] for s in samples])
+            batch[CACHED_TEXT] = torch.stack([self._pooled_text[self.text_key(s)] for s in samples])
         return batch
 
     def training_step(self, model, batch) -> StepOutput:
@@ -227,23 +229,37 @@ class RetrievalTask(Task):
         With ``data.cache`` they come from the content-addressed cache when an earlier run (any seed, any sweep
         child) of the same tower already computed them; the texts missing from it are encoded in batches of
         similar length and added."""
-        by_id = {
+        by_id = self.texts_by_key()
+        cache = self._text_cache() if self.recipe.data.cache else None
+        # similar lengths together (little padding), ties by text: the same batches in every process
+        texts = sorted(set(by_id.values()), key=lambda t: (len(t), t))
+        if cache is None:
+            pooled = dict(zip(texts, self._pool(texts, progress=True), strict=True))
+            computed = len(texts)
+        else:  # every value read back from the cache: a cold and a warm run use identical states
+            keys_of = {text: cache_digest(text) for text in texts}
+            computed = cache.fill(
+                {keys_of[text]: text for text in texts},
+                lambda chunk: [{"pooled": value} for value in self._pool(chunk)],
+                chunk=2 * TEXT_BATCH,
+                desc="text tower: encode texts",
+            )
+            found = cache.get(keys_of.values())
+            pooled = {text: found[key]["pooled"] for text, key in keys_of.items()}
+        self.text_cache_report = {"texts": len(texts), "computed": computed, "cached": cache is not None}
+        self._pooled_text = {mol_id: pooled[text] for mol_id, text in by_id.items()}
+
+    def texts_by_key(self) -> dict[str, str]:
+        """Every text of the splits under its key (:meth:`text_key`): a molecule's stored caption by its id."""
+        return {
             mol.id: mol.texts.get(self.text_field(split), "")
             for split in SPLITS
             for mol in (self.splits[split].store[int(row)] for row in self.splits[split].indices)
         }
-        cache = self._text_cache() if self.recipe.data.cache else None
-        texts = set(by_id.values())
-        keys_of = {text: cache_digest(text) for text in texts}
-        missing = set(cache.missing(keys_of.values())) if cache is not None else set(keys_of.values())
-        # similar lengths together (little padding), ties by text: the same batches in every process
-        pooled = self._pool(sorted((t for t in texts if keys_of[t] in missing), key=lambda t: (len(t), t)))
-        self.text_cache_report = {"texts": len(texts), "computed": len(pooled), "cached": cache is not None}
-        if cache is not None:  # every value read back from the cache: a cold and a warm run use identical states
-            cache.put({keys_of[text]: {"pooled": value} for text, value in pooled.items()})
-            found = cache.get(keys_of.values())
-            pooled = {text: found[key]["pooled"] for text, key in keys_of.items()}
-        self._pooled_text = {mol_id: pooled[text] for mol_id, text in by_id.items()}
+
+    def text_key(self, sample: dict[str, Any]) -> str:
+        """What finds a sample's text among :meth:`texts_by_key`."""
+        return sample[keys.MOL_ID]
 
     def _text_cache(self) -> FeatureCache | None:
         """The cache of this text tower's pooled states: its weights, tokenizer, length limit and pooling."""
@@ -264,15 +280,16 @@ class RetrievalTask(Task):
         )
 
     @torch.no_grad()
-    def _pool(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def _pool(self, texts: list[str], progress: bool = False) -> list[torch.Tensor]:
+        """The text tower's pooled state of each text (CPU, float32), in batches of ``TEXT_BATCH``."""
         text_side = self.text_side
         device = next(text_side.parameters()).device  # built under fabric.init_module: maybe a GPU
         text_side.eval()
-        pooled = {}
-        for start in tqdm(range(0, len(texts), 128), desc="text tower: encode texts", leave=False):
-            chunk = texts[start : start + 128]
-            ids, mask = text_side.tokenize(chunk)
-            pooled.update(zip(chunk, text_side.pooled_text(ids.to(device), mask.to(device)).float().cpu(), strict=True))
+        pooled: list[torch.Tensor] = []
+        starts = range(0, len(texts), TEXT_BATCH)
+        for start in tqdm(starts, desc="text tower: encode texts", leave=False, disable=not progress):
+            ids, mask = text_side.tokenize(texts[start : start + TEXT_BATCH])
+            pooled.extend(text_side.pooled_text(ids.to(device), mask.to(device)).float().cpu())
         text_side.train()
         return pooled
 
