@@ -3,14 +3,13 @@
     .venv/bin/python benchmarks/suite.py [--quick | --tiny] [--device auto|cpu|cuda] [--only NAME ...] [--out DIR]
 
 Runs each benchmark of this folder in a subprocess of its own (conformer preparation, encoder forward, caches
-and size bucketing,
-stage-1 training step, full-set and in-batch retrieval at 10k and 100k candidates, generation tokens/s,
-stage-3 step), each at the sizes of the mode: default (the README's sizes; on the 2-core project
-machine the 100k full-set ranking alone takes about 17 minutes when the machine is quiet, and the
-other benchmarks took 30 minutes at a load average of 6 to 10), ``--quick`` (smaller) or ``--tiny``
-(smoke test only, the figures mean nothing). Every figure is a ratio against a baseline measured in
-the same run by the benchmark itself; the suite reads the measured numbers from each benchmark's JSON
-and computes the ratios from them.
+and size bucketing, stage-1 training step, a 2x2 sweep one child at a time and in parallel, full-set and
+in-batch retrieval at 10k and 100k candidates, generation tokens/s, stage-3 step), each at the sizes of the
+mode: default (the README's sizes; on the 2-core project machine the 100k full-set ranking alone takes about
+17 minutes when the machine is quiet, and the other benchmarks took 30 minutes at a load average of 6 to 10),
+``--quick`` (smaller) or ``--tiny`` (smoke test only, the figures mean nothing). Every figure is a ratio
+against a baseline measured in the same run by the benchmark itself; the suite reads the measured numbers
+from each benchmark's JSON and computes the ratios from them.
 
 Writes ``DIR/<UTC date>-<host>/``: ``<benchmark>.json`` (its command, status, time, raw result and the
 rows taken from it), ``summary.json``, ``summary.md`` (one table: benchmark, measurement, baseline, ratio,
@@ -195,6 +194,24 @@ def cache_rows(r: dict) -> list[Row]:
             for preset in ("small", "base")
         ]
     return rows
+
+
+def sweep_rows(r: dict) -> list[Row]:
+    """A 2x2 sweep with ``--jobs`` against one child at a time (seconds: lower is better), cold and warm cache."""
+    return [
+        Row(
+            "sweep",
+            f"2x2 retrieval sweep, {r['steps']} steps, --jobs {r['jobs']}, {state} cache",
+            r[f"{state}_parallel_s"],
+            "s",
+            "one child at a time (--jobs 1)",
+            r[f"{state}_sequential_s"],
+            higher_is_better=False,
+            note=f"largest test/full_acc difference between the two ways {r[f'{state}_max_metric_diff']:.3f} "
+            "(threads per child change float sums)",
+        )
+        for state in ("cold", "warm")
+    ]
 
 
 def stage1_rows(results: list[dict]) -> list[Row]:
@@ -399,6 +416,11 @@ def benchmarks() -> list[Benchmark]:
                 ["--steps", "3"],
                 ["step", "--shape", "7b"],
             ),
+        ),
+        Benchmark(
+            "sweep",
+            _mode_args("sweep.py", ["--steps", "2"], ["--steps", "50"], ["--steps", "150"]),
+            sweep_rows,
         ),
         # Last, the 100k ranking apart: it is most of the suite's time, and the rest is saved if it is cut short.
         Benchmark(

@@ -275,6 +275,7 @@ def _provenance(
         "molbridge_version": molbridge_version(),
         "torch_version": torch.__version__,
         "device": _device(fabric),
+        "cpu_threads": torch.get_num_threads(),  # float sums differ with it: a sweep child under --jobs has fewer
         "precision": recipe.train.precision,
         "strategy": recipe.train.strategy,
         "world_size": fabric.world_size,
