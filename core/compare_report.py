@@ -48,6 +48,8 @@ FALLBACK_PLOT_METRICS = ("best/*",)
 TRAIN_CURVES = ("train/loss",)
 RANKS = re.compile(r"ranks-(?P<split>[\w.-]+)\.json")
 ANSWERS = re.compile(r"answers-(?P<split>[\w.-]+)\.jsonl")
+#: Any task's per-item values: ``{"ids": [...], "values": {metric name: [one value per item]}}``.
+ITEMS = re.compile(r"items-(?P<split>[\w.-]+)\.json")
 #: Metrics whose per-item values a ranks artifact holds: rank == 0 (acc) or rank < K (rK), model or baseline.
 RANK_METRIC = re.compile(r"(?P<split>[^/]+)/(?P<baseline>baseline_)?full_(?P<direction>m2t|t2m)_(?:acc|r(?P<k>\d+))")
 #: ... and an answers artifact (numeric records): |value - target| (its mean and median), whether there is a value.
@@ -286,6 +288,8 @@ def item_values(groups: list[Group], artifacts: Artifacts) -> ItemData:
     - ``answers-SPLIT.jsonl`` -> ``SPLIT/PROP/mae`` (mean of |value - target| over the property's numeric records,
       a record without a value left out), ``SPLIT/PROP/medae`` (their median) and ``SPLIT/PROP/valid_rate``
       (1 where there is a value); items are the records, by ``id`` (and occurrence, for a molecule asked twice).
+    - ``items-SPLIT.json`` (any task: ``ids`` and ``values``, metric name -> one value per item, the metric
+      being their mean) -> ``SPLIT/NAME`` for each of its names.
     """
     values: ItemData = {}
     for group in groups:
@@ -305,7 +309,28 @@ def item_values(groups: list[Group], artifacts: Artifacts) -> ItemData:
                     numeric = records.get(match["split"], {}).get(match["task"])
                     if numeric:
                         found[metric] = _answer_items(numeric, files[match["split"]], match)
+            found |= _listed_items(run, artifacts)
     return values
+
+
+def _listed_items(run: RunRow, artifacts: Artifacts) -> dict[str, Items]:
+    """The per-item values of an ``items-SPLIT.json`` artifact, for the metrics of it the run logged."""
+    found = {}
+    for split, path in artifacts.find(run, ITEMS).items():
+        content = _load_json(path, run)
+        ids, listed = content.get("ids"), content.get("values")
+        if not isinstance(ids, list) or not isinstance(listed, dict):
+            raise MolbridgeError(f"artifact {path.name} of run {run.name} ({run.run_id}) lacks 'ids' or 'values'")
+        for name, values in listed.items():
+            if f"{split}/{name}" not in run.metrics:
+                continue
+            if len(values) != len(ids):
+                raise MolbridgeError(
+                    f"artifact {path.name} of run {run.name} ({run.run_id}): {len(ids)} ids but {len(values)} "
+                    f"values of {name}"
+                )
+            found[f"{split}/{name}"] = Items(_unique(map(str, ids)), np.asarray(values, dtype=float), "mean", path.name)
+    return found
 
 
 def _rank_items(path: Path, run: RunRow, match: re.Match) -> Items:

@@ -354,7 +354,9 @@ def check_run_contracts(
             f"{component_label(registry, 'task', recipe.task.name)}: the train dataset ({type(train).__name__}) "
             "has no len(); datasets() must return map-style datasets"
         )
-    items = [train[i] for i in range(min(count, len(train)))]
+    samples = [train[i] for i in range(min(count, len(train)))]
+    # a sample may be a group of items the task collates together (a molecule's conformers): check its first
+    items = [sample[0] if isinstance(sample, list) else sample for sample in samples]
     modules = [m for _, m in components.items()]
     modes = [m.training for m in modules]
     low_precision = any(p.dtype in (torch.bfloat16, torch.float16) for m in modules for p in m.parameters())

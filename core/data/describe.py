@@ -106,7 +106,8 @@ SHAPE_CORNERS = {"rod-like": (0.0, 1.0), "disc-like": (0.5, 0.5), "sphere-like":
 SHAPES = (*SHAPE_CORNERS, "linear")
 
 
-def _shape(npr1: float, npr2: float) -> str:
+def shape_class(npr1: float, npr2: float) -> str:
+    """The shape the normalised principal moments are nearest to (a corner of the PMI triangle)."""
     return min(SHAPE_CORNERS, key=lambda k: (npr1 - SHAPE_CORNERS[k][0]) ** 2 + (npr2 - SHAPE_CORNERS[k][1]) ** 2)
 
 
@@ -135,7 +136,7 @@ def structure_facts(mol: Chem.Mol, conf_id: int = 0, dipole: float | None = None
         charge=Chem.GetFormalCharge(heavy),
         charged_atoms=_separated_charges(heavy),
         fragments=len(Chem.GetMolFrags(heavy)),
-        shape=_shape(float(npr1), float(npr2)) if mol.GetNumAtoms() > 2 else "linear",
+        shape=shape_class(float(npr1), float(npr2)) if mol.GetNumAtoms() > 2 else "linear",
         npr=(round(float(npr1), 3), round(float(npr2), 3)),
         radius_of_gyration=float(rdMolDescriptors.CalcRadiusOfGyration(mol, confId=conf_id)),
         dipole=dipole,

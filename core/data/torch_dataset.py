@@ -72,9 +72,13 @@ class MoleculeDataset(Dataset):
         return int(np.random.default_rng((self.seed, self.epoch, row)).integers(count))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.item(i)
+
+    def item(self, i: int, conformer: int | None = None) -> dict[str, Any]:
+        """Item ``i`` with its ``conformer`` (None: the one this epoch draws, or conformer 0 without ``augment``)."""
         row = int(self.indices[i])
         mol = self.store[row]
-        k = self._conformer(row, len(mol.conformers))
+        k = self._conformer(row, len(mol.conformers)) if conformer is None else conformer
         item = {
             batch.MOL_ID: mol.id,
             batch.SMILES: mol.smiles,

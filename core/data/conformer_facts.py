@@ -1,0 +1,77 @@
+"""Facts of one conformer, computed from its coordinates alone, and captions that tell a molecule's conformers apart.
+
+Every fact of a molecule (anything its SMILES fixes) is the same for all its conformers, so a model that reads
+only the SMILES cannot tell them apart: on a conformer-level task it is at chance by construction, and whatever a
+3D encoder scores above chance it read from the coordinates. The facts here are those geometry fixes:
+
+- ``radius_of_gyration`` (angstrom, mass-weighted over all atoms, as RDKit's ``CalcRadiusOfGyration``),
+- ``max_distance`` (angstrom, the largest distance between two heavy atoms: how stretched the molecule is),
+- ``npr`` (the normalised principal moments of inertia, mass-weighted, as RDKit's ``CalcNPR1``/``CalcNPR2``) and
+  the ``shape`` class they are nearest to.
+
+A caption names the conformer's place among the molecule's conformers ordered by radius of gyration ("the most
+compact of 3") next to its values: the relative statement is what one conformer's text can say that another's
+cannot, whatever the molecule's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rdkit import Chem
+
+from molbridge.core.data.describe import shape_class
+
+_TABLE = Chem.GetPeriodicTable()
+
+
+@dataclass(frozen=True)
+class ConformerFacts:
+    radius_of_gyration: float
+    max_distance: float
+    npr: tuple[float, float]
+    shape: str
+
+
+def conformer_facts(atomic_numbers: np.ndarray, positions: np.ndarray) -> ConformerFacts:
+    """The facts of one conformer: ``atomic_numbers`` (N,) with hydrogens, ``positions`` (N, 3) angstrom."""
+    z = np.asarray(atomic_numbers)
+    xyz = np.asarray(positions, dtype=np.float64)
+    masses = np.array([_TABLE.GetAtomicWeight(int(a)) for a in z])
+    centred = xyz - (masses[:, None] * xyz).sum(0) / masses.sum()
+    radius = float(np.sqrt((masses * (centred**2).sum(1)).sum() / masses.sum()))
+    heavy = xyz[z > 1]
+    gaps = heavy[:, None, :] - heavy[None, :, :]
+    max_distance = float(np.sqrt((gaps**2).sum(-1)).max()) if len(heavy) > 1 else 0.0
+    if len(z) < 3:
+        return ConformerFacts(radius, max_distance, (0.0, 1.0), "linear")
+    inertia = np.einsum("n,ni,nj->ij", masses, centred, centred)  # second moments; the principal moments are
+    moments = np.sort(np.trace(inertia) - np.linalg.eigvalsh(inertia))  # trace minus their eigenvalues
+    npr = (float(moments[0] / moments[2]), float(moments[1] / moments[2]))
+    return ConformerFacts(radius, max_distance, npr, shape_class(*npr))
+
+
+def _ordinal(n: int) -> str:
+    return {1: "", 2: "second ", 3: "third "}.get(n, f"{n}th ")
+
+
+def conformer_captions(facts: list[ConformerFacts]) -> list[str]:
+    """One caption per conformer of a molecule (in the order given): its rank by radius of gyration among them
+    and its values. Ties in radius keep the given order."""
+    order = sorted(range(len(facts)), key=lambda k: facts[k].radius_of_gyration)
+    count = len(facts)
+    captions = [""] * count
+    for place, k in enumerate(order):
+        f = facts[k]
+        if count == 1:
+            where = "The only conformer"
+        elif place < count / 2:
+            where = f"The {_ordinal(place + 1)}most compact of {count} conformers"
+        else:
+            where = f"The {_ordinal(count - place)}most extended of {count} conformers"
+        captions[k] = (
+            f"{where}: radius of gyration {f.radius_of_gyration:.2f} A, largest heavy-atom distance "
+            f"{f.max_distance:.1f} A, {f.shape} (normalised principal moments {f.npr[0]:.2f}, {f.npr[1]:.2f})."
+        )
+    return captions

@@ -1,0 +1,186 @@
+"""Conformer retrieval: given the caption of one conformer, find that conformer among its molecule's conformers.
+
+The task 3D perception is needed for. Training is stage 1 (the retrieval task's losses) on conformer captions: each
+step draws a conformer per molecule and captions it from its own coordinates (:mod:`molbridge.core.data.
+conformer_facts`: its place among the molecule's conformers by radius of gyration, its radius, largest heavy-atom
+distance and shape). Evaluation takes every molecule of the split with two or more conformers and, for the caption
+of each of its k conformers, ranks those k conformers by the model's similarity:
+
+- ``conformer_acc``: the share of captions whose own conformer is ranked first (a tie at the top shares the credit:
+  1/t for t conformers scored equal within float noise), its per-item values written to ``items-SPLIT.json``
+  (``bench compare --aggregate`` gives intervals and paired verdicts from them);
+- ``conformer_chance``: the mean of 1/k, what any model that cannot see coordinates scores (the SMILES control
+  gives all conformers of a molecule one representation: a k-way tie, credit 1/k, exactly chance);
+- ``conformer_skill``: (acc - chance) / (1 - chance), 0 at chance, 1 when always right.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from molbridge.core import batch as keys
+from molbridge.core import hookimpl
+from molbridge.core.data import MoleculeDataset
+from molbridge.core.data.batching import by_size
+from molbridge.core.data.conformer_facts import conformer_captions, conformer_facts
+from molbridge.core.errors import MolbridgeError
+from molbridge.plugins.tasks.retrieval import RetrievalConfig, RetrievalTask
+from molbridge.plugins.tasks.retrieval_metrics import _max_over_queries
+from molbridge.plugins.tasks.stage1 import CACHED_TEXT
+
+#: Scores this close to the best count as tied with it: the same representation computed in batches of another
+#: padding differs by float noise, and a model that cannot tell conformers apart must not win by it.
+TIE_RTOL, TIE_ATOL = 1e-4, 1e-5
+
+
+def caption_credit(sim: torch.Tensor) -> list[float]:
+    """``sim`` (k conformers x their k captions): per caption, 1/t if its conformer is among the t scored best
+    (equal within float noise), else 0."""
+    credit = []
+    for k in range(sim.shape[1]):
+        scores = sim[:, k]
+        tied = torch.isclose(scores, scores.max(), rtol=TIE_RTOL, atol=TIE_ATOL)
+        credit.append(float(tied[k]) / int(tied.sum()))
+    return credit
+
+
+class ConformerCaptions(MoleculeDataset):
+    """Molecules whose text is the caption of the conformer the item holds (computed from its coordinates).
+
+    A training split (``augment``) gives each molecule as the list of all its conformers, captioned: the batch
+    then holds the conformers of a molecule side by side, and the contrastive loss must tell them apart (with one
+    random conformer per molecule, the other molecules' would be the only negatives, which the SMILES separates)."""
+
+    def item(self, i: int, conformer: int | None = None) -> Any:
+        if conformer is None and self.augment:
+            return [self.item(i, k) for k in range(len(self.store[int(self.indices[i])].conformers))]
+        item = super().item(i, 0 if conformer is None else conformer)
+        conformers = self.store[int(self.indices[i])].conformers
+        facts = [conformer_facts(item[keys.ATOMIC_NUMBERS], c) for c in conformers]
+        return item | {keys.TEXT: conformer_captions(facts)[item["conformer"]]}
+
+    def conformer_counts(self) -> list[int]:
+        return [len(self.store[int(row)].conformers) for row in self.indices]
+
+
+@dataclass
+class ConformerRetrievalConfig(RetrievalConfig):
+    name: str = "conformer_retrieval"
+    text_field: str = "conformer"
+    """Fixed: the caption is computed per conformer (``molbridge.core.data.conformer_facts``), not read."""
+    baseline: bool = False
+    """Fixed: no fingerprint baseline; the 1D ceiling is chance, reported as ``conformer_chance``."""
+
+
+class ConformerRetrievalTask(RetrievalTask):
+    monitor = ("conformer_acc", "max")
+    report_metrics = ("test/conformer_acc", "test/conformer_chance", "test/conformer_skill")
+    dataset_class = ConformerCaptions
+
+    def __init__(self, config: ConformerRetrievalConfig, recipe, registry=None):
+        wrong = {"task.baseline": config.baseline, "task.eval_text_field": config.eval_text_field}
+        if any(wrong.values()) or config.text_field != "conformer":
+            raise MolbridgeError(
+                "conformer_retrieval captions each conformer itself: task.text_field must stay 'conformer' and "
+                "task.baseline and task.eval_text_field off "
+                f"(got text_field={config.text_field!r}, {', '.join(f'{k}={v}' for k, v in wrong.items() if v)})"
+            )
+        super().__init__(config, recipe, registry)
+        self._last_items: tuple[str, dict[str, Any]] | None = None
+
+    def collate(self, samples):
+        """A training sample is a molecule's conformers (a list): they enter the batch side by side."""
+        return super().collate([s for sample in samples for s in (sample if isinstance(sample, list) else [sample])])
+
+    def texts_by_key(self) -> dict[str, str]:
+        """Every caption of every conformer of the splits, keyed by itself (a locked tower encodes each once)."""
+        captions = {}
+        for dataset in self.splits.values():
+            for row in dataset.indices:
+                mol = dataset.store[int(row)]
+                facts = [conformer_facts(mol.atomic_numbers, c) for c in mol.conformers]
+                captions.update((caption, caption) for caption in conformer_captions(facts))
+        return captions
+
+    def text_key(self, sample: dict[str, Any]) -> str:
+        return sample[keys.TEXT]
+
+    def _truncation(self) -> dict[str, Any]:
+        return {"note": "conformer captions are one short sentence (about 40 tokens): none is cut"}
+
+    @torch.no_grad()
+    def evaluate(self, model, fabric, split: str) -> dict[str, float]:
+        model.eval()
+        dataset: ConformerCaptions = self.splits[split]  # type: ignore[assignment]
+        counts = dataset.conformer_counts()
+        pairs = [(i, k) for i, count in enumerate(counts) if count > 1 for k in range(count)]
+        if not pairs:
+            raise MolbridgeError(f"conformer_retrieval: no molecule of the {split} split has two conformers")
+        mol, text = self._encode_pairs(fabric, dataset, pairs)
+        credit, chance, ids = [], [], []
+        start = 0
+        while start < len(pairs):
+            i, count = pairs[start][0], counts[pairs[start][0]]
+            credit += caption_credit(_max_over_queries(mol[start : start + count], text[start : start + count]))
+            chance += [1.0 / count] * count
+            ids += [f"{dataset.store[int(dataset.indices[i])].id}#{k}" for k in range(count)]
+            start += count
+        acc, base = sum(credit) / len(credit), sum(chance) / len(chance)
+        self._last_items = (split, {"ids": ids, "values": {"conformer_acc": credit, "conformer_chance": chance}})
+        model.train()
+        return {
+            "conformer_acc": acc,
+            "conformer_chance": base,
+            "conformer_skill": (acc - base) / (1 - base),
+            "conformer_captions": float(len(pairs)),
+        }
+
+    def _encode_pairs(self, fabric, dataset: ConformerCaptions, pairs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Molecule (n, P, E) and caption (n, E) features of every (molecule, conformer) pair, in pair order."""
+        sizes = dataset.sizes()
+        batches = by_size([int(sizes[i]) for i, _ in pairs], self.recipe.data.eval_batch_size)
+        mols, texts = [], []
+        for rows in tqdm(batches, desc="encode conformers", leave=False, disable=not fabric.is_global_zero):
+            batch = fabric.to_device(self.collate([dataset.item(*pairs[r]) for r in rows]))
+            encoded = self.encoder(batch[keys.ENCODER_INPUT])
+            mols.append(self.text_side.molecule_features(encoded).float().cpu())
+            text = (
+                self.text_side.project_text(batch[CACHED_TEXT])
+                if CACHED_TEXT in batch
+                else self.text_side.text_features(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK])
+            )
+            texts.append(text.float().cpu())
+        order = torch.tensor([r for rows in batches for r in rows]).argsort()
+        return torch.cat(mols)[order], torch.cat(texts)[order]
+
+    def write_outputs(self, folder: Path) -> list[Path]:
+        """``items-<split>.json``: each caption's credit and chance (ids ``<molecule id>#<conformer>``)."""
+        if self._last_items is None:
+            return []
+        split, content = self._last_items
+        path = Path(folder) / f"items-{split}.json"
+        path.write_text(json.dumps({"split": split, **content}, separators=(",", ":")) + "\n")
+        return [path]
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {
+            "text_field": "conformer captions (molbridge.core.data.conformer_facts)",
+            "protocol": "for each caption of a conformer of a molecule with k >= 2 conformers, its k conformers "
+            "ranked by similarity; acc with ties sharing credit, against chance (mean 1/k)",
+        }
+
+
+@hookimpl
+def molbridge_register_tasks(register):
+    register(
+        "conformer_retrieval",
+        ConformerRetrievalTask,
+        ConformerRetrievalConfig,
+        description="stage 1 on conformer captions; find a caption's conformer among its molecule's (1D: chance)",
+    )
