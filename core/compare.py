@@ -595,14 +595,14 @@ def render_aggregate(groups: list[Group], fmt: str = "markdown", table: Interval
                 numbers: tuple[float | int | None, ...] = (s.mean, s.std, s.n) if s else (None,) * 3
                 numbers += (bounds or (None, None)) if table else ()
                 cells += [_csv_number(v) for v in numbers]
-            for metric in metrics if table else []:
-                assert table is not None  # the loop runs only with a table
-                comparison = table.comparisons.get((group.label, metric))
-                if comparison is None:
-                    cells += [""] * len(verdicts)
-                else:
-                    d = comparison.difference
-                    cells += [comparison.verdict, *(_csv_number(v) for v in (d.estimate, d.lo, d.hi))]
+            if table:
+                for metric in metrics:
+                    comparison = table.comparisons.get((group.label, metric))
+                    if comparison is None:
+                        cells += [""] * len(verdicts)
+                    else:
+                        d = comparison.difference
+                        cells += [comparison.verdict, *(_csv_number(v) for v in (d.estimate, d.lo, d.hi))]
             reference = [_reference_name(table, group.label)] if table else []
             writer.writerow(
                 [group.config, group.experiment, " ".join(group.seeds), len(group.runs), *reference, *values, *cells]

@@ -9,7 +9,6 @@ from rdkit import Chem
 from rdkit.Chem import AllChem, rdMolDescriptors
 
 from molbridge.core.cli import main
-from molbridge.core.data import MoleculeDataset
 from molbridge.core.data.conformer_facts import conformer_captions, conformer_facts
 from molbridge.plugins.tasks.conformer_retrieval import ConformerCaptions, caption_credit
 
