@@ -58,12 +58,13 @@ class ConformerCaptions(MoleculeDataset):
     random conformer per molecule, the other molecules' would be the only negatives, which the SMILES separates)."""
 
     def item(self, i: int, conformer: int | None = None) -> Any:
+        mol = self.store[int(self.indices[i])]
+        captions = conformer_captions([conformer_facts(mol.atomic_numbers, c) for c in mol.conformers])
+        plain = super().item
         if conformer is None and self.augment:
-            return [self.item(i, k) for k in range(len(self.store[int(self.indices[i])].conformers))]
-        item = super().item(i, 0 if conformer is None else conformer)
-        conformers = self.store[int(self.indices[i])].conformers
-        facts = [conformer_facts(item[keys.ATOMIC_NUMBERS], c) for c in conformers]
-        return item | {keys.TEXT: conformer_captions(facts)[item["conformer"]]}
+            return [plain(i, k) | {keys.TEXT: caption} for k, caption in enumerate(captions)]
+        item = plain(i, 0 if conformer is None else conformer)
+        return item | {keys.TEXT: captions[item["conformer"]]}
 
     def conformer_counts(self) -> list[int]:
         return [len(self.store[int(row)].conformers) for row in self.indices]
