@@ -246,19 +246,21 @@ class Artifacts:
 
     def __init__(self, client: Any, scratch: Path):
         self.client, self.scratch = client, scratch
+        self._listed: dict[str, list[Any]] = {}
         self._found: dict[tuple[str, str], dict[str, Path]] = {}
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file is noise here
 
     def find(self, run: RunRow, pattern: re.Pattern) -> dict[str, Path]:
-        """``{split: local path}`` of the run's top-level artifacts whose name matches ``pattern`` (each run and
-        pattern listed and downloaded once: intervals, curves and parity plots read the same files)."""
+        """``{split: local path}`` of the run's top-level artifacts whose name matches ``pattern`` (each run listed
+        once, each file downloaded once: intervals, curves and parity plots read the same files)."""
         key = (run.run_id, pattern.pattern)
         if key in self._found:
             return self._found[key]
+        if run.run_id not in self._listed:
+            self._listed[run.run_id] = [info for info in self.client.list_artifacts(run.run_id) if not info.is_dir]
         found = {}
-        for info in self.client.list_artifacts(run.run_id):
-            match = pattern.fullmatch(info.path)
-            if match and not info.is_dir:
+        for info in self._listed[run.run_id]:
+            if match := pattern.fullmatch(info.path):
                 target = self.scratch / run.run_id
                 target.mkdir(exist_ok=True)
                 found[match["split"]] = Path(self.client.download_artifacts(run.run_id, info.path, str(target)))

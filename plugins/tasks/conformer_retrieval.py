@@ -22,17 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from molbridge.core import batch as keys
 from molbridge.core import hookimpl
 from molbridge.core.data import MoleculeDataset
-from molbridge.core.data.batching import by_size
 from molbridge.core.data.conformer_facts import conformer_captions, conformer_facts
 from molbridge.core.errors import MolbridgeError
 from molbridge.plugins.tasks.retrieval import RetrievalConfig, RetrievalTask
 from molbridge.plugins.tasks.retrieval_metrics import _max_over_queries
-from molbridge.plugins.tasks.stage1 import CACHED_TEXT
 
 #: Scores this close to the best count as tied with it: the same representation computed in batches of another
 #: padding differs by float noise, and a model that cannot tell conformers apart must not win by it.
@@ -123,7 +120,10 @@ class ConformerRetrievalTask(RetrievalTask):
         pairs = [(i, k) for i, count in enumerate(counts) if count > 1 for k in range(count)]
         if not pairs:
             raise MolbridgeError(f"conformer_retrieval: no molecule of the {split} split has two conformers")
-        mol, text = self._encode_pairs(fabric, dataset, pairs)
+        sizes = dataset.sizes()
+        mol, text = self.encode(
+            fabric, [int(sizes[i]) for i, _ in pairs], lambda r: dataset.item(*pairs[r]), "encode conformers"
+        )
         credit, chance, ids = [], [], []
         start = 0
         while start < len(pairs):
@@ -141,24 +141,6 @@ class ConformerRetrievalTask(RetrievalTask):
             "conformer_skill": (acc - base) / (1 - base),
             "conformer_captions": float(len(pairs)),
         }
-
-    def _encode_pairs(self, fabric, dataset: ConformerCaptions, pairs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Molecule (n, P, E) and caption (n, E) features of every (molecule, conformer) pair, in pair order."""
-        sizes = dataset.sizes()
-        batches = by_size([int(sizes[i]) for i, _ in pairs], self.recipe.data.eval_batch_size)
-        mols, texts = [], []
-        for rows in tqdm(batches, desc="encode conformers", leave=False, disable=not fabric.is_global_zero):
-            batch = fabric.to_device(self.collate([dataset.item(*pairs[r]) for r in rows]))
-            encoded = self.encoder(batch[keys.ENCODER_INPUT])
-            mols.append(self.text_side.molecule_features(encoded).float().cpu())
-            text = (
-                self.text_side.project_text(batch[CACHED_TEXT])
-                if CACHED_TEXT in batch
-                else self.text_side.text_features(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK])
-            )
-            texts.append(text.float().cpu())
-        order = torch.tensor([r for rows in batches for r in rows]).argsort()
-        return torch.cat(mols)[order], torch.cat(texts)[order]
 
     def write_outputs(self, folder: Path) -> list[Path]:
         """``items-<split>.json``: each caption's credit and chance (ids ``<molecule id>#<conformer>``)."""

@@ -146,18 +146,23 @@ class RetrievalTask(Task):
     # -- evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()
     def features(self, fabric, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Molecule (N, P, E) and text (N, E) features of a split, in dataset order, float32 on CPU.
+        """Molecule (N, P, E) and text (N, E) features of a split, in dataset order, float32 on CPU."""
+        dataset = self.splits[split]
+        return self.encode(fabric, dataset.sizes(), dataset.__getitem__, f"encode {split}")
 
-        Molecules are encoded in batches of similar size (less padding; the features are put back in dataset
-        order, so the in-batch protocol is untouched). Under DDP each rank encodes its share of the batches
+    @torch.no_grad()
+    def encode(self, fabric, sizes, sample, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Molecule (N, P, E) and text (N, E) features of the samples ``sample(0..N-1)`` (``sizes``: their atom
+        counts), in that order, float32 on CPU.
+
+        Samples are encoded in batches of similar size (less padding; the features are put back in order, so the
+        in-batch protocol is untouched). Under DDP each rank encodes its share of the batches
         (:mod:`molbridge.core.distributed`); every rank gets all features, identical to a single process's."""
-        dataset, text_side = self.splits[split], self.text_side
-        batches = by_size(dataset.sizes(), self.recipe.data.eval_batch_size)
+        text_side = self.text_side
+        batches = by_size(sizes, self.recipe.data.eval_batch_size)
         mine = []
-        for rows in tqdm(
-            distributed.shard(batches), desc=f"encode {split}", leave=False, disable=not fabric.is_global_zero
-        ):
-            batch = fabric.to_device(self.collate([dataset[i] for i in rows]))
+        for rows in tqdm(distributed.shard(batches), desc=desc, leave=False, disable=not fabric.is_global_zero):
+            batch = fabric.to_device(self.collate([sample(i) for i in rows]))
             encoded = self.encoder(batch[keys.ENCODER_INPUT])
             mol = text_side.molecule_features(encoded).float().cpu()
             text = (
@@ -167,7 +172,7 @@ class RetrievalTask(Task):
             )
             mine.append((mol, text.float().cpu()))
         parts = distributed.gather(mine)
-        order = torch.tensor([i for rows in batches for i in rows]).argsort()  # back to dataset order
+        order = torch.tensor([i for rows in batches for i in rows]).argsort()  # back to the samples' order
         return torch.cat([m for m, _ in parts])[order], torch.cat([t for _, t in parts])[order]
 
     def inbatch_order(self, n: int) -> torch.Tensor | None:
