@@ -16,6 +16,7 @@ cannot, whatever the molecule's size.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,3 +76,15 @@ def conformer_captions(facts: list[ConformerFacts]) -> list[str]:
             f"{f.max_distance:.1f} A, {f.shape} (normalised principal moments {f.npr[0]:.2f}, {f.npr[1]:.2f})."
         )
     return captions
+
+
+_PLACE = re.compile(r"The (only conformer|(?:\w+ )?most (?:compact|extended) of \d+ conformers)", re.IGNORECASE)
+_CAPTION_RADIUS = re.compile(r"radius of gyration (\d+(?:\.\d+)?) A")
+
+
+def read_caption(text: str) -> tuple[str | None, float | None]:
+    """The place among the conformers ("most compact of 3 conformers") and the radius of gyration (A) that a
+    text states as :func:`conformer_captions` phrases them (None for what it does not state): how a generated
+    caption is checked against its conformer's."""
+    place, radius = _PLACE.search(text), _CAPTION_RADIUS.search(text)
+    return (place.group(1).lower() if place else None), (float(radius.group(1)) if radius else None)

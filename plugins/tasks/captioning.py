@@ -8,6 +8,14 @@ training molecule (Tanimoto on Morgan fingerprints): what a model scores that on
 Two facts of every molbridge-mini caption come from the 3D conformer alone, the shape class and the radius
 of gyration, so they are also scored on their own (:func:`shape_fact_metrics`): the n-gram metrics barely
 move when a caption gets them wrong, and they are what a 3D encoder should know that a 2D one cannot.
+
+With ``text_field: conformer`` the captions are of conformers, not molecules: each conformer's is computed from
+its coordinates (:func:`molbridge.core.data.conformer_facts.conformer_captions`: its place among the molecule's
+conformers by radius of gyration, its radius, largest heavy-atom distance and shape). Training captions every
+conformer of every molecule; evaluation every conformer of each molecule with two or more, and scores besides the
+text metrics ``place_acc`` (the caption states its conformer's place), against ``place_chance`` (mean 1/k: a model
+blind to coordinates says one thing for all k conformers, which is right for one of them at most), and
+``conformer_rg_mae`` (the radius stated, where stated; ``conformer_rg_valid``).
 """
 
 from __future__ import annotations
@@ -17,12 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from molbridge.core import hookimpl
+from molbridge.core.data.conformer_facts import conformer_captions, conformer_facts, read_caption
 from molbridge.core.data.describe import read_shape_facts
 from molbridge.plugins.tasks.fingerprint_baseline import nearest_neighbours
 from molbridge.plugins.tasks.llm_stage import Example, LLMStageOptions, LLMStageTask
 
 TASK = "Caption"
+CONFORMER = "conformer"
 
 
 @dataclass
@@ -31,7 +43,8 @@ class CaptioningConfig(LLMStageOptions):
     instruction: str = "Describe this molecule."
     """The instruction of every caption prompt (3D-MoLM: "Describe the input molecule.")."""
     text_field: str = "description"
-    """Which stored text of a molecule is its caption."""
+    """Which stored text of a molecule is its caption; ``conformer``: each conformer's caption, computed from its
+    coordinates (see the module docstring)."""
     eval_text_field: str | None = None
     """The caption of the validation and test molecules; null: ``text_field`` (3D-MoLM's pretraining phase
     trains on ``enriched_description`` and evaluates on ``description``)."""
@@ -52,12 +65,28 @@ class CaptioningTask(LLMStageTask):
         evaluation = self.config.eval_text_field
         return evaluation if split != "train" and evaluation else self.config.text_field
 
+    @property
+    def every_conformer(self) -> bool:  # type: ignore[override]  # a setting here, a constant in the base
+        return self.config.text_field == CONFORMER
+
     def examples(self, split: str) -> list[Example]:
         molecules, field = self.molecules[split], self.text_field(split)
+        if field == CONFORMER:
+            return self._conformer_examples(split)
         return [
             Example(i, self.config.instruction, molecules.store[int(row)].texts.get(field, ""), TASK)
             for i, row in enumerate(molecules.indices)
         ]
+
+    def _conformer_examples(self, split: str) -> list[Example]:
+        """A caption per conformer (evaluation: of the molecules with two or more)."""
+        molecules, found = self.molecules[split], []
+        for i, row in enumerate(molecules.indices):
+            mol = molecules.store[int(row)]
+            if split == "train" or len(mol.conformers) > 1:
+                captions = conformer_captions([conformer_facts(mol.atomic_numbers, c) for c in mol.conformers])
+                found += [Example(i, self.config.instruction, c, TASK, conformer=k) for k, c in enumerate(captions)]
+        return found
 
     def default_generation(self, task: str) -> dict[str, Any]:
         return {"max_new_tokens": self.config.max_new_tokens, "num_beams": self.config.num_beams}
@@ -76,16 +105,18 @@ class CaptioningTask(LLMStageTask):
         references = [e.response for e in examples]
         metrics = self._scores(answers, references)
         if self.config.baseline:
-            baseline = self._scores(self._baseline_captions(split), references)
+            baseline = self._scores(self._baseline_captions(split, examples), references)
             metrics |= {f"baseline_{k}": v for k, v in baseline.items()}
         return metrics
 
     def _scores(self, captions: list[str], references: list[str]) -> dict[str, float]:
         """Caption metrics, and the shape facts when the dataset declares that its captions state them
         (``caption_facts`` in its dataset.json, as molbridge-mini's): on other texts the sentence reader would
-        match unrelated words ("linear pentasaccharide")."""
+        match unrelated words ("linear pentasaccharide"). Conformer captions: the conformer's facts."""
         metrics = self.text_metrics(captions, references)
-        if self.caption_facts:
+        if self.every_conformer:
+            metrics |= conformer_caption_metrics(captions, references)
+        elif self.caption_facts:
             metrics |= shape_fact_metrics(captions, references)
         return metrics
 
@@ -93,13 +124,21 @@ class CaptioningTask(LLMStageTask):
     def caption_facts(self) -> list[str]:
         return list(self.molecules["train"].store.meta.get("caption_facts", []))
 
-    def _baseline_captions(self, split: str) -> list[str]:
-        """The caption (in ``split``'s text field) of each molecule's most similar training molecule."""
+    def _baseline_captions(self, split: str, examples: list[Example]) -> list[str]:
+        """For each example, the caption (in ``split``'s text field; conformer captions: of conformer 0) of its
+        molecule's most similar training molecule."""
         train, target, field = self.molecules["train"], self.molecules[split], self.text_field(split)
         smiles = [target.store[int(r)].smiles for r in target.indices]
         known = [train.store[int(r)].smiles for r in train.indices]
-        captions = [train.store[int(r)].texts.get(field, "") for r in train.indices]
-        return [captions[j] for j in nearest_neighbours(smiles, known)]
+        neighbours = nearest_neighbours(smiles, known)
+
+        def caption(j: int) -> str:
+            mol = train.store[int(train.indices[j])]
+            if field == CONFORMER:
+                return conformer_captions([conformer_facts(mol.atomic_numbers, c) for c in mol.conformers])[0]
+            return mol.texts.get(field, "")
+
+        return [caption(neighbours[e.molecule]) for e in examples]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -134,6 +173,21 @@ def shape_fact_metrics(predictions: list[str], references: list[str]) -> dict[st
         metrics["rg_valid"] = len(stated) / len(radii)
         if stated:
             metrics["rg_mae"] = sum(stated) / len(stated)
+    return metrics
+
+
+def conformer_caption_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """``place_acc``: the share of captions that state their conformer's place among the molecule's conformers;
+    ``place_chance``: mean 1/k over the references (k conformers); ``conformer_rg_mae`` and ``conformer_rg_valid``:
+    the radius of gyration's error where a caption states one, and the share that do."""
+    pairs = [(read_caption(p), read_caption(r)) for p, r in zip(predictions, references, strict=True)]
+    metrics = {"place_acc": float(np.mean([p[0] is not None and p[0] == r[0] for p, r in pairs]))}
+    counts = [int(r[0].split(" of ")[1].split()[0]) if " of " in (r[0] or "") else 1 for _, r in pairs]
+    metrics["place_chance"] = float(np.mean([1 / k for k in counts]))
+    stated = [abs(p[1] - r[1]) for p, r in pairs if p[1] is not None and r[1] is not None]
+    metrics["conformer_rg_valid"] = len(stated) / len(pairs)
+    if stated:
+        metrics["conformer_rg_mae"] = float(np.mean(stated))
     return metrics
 
 

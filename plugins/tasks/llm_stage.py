@@ -85,6 +85,8 @@ class Example:
     task: str
     subset: str | None = None
     """The sub-dataset of the 3D-MoLM release the record comes from (stage 3's mixture unit), if any."""
+    conformer: int | None = None
+    """The conformer the question is about (None: the one the molecule dataset gives, drawn when it augments)."""
 
 
 class ExampleDataset(Dataset):
@@ -107,7 +109,7 @@ class ExampleDataset(Dataset):
         return self.item(self.examples[i])
 
     def item(self, example: Example) -> dict[str, Any]:
-        return self.molecules[example.molecule] | {
+        return self.molecules.item(example.molecule, example.conformer) | {
             keys.INSTRUCTION: example.instruction,
             keys.RESPONSE: example.response,
             keys.TASK_NAME: example.task,
@@ -171,6 +173,9 @@ class LLMStageTask(Task):
     """Base of the ``captioning`` and ``qa`` tasks: subclasses define ``examples(split)`` and ``score``.
 
     Data is read on first use (``molecules``, ``splits``): building the task for ``bench ask`` reads none."""
+
+    every_conformer = False
+    """Whether evaluation asks about every conformer of a molecule (else only conformer 0, the lowest-energy)."""
 
     def __init__(self, config, recipe, registry=None):
         self.config, self.recipe = config, recipe
@@ -240,7 +245,7 @@ class LLMStageTask(Task):
         items = []
         for row in molecules.indices:
             mol = molecules.store[int(row)]
-            count = len(mol.conformers) if molecules.augment else 1
+            count = len(mol.conformers) if molecules.augment or self.every_conformer else 1
             items += [
                 {
                     keys.MOL_ID: mol.id,
