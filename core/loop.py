@@ -188,20 +188,42 @@ def frozen_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, source: str = "recipe", scope: str = "matrices"
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    source: str = "recipe",
+    scope: str = "matrices",
+    lr_scale: Mapping[str, float] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over trainable parameters. ``scope`` ``matrices``: biases and norm weights (the 1-D ones) get no
-    weight decay; ``all``: every parameter decays (3D-MoLM's ``AdamW(self.parameters(), ...)``)."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    weight decay; ``all``: every parameter decays (3D-MoLM's ``AdamW(self.parameters(), ...)``). ``lr_scale``
+    (``train.lr_scale``) multiplies the rate of the parameters its glob patterns name; the first match wins."""
+    trainable = [(plain_name(name), p) for name, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise RecipeError(source, ["train.trainable/train.frozen leave no parameter to train"])
-    if scope == "all":
-        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
-    groups = [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    patterns = dict(lr_scale or {})
+    unmatched = [k for k in patterns if not any(fnmatch(name, k) for name, _ in trainable)]
+    if unmatched:
+        raise RecipeError(source, [f"train.lr_scale.{k} matches no trainable parameter" for k in unmatched])
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, param in trainable:
+        factor = next((v for k, v in patterns.items() if fnmatch(name, k)), 1.0)
+        decay = weight_decay if scope == "all" or param.ndim >= 2 else 0.0
+        groups.setdefault((factor, decay), []).append(param)
+    # the unscaled groups first: the loop logs param_groups[0]'s rate as the run's lr
+    order = sorted(groups, key=lambda key: (key[0] != 1.0, -key[1]))
+    return torch.optim.AdamW([{"params": groups[k], "lr": lr * k[0], "weight_decay": k[1]} for k in order], lr=lr)
+
+
+# the segments Fabric, DDP, FSDP and torch.compile put into parameter names; recipes name the model's own
+WRAPPER_SEGMENTS = ("_forward_module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name in the unwrapped model (as ``train.trainable`` and ``train.lr_scale`` name it)."""
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name.removeprefix("module.")
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float, start_ratio: float = 0.0) -> float:
@@ -376,7 +398,9 @@ class Loop:
         self.frozen_modules = frozen_modules(model)
         self.model = fabric.setup_module(model)
         scope = train.get("weight_decay_scope", "matrices")
-        optimizer = build_optimizer(self.model, train.lr, train.weight_decay, self.recipe.recipe, scope)
+        optimizer = build_optimizer(
+            self.model, train.lr, train.weight_decay, self.recipe.recipe, scope, train.get("lr_scale")
+        )
         fabric_optimizer = fabric.setup_optimizers(optimizer)
         # one optimizer in, one out; Fabric's wrapper takes on the optimizer's class, so it is an Optimizer too
         assert isinstance(fabric_optimizer, torch.optim.Optimizer)

@@ -129,6 +129,10 @@ class TrainConfig:
     """Glob patterns over parameter names that train; every other parameter is frozen."""
     frozen: list[str] = field(default_factory=list)
     """Glob patterns frozen even when ``trainable`` matches them."""
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    """Learning-rate factors by glob over parameter names, e.g. ``{"projector.*": 0.1}``: a parameter trains at
+    ``lr`` (and ``min_lr``, and every step of the schedule) times the factor of the first pattern it matches,
+    others at 1. A pattern that matches no trainable parameter is an error."""
     eval_every: int = bounded(0, ge=0)
     """Evaluate on the validation split every N steps (0: at the end only)."""
     checkpoint_every: int = bounded(0, ge=0)
@@ -164,6 +168,7 @@ class TrainConfig:
             found.append(f"train.min_lr={self.min_lr} must be <= train.lr={self.lr}")
         if self.warmup_start_lr > self.lr:
             found.append(f"train.warmup_start_lr={self.warmup_start_lr} must be <= train.lr={self.lr}")
+        found += [f"train.lr_scale.{k}={v} must be > 0" for k, v in self.lr_scale.items() if not v > 0]
         return found
 
 

@@ -4,13 +4,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem, rdMolDescriptors
 
 from molbridge.core.cli import main
 from molbridge.core.data import MoleculeDataset
 from molbridge.plugins.tasks.conformer_qa import ConformerQAConfig, ConformerQATask, conformer_values
-from molbridge.plugins.tasks.llm_stage import Example, ExampleDataset
+from molbridge.plugins.tasks.llm_stage import Example, ExampleDataset, spread
 
 
 def test_values_of_real_conformers():
@@ -90,6 +91,13 @@ def test_the_construction_same_prompt_different_targets():
     assert not np.allclose(items[0]["positions"], items[1]["positions"])
 
 
+def test_spread_is_the_mean_distance_over_the_mean_norm():
+    rows = torch.tensor([[[3.0, 0.0]], [[0.0, 4.0]], [[0.0, 4.0]]])  # (molecules, tokens, dim)
+    # distances 5, 5, 0; norms 3, 4, 4
+    assert spread(rows) == pytest.approx((10 / 3) / (11 / 3))
+    assert spread(torch.ones(4, 8, 16)) == 0.0
+
+
 def test_a_run_writes_items_that_compare_reads(tmp_cwd, capsys, monkeypatch):
     monkeypatch.setenv("MOLBRIDGE_CACHE", str(tmp_cwd / "cache"))
     args = ["run", "conformer_qa", "--encoder", "smiles", "train.max_steps=2", "train.warmup_steps=0"]
@@ -106,6 +114,9 @@ def test_a_run_writes_items_that_compare_reads(tmp_cwd, capsys, monkeypatch):
     # a model that reads only the SMILES finds every answer equally likely under all conformers of a molecule
     assert metrics["test/conformer_choice_acc"] == pytest.approx(metrics["test/conformer_choice_chance"], abs=1e-12)
     assert 0.2 < metrics["test/conformer_choice_chance"] <= 0.5
+    # and hands the LLM the same soft tokens for them, different ones for different molecules
+    assert metrics["test/spread/encoder_conformers"] == metrics["test/spread/soft_tokens_conformers"] == 0.0
+    assert metrics["test/spread/encoder"] > 0.01 and metrics["test/spread/soft_tokens"] > 0.001
     assert len([v for v in items["values"]["radius_of_gyration/choice_acc"] if v is not None]) > 10
     assert main(["compare", "--experiment", "conformer_qa-molbridge-mini", "--aggregate"]) == 0
     assert "test/conformer_skill" in capsys.readouterr().out

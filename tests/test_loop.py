@@ -70,6 +70,27 @@ def test_no_weight_decay_on_biases_and_norms(toy_registry):
     assert len(no_decay["params"]) == 4  # two linear biases, the LayerNorm weight and bias
 
 
+def test_lr_scale_sets_a_rate_per_pattern_through_the_schedule(toy_registry, tmp_path):
+    recipe = toy_recipe(toy_registry, train={"lr_scale": {"head.*": 0.1}, "warmup_steps": 2, "min_lr": 1e-3})
+    _, loop = toy_fit(recipe, toy_registry, tmp_path)
+    names = {id(p): n for n, p in loop.model.module.named_parameters()}
+    rates = {names[id(p)]: g["lr"] for g in loop.optimizer.param_groups for p in g["params"]}
+    # 6 of 6 steps: the cosine has reached min_lr, and the head runs at a tenth of the schedule
+    assert rates.pop("head.weight") == rates.pop("head.bias") == pytest.approx(1e-4)
+    assert len(rates) == 4 and all(rate == pytest.approx(1e-3) for rate in rates.values())
+    head = next(g for g in loop.optimizer.param_groups if g["lr"] < 5e-4 and g["weight_decay"] > 0)
+    assert [names[id(p)] for p in head["params"]] == ["head.weight"]  # decay still only on matrices
+
+
+def test_lr_scale_pattern_that_matches_nothing_is_an_error(toy_registry):
+    task = toy_registry.build("task", toy_recipe(toy_registry).task, recipe=None, registry=toy_registry)
+    model = task.build_model(Components())
+    with pytest.raises(RecipeError, match=r"train.lr_scale.projector\.\* matches no trainable parameter"):
+        build_optimizer(model, lr=1e-3, weight_decay=0.1, lr_scale={"projector.*": 0.5})
+    with pytest.raises(RecipeError, match=r"train.lr_scale.head.\*=0.0 must be > 0"):
+        toy_recipe(toy_registry, train={"lr_scale": {"head.*": 0.0}})
+
+
 def test_warmup_then_cosine_to_min_lr():
     factors = [lr_factor(s, warmup=4, total=20, min_ratio=0.1) for s in range(21)]
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]

@@ -17,7 +17,9 @@ cannot, whatever the molecule's size.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from rdkit import Chem
@@ -78,13 +80,32 @@ def conformer_captions(facts: list[ConformerFacts]) -> list[str]:
     return captions
 
 
-_PLACE = re.compile(r"The (only conformer|(?:\w+ )?most (?:compact|extended) of \d+ conformers)", re.IGNORECASE)
+def molecule_captions(atomic_numbers: np.ndarray, conformers: Sequence[np.ndarray]) -> list[str]:
+    """The caption of each conformer of one molecule (:func:`conformer_captions` of their facts)."""
+    return conformer_captions([conformer_facts(atomic_numbers, positions) for positions in conformers])
+
+
+class CaptionFacts(NamedTuple):
+    """What a caption states of its conformer, each None where it does not."""
+
+    place: str | None
+    """Its place among the molecule's conformers, lower-cased: "most compact of 3 conformers"."""
+    count: int | None
+    """How many conformers the place counts (1 for "the only conformer")."""
+    radius: float | None
+    """Its radius of gyration (A)."""
+
+
+_PLACE = re.compile(r"The (only conformer|(?:\w+ )?most (?:compact|extended) of (\d+) conformers)", re.IGNORECASE)
 _CAPTION_RADIUS = re.compile(r"radius of gyration (\d+(?:\.\d+)?) A")
 
 
-def read_caption(text: str) -> tuple[str | None, float | None]:
-    """The place among the conformers ("most compact of 3 conformers") and the radius of gyration (A) that a
-    text states as :func:`conformer_captions` phrases them (None for what it does not state): how a generated
-    caption is checked against its conformer's."""
+def read_caption(text: str) -> CaptionFacts:
+    """What a text states as :func:`conformer_captions` phrases it: how a generated caption is checked against
+    its conformer's."""
     place, radius = _PLACE.search(text), _CAPTION_RADIUS.search(text)
-    return (place.group(1).lower() if place else None), (float(radius.group(1)) if radius else None)
+    return CaptionFacts(
+        place.group(1).lower() if place else None,
+        (int(place.group(2)) if place.group(2) else 1) if place else None,
+        float(radius.group(1)) if radius else None,
+    )

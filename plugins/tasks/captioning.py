@@ -20,6 +20,7 @@ blind to coordinates says one thing for all k conformers, which is right for one
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from molbridge.core import hookimpl
-from molbridge.core.data.conformer_facts import conformer_captions, conformer_facts, read_caption
+from molbridge.core.data.conformer_facts import molecule_captions, read_caption
 from molbridge.core.data.describe import read_shape_facts
 from molbridge.plugins.tasks.fingerprint_baseline import nearest_neighbours
 from molbridge.plugins.tasks.llm_stage import Example, LLMStageOptions, LLMStageTask
@@ -84,7 +85,7 @@ class CaptioningTask(LLMStageTask):
         for i, row in enumerate(molecules.indices):
             mol = molecules.store[int(row)]
             if split == "train" or len(mol.conformers) > 1:
-                captions = conformer_captions([conformer_facts(mol.atomic_numbers, c) for c in mol.conformers])
+                captions = molecule_captions(mol.atomic_numbers, mol.conformers)
                 found += [Example(i, self.config.instruction, c, TASK, conformer=k) for k, c in enumerate(captions)]
         return found
 
@@ -132,10 +133,11 @@ class CaptioningTask(LLMStageTask):
         known = [train.store[int(r)].smiles for r in train.indices]
         neighbours = nearest_neighbours(smiles, known)
 
+        @functools.cache  # a molecule's conformers share their neighbour
         def caption(j: int) -> str:
             mol = train.store[int(train.indices[j])]
             if field == CONFORMER:
-                return conformer_captions([conformer_facts(mol.atomic_numbers, c) for c in mol.conformers])[0]
+                return molecule_captions(mol.atomic_numbers, mol.conformers)[0]
             return mol.texts.get(field, "")
 
         return [caption(neighbours[e.molecule]) for e in examples]
@@ -181,10 +183,9 @@ def conformer_caption_metrics(predictions: list[str], references: list[str]) -> 
     ``place_chance``: mean 1/k over the references (k conformers); ``conformer_rg_mae`` and ``conformer_rg_valid``:
     the radius of gyration's error where a caption states one, and the share that do."""
     pairs = [(read_caption(p), read_caption(r)) for p, r in zip(predictions, references, strict=True)]
-    metrics = {"place_acc": float(np.mean([p[0] is not None and p[0] == r[0] for p, r in pairs]))}
-    counts = [int(r[0].split(" of ")[1].split()[0]) if " of " in (r[0] or "") else 1 for _, r in pairs]
-    metrics["place_chance"] = float(np.mean([1 / k for k in counts]))
-    stated = [abs(p[1] - r[1]) for p, r in pairs if p[1] is not None and r[1] is not None]
+    metrics = {"place_acc": float(np.mean([p.place is not None and p.place == r.place for p, r in pairs]))}
+    metrics["place_chance"] = float(np.mean([1 / (r.count or 1) for _, r in pairs]))
+    stated = [abs(p.radius - r.radius) for p, r in pairs if p.radius is not None and r.radius is not None]
     metrics["conformer_rg_valid"] = len(stated) / len(pairs)
     if stated:
         metrics["conformer_rg_mae"] = float(np.mean(stated))

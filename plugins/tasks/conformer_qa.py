@@ -38,10 +38,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from molbridge.core import batch as keys
-from molbridge.core import hookimpl
+from molbridge.core import distributed, hookimpl
 from molbridge.core.data.conformer_facts import conformer_facts
 from molbridge.core.errors import MolbridgeError
 from molbridge.plugins.tasks.conformer_retrieval import caption_credit
@@ -175,6 +176,7 @@ class ConformerQATask(QATask):
         examples = dataset.examples
         groups = [rows for rows in _groups(examples).values() if len({examples[i].response for i in rows}) == len(rows)]
         pairs = [(i, j) for rows in groups for i in rows for j in rows]  # conformer of i, reference of j
+        tokens = self._conformer_tokens(module, fabric, dataset, [i for rows in groups for i in rows])
         scores: dict[tuple[int, int], float] = {}
         size = self.recipe.data.eval_batch_size
         for start in tqdm(
@@ -182,7 +184,8 @@ class ConformerQATask(QATask):
         ):
             chunk = pairs[start : start + size]
             samples = [dataset.item(examples[i]) | {keys.RESPONSE: examples[j].response} for i, j in chunk]
-            scores.update(zip(chunk, self._log_likelihood(module, fabric, samples).tolist(), strict=True))
+            soft = torch.stack([tokens[_conformer(examples[i])] for i, _ in chunk])
+            scores.update(zip(chunk, self._log_likelihood(module, fabric, samples, soft).tolist(), strict=True))
         credit: list[float | None] = [None] * len(examples)
         chance: list[float | None] = [None] * len(examples)
         for rows in groups:
@@ -191,11 +194,24 @@ class ConformerQATask(QATask):
                 credit[j], chance[j] = c, 1 / len(rows)
         return credit, chance
 
-    def _log_likelihood(self, module, fabric, samples) -> torch.Tensor:
-        """Per sample, the summed log-probability of its response (and EOS) given its prompt and molecule."""
-        batch = fabric.to_device(self.collate(samples))
-        logits = module.llm(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK], module.soft_tokens(batch)).logits
-        labels = batch[keys.LABELS][:, 1:]
+    def _conformer_tokens(self, module, fabric, dataset, rows: list[int]) -> dict[tuple[int, int | None], Tensor]:
+        """The soft tokens of each conformer the questions ``rows`` are about, computed once for all its
+        questions and candidate answers."""
+        first = {_conformer(dataset.examples[i]): i for i in reversed(rows)}
+        conformers = list(first)
+        found: dict[tuple[int, int | None], Tensor] = {}
+        for batch in distributed.batches(len(conformers), self.recipe.data.eval_batch_size):
+            chosen = [conformers[b] for b in batch]
+            molecules = fabric.to_device(self._molecules([dataset.item(dataset.examples[first[c]]) for c in chosen]))
+            found.update(zip(chosen, module.soft_tokens(molecules), strict=True))
+        return found
+
+    def _log_likelihood(self, module, fabric, samples, soft_tokens: Tensor) -> Tensor:
+        """Per sample, the summed log-probability of its response (and EOS) given its prompt and soft tokens."""
+        responses = [s[keys.RESPONSE] for s in samples]
+        batch = fabric.to_device(self.llm.tokenize_batch(self._prompts(samples), responses))
+        logits = module.llm(batch["input_ids"], batch["attention_mask"], soft_tokens).logits
+        labels = batch["labels"][:, 1:]
         scored = labels != -100  # HF's ignore label: the prompt and the padding
         picked = logits[:, :-1].float().log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return (picked * scored).sum(-1).cpu()
@@ -247,6 +263,10 @@ class ConformerQATask(QATask):
             "baseline": "predict the training mean of each property (baseline_mae); the molecule's own mean over "
             "its conformers (molecule_mean_mae, the 1D ceiling)",
         }
+
+
+def _conformer(example: Example) -> tuple[int, int | None]:
+    return example.molecule, example.conformer
 
 
 def _groups(examples: list[Example]) -> dict[tuple[int, str], list[int]]:

@@ -26,7 +26,7 @@ import torch
 from molbridge.core import batch as keys
 from molbridge.core import hookimpl
 from molbridge.core.data import MoleculeDataset
-from molbridge.core.data.conformer_facts import conformer_captions, conformer_facts
+from molbridge.core.data.conformer_facts import molecule_captions
 from molbridge.core.errors import MolbridgeError
 from molbridge.plugins.tasks.retrieval import RetrievalConfig, RetrievalTask
 from molbridge.plugins.tasks.retrieval_metrics import _max_over_queries
@@ -56,7 +56,7 @@ class ConformerCaptions(MoleculeDataset):
 
     def item(self, i: int, conformer: int | None = None) -> Any:
         mol = self.store[int(self.indices[i])]
-        captions = conformer_captions([conformer_facts(mol.atomic_numbers, c) for c in mol.conformers])
+        captions = molecule_captions(mol.atomic_numbers, mol.conformers)
         plain = super().item
         if conformer is None and self.augment:
             return [plain(i, k) | {keys.TEXT: caption} for k, caption in enumerate(captions)]
@@ -102,8 +102,7 @@ class ConformerRetrievalTask(RetrievalTask):
         for dataset in self.splits.values():
             for row in dataset.indices:
                 mol = dataset.store[int(row)]
-                facts = [conformer_facts(mol.atomic_numbers, c) for c in mol.conformers]
-                captions.update((caption, caption) for caption in conformer_captions(facts))
+                captions.update((caption, caption) for caption in molecule_captions(mol.atomic_numbers, mol.conformers))
         return captions
 
     def text_key(self, sample: dict[str, Any]) -> str:

@@ -123,16 +123,18 @@ class MolLLM(nn.Module):
         super().__init__()
         self.encoder, self.projector, self.llm = encoder, projector, llm
 
-    def soft_tokens(self, batch: dict) -> torch.Tensor:
-        """The projector's tokens of the batch's molecules, from the frozen encoder's cached outputs when the batch
-        carries them (``ENCODED_*``), else from the encoder."""
+    def encoded(self, batch: dict) -> EncoderOutput:
+        """The encoder's outputs of the batch's molecules: the frozen encoder's cached ones when the batch carries
+        them (``ENCODED_*``), else computed."""
         if keys.ENCODED_ATOMS in batch:
-            encoded = EncoderOutput(
+            return EncoderOutput(
                 batch[keys.ENCODED_ATOMS], batch[keys.ENCODED_PADDING_MASK], batch[keys.ENCODED_POOLED]
             )
-        else:
-            encoded = self.encoder(batch[keys.ENCODER_INPUT])
-        return self.projector(encoded)
+        return self.encoder(batch[keys.ENCODER_INPUT])
+
+    def soft_tokens(self, batch: dict) -> torch.Tensor:
+        """The projector's tokens of the batch's molecules."""
+        return self.projector(self.encoded(batch))
 
     def forward(self, batch: dict) -> torch.Tensor:
         out = self.llm(
@@ -143,6 +145,13 @@ class MolLLM(nn.Module):
     @torch.no_grad()
     def generate(self, batch: dict, **settings: Any) -> list[str]:
         return self.llm.generate(batch[keys.INPUT_IDS], batch[keys.ATTENTION_MASK], self.soft_tokens(batch), **settings)
+
+
+def spread(vectors: torch.Tensor) -> float:
+    """Mean distance between two rows (each flattened) over their mean norm: near 0 when what made them ignores
+    which molecule it was given."""
+    flat = vectors.flatten(1).double()
+    return float(torch.pdist(flat).mean() / flat.norm(dim=1).mean().clamp_min(1e-12))
 
 
 def freeze_unused(projector: nn.Module, input_dim: int) -> list[str]:
@@ -425,9 +434,39 @@ class LLMStageTask(Task):
         model.eval()
         examples, answers = self.answers(model, fabric, split)
         self.last_answers = (split, examples, answers)
-        metrics = self.score(split, examples, answers)
+        metrics = self.score(split, examples, answers) | self.spreads(model, fabric, split)
         model.train()
         return metrics
+
+    @torch.no_grad()
+    def spreads(self, model, fabric, split: str) -> dict[str, float]:
+        """How much the encoder's pooled output and the soft tokens change between molecules (``spread/encoder``,
+        ``spread/soft_tokens``: :func:`spread` over the first ``data.eval_batch_size`` molecules of ``split``) and,
+        where examples are about conformers, between conformers of one molecule (``spread/*_conformers``). A
+        soft-token spread far below the encoder's says the projector passes the LLM a near-constant prompt."""
+        dataset, module = self.splits[split], getattr(model, "module", model)
+        rows: dict[tuple[int, int | None], int] = {}
+        for i, example in enumerate(dataset.examples):
+            if len(rows) == self.recipe.data.eval_batch_size:
+                break
+            rows.setdefault((example.molecule, example.conformer), i)
+        if len({molecule for molecule, _ in rows}) < 2:
+            return {}
+        batch = fabric.to_device(self.collate_prompts([dataset[i] for i in rows.values()]))
+        encoded = module.encoded(batch)
+        outputs = {"encoder": encoded.pooled, "soft_tokens": module.projector(encoded)}
+        by_molecule: dict[int, list[int]] = {}
+        for position, (molecule, _) in enumerate(rows):
+            by_molecule.setdefault(molecule, []).append(position)
+        firsts = [positions[0] for positions in by_molecule.values()]
+        groups = [positions for positions in by_molecule.values() if len(positions) > 1]
+        found = {f"spread/{name}": spread(values[firsts]) for name, values in outputs.items()}
+        if groups:
+            found |= {
+                f"spread/{name}_conformers": float(np.mean([spread(values[g]) for g in groups]))
+                for name, values in outputs.items()
+            }
+        return found
 
     def parsed(self, example: Example, answer: str) -> dict[str, Any]:
         """Extra fields of an answer's record: a numeric task gives ``value`` (parsed answer, null when none)
