@@ -587,13 +587,17 @@ def load_recipe(
     return recipe
 
 
+PATTERN_CHARACTERS = set(".*?[]")
+
+
 def flatten(recipe: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train.lr": 1e-4, ...}``: keys exactly as a command-line override would name them."""
+    """``{"train.lr": 1e-4, ...}``: keys exactly as a command-line override would name them. A table whose keys
+    are not plain names (``train.lr_scale``'s globs: ``projector.*``) stays one value, as it is overridden."""
     container: Mapping[str, Any] = to_dict(recipe, resolve=True) if isinstance(recipe, DictConfig) else recipe
     flat: dict[str, Any] = {}
     for key, value in container.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and value and not any(set(str(k)) & PATTERN_CHARACTERS for k in value):
             flat.update(flatten(value, dotted + "."))
         else:
             flat[dotted] = value

@@ -56,6 +56,16 @@ def test_run_is_logged_and_read_back(toy_registry, tmp_cwd, recipe_file):
     assert (tmp_cwd / "out" / RUN_ID_FILE).read_text().strip() == tracker.run_id
 
 
+def test_a_table_of_glob_keys_is_one_param_as_it_is_overridden(toy_registry, tmp_cwd, recipe_file):
+    recipe = _recipe(recipe_file, toy_registry, "train.lr_scale={head.*: 0.1, encoder.0.*: 0.5}")
+    tracker = _start(recipe, toy_registry, tmp_cwd / "out", resume=False)
+    tracker.finish()
+    params = MlflowClient(default_uri()).get_run(tracker.run_id).data.params
+    assert params["train.lr_scale"] == str({"head.*": 0.1, "encoder.0.*": 0.5})
+    assert not [key for key in params if key.startswith("train.lr_scale.")]
+    assert identify(recipe, toy_registry).hash != identify(_recipe(recipe_file, toy_registry), toy_registry).hash
+
+
 def test_resume_reopens_the_same_run(toy_registry, tmp_cwd, recipe_file):
     recipe = _recipe(recipe_file, toy_registry)
     first = _start(recipe, toy_registry, tmp_cwd / "out", resume=False)
