@@ -100,7 +100,15 @@ def test_spread_is_the_mean_distance_over_the_mean_norm():
 
 def test_a_run_writes_items_that_compare_reads(tmp_cwd, capsys, monkeypatch):
     monkeypatch.setenv("MOLBRIDGE_CACHE", str(tmp_cwd / "cache"))
-    args = ["run", "conformer_qa", "--encoder", "smiles", "train.max_steps=2", "train.warmup_steps=0"]
+    args = [
+        "run",
+        "conformer_qa",
+        "--encoder",
+        "smiles",
+        "train.max_steps=2",
+        "train.warmup_steps=0",
+        "train.init_from=null",
+    ]
     assert main([*args, "data.limit=32", "data.eval_limit=30", "data.eval_batch_size=16"]) == 0
     capsys.readouterr()
     (run,) = (tmp_cwd / "runs" / "conformer_qa-molbridge-mini").iterdir()
