@@ -18,8 +18,8 @@ def _captions(radii):
 
 def test_a_caption_reads_back():
     caption = _captions([2.0, 1.0, 3.0])[0]
-    place, count, radius = read_caption(caption)
-    assert place == "second most compact of 3 conformers" and count == 3
+    place, conformers, radius = read_caption(caption)
+    assert place == "second most compact of 3 conformers" and conformers == 3
     assert radius == pytest.approx(float(caption.split("radius of gyration ")[1].split(" A")[0]))
     assert read_caption(_captions([1.0])[0])[:2] == ("only conformer", 1)
     assert read_caption("A molecule with two rings.") == (None, None, None)

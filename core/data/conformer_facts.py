@@ -90,7 +90,7 @@ class CaptionFacts(NamedTuple):
 
     place: str | None
     """Its place among the molecule's conformers, lower-cased: "most compact of 3 conformers"."""
-    count: int | None
+    conformers: int | None
     """How many conformers the place counts (1 for "the only conformer")."""
     radius: float | None
     """Its radius of gyration (A)."""

@@ -184,7 +184,7 @@ def conformer_caption_metrics(predictions: list[str], references: list[str]) -> 
     the radius of gyration's error where a caption states one, and the share that do."""
     pairs = [(read_caption(p), read_caption(r)) for p, r in zip(predictions, references, strict=True)]
     metrics = {"place_acc": float(np.mean([p.place is not None and p.place == r.place for p, r in pairs]))}
-    metrics["place_chance"] = float(np.mean([1 / (r.count or 1) for _, r in pairs]))
+    metrics["place_chance"] = float(np.mean([1 / (r.conformers or 1) for _, r in pairs]))
     stated = [abs(p.radius - r.radius) for p, r in pairs if p.radius is not None and r.radius is not None]
     metrics["conformer_rg_valid"] = len(stated) / len(pairs)
     if stated:
