@@ -452,7 +452,7 @@ class LLMStageTask(Task):
             rows.setdefault((example.molecule, example.conformer), i)
         if len({molecule for molecule, _ in rows}) < 2:
             return {}
-        batch = fabric.to_device(self.collate_prompts([dataset[i] for i in rows.values()]))
+        batch = fabric.to_device(self._molecules([dataset[i] for i in rows.values()]))
         encoded = module.encoded(batch)
         outputs = {"encoder": encoded.pooled, "soft_tokens": module.projector(encoded)}
         by_molecule: dict[int, list[int]] = {}
