@@ -9,8 +9,10 @@ from rdkit import Chem
 from rdkit.Chem import AllChem, rdMolDescriptors
 
 from molbridge.core.cli import main
+from molbridge.core.errors import MolbridgeError
+from molbridge.core.recipe import load_recipe
 from molbridge.core.data.conformer_facts import conformer_captions, conformer_facts
-from molbridge.plugins.tasks.conformer_retrieval import ConformerCaptions, caption_credit
+from molbridge.plugins.tasks.conformer_retrieval import ConformerCaptions, ConformerRetrievalTask, caption_credit
 
 
 def test_facts_match_rdkit_on_a_real_conformer():
@@ -45,6 +47,26 @@ def test_the_construction_same_smiles_different_targets():
     training = ConformerCaptions.from_split("molbridge-mini", "train", "scaffold", augment=True, limit=8)
     group = training[0]  # a training sample: every conformer of the molecule, captioned
     assert isinstance(group, list) and [item["conformer"] for item in group] == list(range(len(group)))
+
+
+def test_energy_captions_state_each_conformers_energy_above_the_lowest():
+    data = ConformerCaptions.from_split(
+        "molbridge-mini", "test", "scaffold", augment=False, limit=60, text_field="conformer_energy"
+    )
+    plain = ConformerCaptions.from_split("molbridge-mini", "test", "scaffold", augment=False, limit=60)
+    several = [i for i, count in enumerate(data.conformer_counts()) if count > 1]
+    for i in several:
+        mol = data.store[int(data.indices[i])]
+        for k in range(len(mol.conformers)):
+            text, without = data.item(i, k)["text"], plain.item(i, k)["text"]
+            above = mol.mmff_energy[k] - np.nanmin(mol.mmff_energy)
+            # the same caption, its energy clause added before the full stop
+            assert text == without[:-1] + f", {above:.1f} kcal/mol above the lowest conformer (MMFF94)."
+    lowest = [data.item(i, int(np.nanargmin(data.store[int(data.indices[i])].mmff_energy)))["text"] for i in several]
+    assert all(", 0.0 kcal/mol above" in text for text in lowest)
+    recipe = load_recipe("conformer_retrieval", ["task.text_field=description"])
+    with pytest.raises(MolbridgeError, match="one of conformer, conformer_energy"):
+        ConformerRetrievalTask(recipe.task, recipe)
 
 
 def test_credit_is_shared_by_conformers_tied_at_the_top():

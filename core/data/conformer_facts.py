@@ -11,7 +11,9 @@ only the SMILES cannot tell them apart: on a conformer-level task it is at chanc
 
 A caption names the conformer's place among the molecule's conformers ordered by radius of gyration ("the most
 compact of 3") next to its values: the relative statement is what one conformer's text can say that another's
-cannot, whatever the molecule's size.
+cannot, whatever the molecule's size. Under the text field ``conformer_energy`` it also states the conformer's
+MMFF94 energy above the molecule's lowest stored conformer (the dataset's force-field energies): the one fact here
+that depends on the hydrogens' places and on no single distance, which an encoder learns only when taught it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from rdkit import Chem
 from molbridge.core.data.describe import shape_class
 
 _TABLE = Chem.GetPeriodicTable()
+
+#: Text fields whose captions are computed per conformer, and whether they state its relative energy.
+CONFORMER_TEXT_FIELDS = {"conformer": False, "conformer_energy": True}
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,17 @@ def _ordinal(n: int) -> str:
     return {1: "", 2: "second ", 3: "third "}.get(n, f"{n}th ")
 
 
-def conformer_captions(facts: list[ConformerFacts]) -> list[str]:
+def _energy(above_lowest: float | None) -> str:
+    """A caption's energy clause; empty where the energy is not known."""
+    if above_lowest is None or not np.isfinite(above_lowest):
+        return ""
+    return f", {above_lowest:.1f} kcal/mol above the lowest conformer (MMFF94)"
+
+
+def conformer_captions(facts: list[ConformerFacts], energies: Sequence[float] | None = None) -> list[str]:
     """One caption per conformer of a molecule (in the order given): its rank by radius of gyration among them
-    and its values. Ties in radius keep the given order."""
+    and its values; with ``energies`` (kcal/mol above the lowest, NaN where unknown) also its energy. Ties in
+    radius keep the given order."""
     order = sorted(range(len(facts)), key=lambda k: facts[k].radius_of_gyration)
     count = len(facts)
     captions = [""] * count
@@ -75,14 +88,28 @@ def conformer_captions(facts: list[ConformerFacts]) -> list[str]:
             where = f"The {_ordinal(count - place)}most extended of {count} conformers"
         captions[k] = (
             f"{where}: radius of gyration {f.radius_of_gyration:.2f} A, largest heavy-atom distance "
-            f"{f.max_distance:.1f} A, {f.shape} (normalised principal moments {f.npr[0]:.2f}, {f.npr[1]:.2f})."
+            f"{f.max_distance:.1f} A, {f.shape} (normalised principal moments {f.npr[0]:.2f}, {f.npr[1]:.2f})"
+            f"{_energy(None if energies is None else energies[k])}."
         )
     return captions
 
 
-def molecule_captions(atomic_numbers: np.ndarray, conformers: Sequence[np.ndarray]) -> list[str]:
-    """The caption of each conformer of one molecule (:func:`conformer_captions` of their facts)."""
-    return conformer_captions([conformer_facts(atomic_numbers, positions) for positions in conformers])
+def molecule_captions(
+    atomic_numbers: np.ndarray, conformers: Sequence[np.ndarray], energies: np.ndarray | None = None
+) -> list[str]:
+    """The caption of each conformer of one molecule (:func:`conformer_captions` of their facts); with
+    ``energies`` (kcal/mol, NaN where unknown) each also states its energy above the lowest."""
+    relative = None
+    if energies is not None:
+        energies = np.asarray(energies, dtype=float)
+        relative = energies - np.nanmin(energies) if np.isfinite(energies).any() else energies
+    return conformer_captions([conformer_facts(atomic_numbers, positions) for positions in conformers], relative)
+
+
+def captions_of(molecule, text_field: str) -> list[str]:
+    """The captions of a stored molecule's conformers under a text field of :data:`CONFORMER_TEXT_FIELDS`."""
+    energies = molecule.mmff_energy if CONFORMER_TEXT_FIELDS[text_field] else None
+    return molecule_captions(molecule.atomic_numbers, molecule.conformers, energies)
 
 
 class CaptionFacts(NamedTuple):

@@ -11,7 +11,8 @@ move when a caption gets them wrong, and they are what a 3D encoder should know 
 
 With ``text_field: conformer`` the captions are of conformers, not molecules: each conformer's is computed from
 its coordinates (:func:`molbridge.core.data.conformer_facts.conformer_captions`: its place among the molecule's
-conformers by radius of gyration, its radius, largest heavy-atom distance and shape). Training captions every
+conformers by radius of gyration, its radius, largest heavy-atom distance and shape; ``conformer_energy`` adds its
+MMFF94 energy above the molecule's lowest conformer). Training captions every
 conformer of every molecule; evaluation every conformer of each molecule with two or more, and scores besides the
 text metrics ``place_acc`` (the caption states its conformer's place), against ``place_chance`` (mean 1/k: a model
 blind to coordinates says one thing for all k conformers, which is right for one of them at most), and
@@ -29,13 +30,12 @@ from typing import Any
 import numpy as np
 
 from molbridge.core import hookimpl
-from molbridge.core.data.conformer_facts import molecule_captions, read_caption
+from molbridge.core.data.conformer_facts import CONFORMER_TEXT_FIELDS, captions_of, read_caption
 from molbridge.core.data.describe import read_shape_facts
 from molbridge.plugins.tasks.fingerprint_baseline import nearest_neighbours
 from molbridge.plugins.tasks.llm_stage import Example, LLMStageOptions, LLMStageTask
 
 TASK = "Caption"
-CONFORMER = "conformer"
 
 
 @dataclass
@@ -45,7 +45,8 @@ class CaptioningConfig(LLMStageOptions):
     """The instruction of every caption prompt (3D-MoLM: "Describe the input molecule.")."""
     text_field: str = "description"
     """Which stored text of a molecule is its caption; ``conformer``: each conformer's caption, computed from its
-    coordinates (see the module docstring)."""
+    coordinates (see the module docstring); ``conformer_energy``: the same, also stating its MMFF94 energy above the
+    molecule's lowest conformer."""
     eval_text_field: str | None = None
     """The caption of the validation and test molecules; null: ``text_field`` (3D-MoLM's pretraining phase
     trains on ``enriched_description`` and evaluates on ``description``)."""
@@ -68,11 +69,11 @@ class CaptioningTask(LLMStageTask):
 
     @property
     def every_conformer(self) -> bool:  # type: ignore[override]  # a setting here, a constant in the base
-        return self.config.text_field == CONFORMER
+        return self.config.text_field in CONFORMER_TEXT_FIELDS
 
     def examples(self, split: str) -> list[Example]:
         molecules, field = self.molecules[split], self.text_field(split)
-        if field == CONFORMER:
+        if field in CONFORMER_TEXT_FIELDS:
             return self._conformer_examples(split)
         return [
             Example(i, self.config.instruction, molecules.store[int(row)].texts.get(field, ""), TASK)
@@ -85,7 +86,7 @@ class CaptioningTask(LLMStageTask):
         for i, row in enumerate(molecules.indices):
             mol = molecules.store[int(row)]
             if split == "train" or len(mol.conformers) > 1:
-                captions = molecule_captions(mol.atomic_numbers, mol.conformers)
+                captions = captions_of(mol, self.text_field(split))
                 found += [Example(i, self.config.instruction, c, TASK, conformer=k) for k, c in enumerate(captions)]
         return found
 
@@ -136,8 +137,8 @@ class CaptioningTask(LLMStageTask):
         @functools.cache  # a molecule's conformers share their neighbour
         def caption(j: int) -> str:
             mol = train.store[int(train.indices[j])]
-            if field == CONFORMER:
-                return molecule_captions(mol.atomic_numbers, mol.conformers)[0]
+            if field in CONFORMER_TEXT_FIELDS:
+                return captions_of(mol, field)[0]
             return mol.texts.get(field, "")
 
         return [caption(neighbours[e.molecule]) for e in examples]

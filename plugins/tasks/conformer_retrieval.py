@@ -26,7 +26,7 @@ import torch
 from molbridge.core import batch as keys
 from molbridge.core import hookimpl
 from molbridge.core.data import MoleculeDataset
-from molbridge.core.data.conformer_facts import molecule_captions
+from molbridge.core.data.conformer_facts import CONFORMER_TEXT_FIELDS, captions_of
 from molbridge.core.errors import MolbridgeError
 from molbridge.plugins.tasks.retrieval import RetrievalConfig, RetrievalTask
 from molbridge.plugins.tasks.retrieval_metrics import _max_over_queries
@@ -52,11 +52,14 @@ class ConformerCaptions(MoleculeDataset):
 
     A training split (``augment``) gives each molecule as the list of all its conformers, captioned: the batch
     then holds the conformers of a molecule side by side, and the contrastive loss must tell them apart (with one
-    random conformer per molecule, the other molecules' would be the only negatives, which the SMILES separates)."""
+    random conformer per molecule, the other molecules' would be the only negatives, which the SMILES separates).
+    ``text_field`` is one of :data:`CONFORMER_TEXT_FIELDS`."""
+
+    def __init__(self, store, indices=None, *, text_field: str = "conformer", **options: Any):
+        super().__init__(store, indices, text_field=text_field, **options)
 
     def item(self, i: int, conformer: int | None = None) -> Any:
-        mol = self.store[int(self.indices[i])]
-        captions = molecule_captions(mol.atomic_numbers, mol.conformers)
+        captions = captions_of(self.store[int(self.indices[i])], self.text_field)
         plain = super().item
         if conformer is None and self.augment:
             return [plain(i, k) | {keys.TEXT: caption} for k, caption in enumerate(captions)]
@@ -71,7 +74,9 @@ class ConformerCaptions(MoleculeDataset):
 class ConformerRetrievalConfig(RetrievalConfig):
     name: str = "conformer_retrieval"
     text_field: str = "conformer"
-    """Fixed: the caption is computed per conformer (``molbridge.core.data.conformer_facts``), not read."""
+    """The caption is computed per conformer (``molbridge.core.data.conformer_facts``), not read: ``conformer``
+    (place by radius of gyration, radius, largest distance, shape) or ``conformer_energy`` (also its MMFF94
+    energy above the molecule's lowest conformer)."""
     baseline: bool = False
     """Fixed: no fingerprint baseline; the 1D ceiling is chance, reported as ``conformer_chance``."""
 
@@ -83,10 +88,10 @@ class ConformerRetrievalTask(RetrievalTask):
 
     def __init__(self, config: ConformerRetrievalConfig, recipe, registry=None):
         wrong = {"task.baseline": config.baseline, "task.eval_text_field": config.eval_text_field}
-        if any(wrong.values()) or config.text_field != "conformer":
+        if any(wrong.values()) or config.text_field not in CONFORMER_TEXT_FIELDS:
             raise MolbridgeError(
-                "conformer_retrieval captions each conformer itself: task.text_field must stay 'conformer' and "
-                "task.baseline and task.eval_text_field off "
+                "conformer_retrieval captions each conformer itself: task.text_field must be one of "
+                f"{', '.join(CONFORMER_TEXT_FIELDS)} and task.baseline and task.eval_text_field off "
                 f"(got text_field={config.text_field!r}, {', '.join(f'{k}={v}' for k, v in wrong.items() if v)})"
             )
         super().__init__(config, recipe, registry)
@@ -102,7 +107,7 @@ class ConformerRetrievalTask(RetrievalTask):
         for dataset in self.splits.values():
             for row in dataset.indices:
                 mol = dataset.store[int(row)]
-                captions.update((caption, caption) for caption in molecule_captions(mol.atomic_numbers, mol.conformers))
+                captions.update((caption, caption) for caption in captions_of(mol, dataset.text_field))
         return captions
 
     def text_key(self, sample: dict[str, Any]) -> str:
