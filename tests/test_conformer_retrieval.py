@@ -9,9 +9,9 @@ from rdkit import Chem
 from rdkit.Chem import AllChem, rdMolDescriptors
 
 from molbridge.core.cli import main
+from molbridge.core.data.conformer_facts import conformer_captions, conformer_facts
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.recipe import load_recipe
-from molbridge.core.data.conformer_facts import conformer_captions, conformer_facts
 from molbridge.plugins.tasks.conformer_retrieval import ConformerCaptions, ConformerRetrievalTask, caption_credit
 
 

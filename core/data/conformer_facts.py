@@ -71,7 +71,7 @@ def _energy(above_lowest: float | None) -> str:
     return f", {above_lowest:.1f} kcal/mol above the lowest conformer (MMFF94)"
 
 
-def conformer_captions(facts: list[ConformerFacts], energies: Sequence[float] | None = None) -> list[str]:
+def conformer_captions(facts: list[ConformerFacts], energies: Sequence[float] | np.ndarray | None = None) -> list[str]:
     """One caption per conformer of a molecule (in the order given): its rank by radius of gyration among them
     and its values; with ``energies`` (kcal/mol above the lowest, NaN where unknown) also its energy. Ties in
     radius keep the given order."""
