@@ -123,7 +123,7 @@ def _run(
     force_new: bool,
     trust_pickle: bool,
 ) -> dict[str, Any]:
-    started = time.time()
+    started, commit = time.time(), _git_commit()  # at the start: the tree may change while a long run trains
     identity = identities.identify(recipe, registry)
     out = Path(output) if output is not None else identities.output_dir(recipe, identity)
     fabric = make_fabric(recipe)
@@ -162,7 +162,7 @@ def _run(
             log_metrics=tracker.log_metrics,
         )
         summary = _final_evaluation(fabric, task, loop, result)
-        summary["provenance"] = _provenance(recipe, fabric, task, result, started, resume_from)
+        summary["provenance"] = _provenance(recipe, fabric, task, result, started, resume_from, commit)
         summary["provenance"] |= {"identity": identity.record(recipe), "resume_changes": changed or None}
         summary["provenance"]["init_from"] = loop.init_report
         summary["tracking_run_id"] = tracker.run_id
@@ -266,12 +266,13 @@ def _provenance(
     result: training.FitResult,
     started: float,
     resume_from: Path | None,
+    commit: str | None,
 ) -> dict[str, Any]:
     return {
         "recipe": recipe.recipe,
         "task": recipe.task.name,
         "seed": recipe.seed,
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "molbridge_version": molbridge_version(),
         "torch_version": torch.__version__,
         "device": _device(fabric),

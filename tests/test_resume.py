@@ -133,3 +133,20 @@ def test_init_from_errors_name_the_problem(toy_registry, tmp_cwd):
     empty = {**RECIPE, "train": {**RECIPE["train"], "init_from": str(tmp_cwd / "empty")}}
     with pytest.raises(CheckpointError, match="empty is not a run directory"):
         run(validate(empty, toy_registry), toy_registry, output=tmp_cwd / "missing")
+
+
+def test_provenance_names_the_commit_the_run_started_on(toy_registry, tmp_cwd, monkeypatch):
+    """A long run outlives commits to its tree: metrics.json names the one it was started on."""
+    from molbridge.core import runner
+
+    head = {"commit": "started-on"}
+
+    class CommitWhileTraining:
+        def on_step_end(self, loop, step, logs):
+            head["commit"] = "committed-while-training"
+
+    monkeypatch.setattr(runner, "_git_commit", lambda: head["commit"])
+    recipe = validate(RECIPE, toy_registry)
+    result = run(recipe, toy_registry, output=tmp_cwd / "out", callbacks=[CommitWhileTraining()])
+    assert head["commit"] == "committed-while-training"
+    assert result["provenance"]["git_commit"] == "started-on"
