@@ -21,12 +21,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from rdkit import Chem
 
 from molbridge.core.data.describe import shape_class
+
+if TYPE_CHECKING:
+    from molbridge.core.data.store import Molecule
 
 _TABLE = Chem.GetPeriodicTable()
 
@@ -95,7 +98,7 @@ def conformer_captions(facts: list[ConformerFacts], energies: Sequence[float] | 
 
 
 def molecule_captions(
-    atomic_numbers: np.ndarray, conformers: Sequence[np.ndarray], energies: np.ndarray | None = None
+    atomic_numbers: np.ndarray, conformers: Sequence[np.ndarray] | np.ndarray, energies: np.ndarray | None = None
 ) -> list[str]:
     """The caption of each conformer of one molecule (:func:`conformer_captions` of their facts); with
     ``energies`` (kcal/mol, NaN where unknown) each also states its energy above the lowest."""
@@ -106,7 +109,7 @@ def molecule_captions(
     return conformer_captions([conformer_facts(atomic_numbers, positions) for positions in conformers], relative)
 
 
-def captions_of(molecule, text_field: str) -> list[str]:
+def captions_of(molecule: Molecule, text_field: str) -> list[str]:
     """The captions of a stored molecule's conformers under a text field of :data:`CONFORMER_TEXT_FIELDS`."""
     energies = molecule.mmff_energy if CONFORMER_TEXT_FIELDS[text_field] else None
     return molecule_captions(molecule.atomic_numbers, molecule.conformers, energies)

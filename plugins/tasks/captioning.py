@@ -9,14 +9,14 @@ Two facts of every molbridge-mini caption come from the 3D conformer alone, the 
 of gyration, so they are also scored on their own (:func:`shape_fact_metrics`): the n-gram metrics barely
 move when a caption gets them wrong, and they are what a 3D encoder should know that a 2D one cannot.
 
-With ``text_field: conformer`` the captions are of conformers, not molecules: each conformer's is computed from
-its coordinates (:func:`molbridge.core.data.conformer_facts.conformer_captions`: its place among the molecule's
+With ``text_field: conformer`` the captions are of conformers, not molecules: each conformer's is computed from its
+coordinates (:func:`molbridge.core.data.conformer_facts.conformer_captions`: its place among the molecule's
 conformers by radius of gyration, its radius, largest heavy-atom distance and shape; ``conformer_energy`` adds its
-MMFF94 energy above the molecule's lowest conformer). Training captions every
-conformer of every molecule; evaluation every conformer of each molecule with two or more, and scores besides the
-text metrics ``place_acc`` (the caption states its conformer's place), against ``place_chance`` (mean 1/k: a model
-blind to coordinates says one thing for all k conformers, which is right for one of them at most), and
-``conformer_rg_mae`` (the radius stated, where stated; ``conformer_rg_valid``).
+MMFF94 energy above the molecule's lowest conformer). Training captions every conformer of every molecule;
+evaluation every conformer of each molecule with two or more, and scores besides the text metrics ``place_acc``
+(the caption states its conformer's place), against ``place_chance`` (mean 1/k: a model blind to coordinates says
+one thing for all k conformers, which is right for one of them at most), and ``conformer_rg_mae`` (the radius
+stated, where stated; ``conformer_rg_valid``).
 """
 
 from __future__ import annotations
