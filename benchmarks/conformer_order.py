@@ -1,16 +1,16 @@
 """Can an encoder, trained end to end on nothing but one conformer fact, tell which of two conformers of a molecule
 has more of it? The ceiling of what a conformer task can teach that encoder on this data.
 
-    .venv/bin/python benchmarks/conformer_order.py --encoder unimol --target mmff_energy [--steps 800]
+    .venv/bin/python benchmarks/conformer_order.py --encoder unimol --target relative_energy [--steps 800]
                                                    [--json out.json] [encoder.KEY=VALUE ...]
 
 The encoder (any registered one, built from the ``conformer_retrieval`` recipe's ``encoder`` section with the
 overrides given) gets a linear head on its mean-pooled atoms, and each step 16 training molecules (scaffold split
 of molbridge-mini) with two of their conformers each; the loss is the logistic loss of the two scores' difference
 against which conformer has the larger target (a ranking, so the molecule's own level cancels, as in conformer
-QA's within-molecule error). Targets: ``radius_of_gyration`` and ``max_distance`` (computed from the coordinates,
-:func:`molbridge.core.data.conformer_facts.conformer_facts`) and ``mmff_energy`` (the dataset's MMFF94 energy of
-each optimised conformer). Reported on every pair of conformers of each test molecule with two or more: the
+QA's within-molecule error). Targets: the facts conformer QA asks (``radius_of_gyration``, ``max_distance`` and
+``relative_energy``, the MMFF94 energy above the molecule's lowest conformer; :func:`molbridge.plugins.tasks.
+conformer_qa.conformer_values`). Reported on every pair of conformers of each test molecule with two or more: the
 fraction ordered right (chance 0.5; ties in the target are skipped), with a bootstrap 95% interval over test
 molecules, also for pairs whose target differs by more than ``--gap``. Losses are averaged over the first and the
 last 100 steps: a loss that stays at ln 2 = 0.693 learned nothing.
@@ -26,23 +26,21 @@ import time
 import numpy as np
 import torch
 
-TARGETS = ("radius_of_gyration", "max_distance", "mmff_energy")
+TARGETS = ("radius_of_gyration", "max_distance", "relative_energy")
 BATCH = 16
 
 
 def molecules(split: str, target: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(atomic numbers, conformers, target per conformer) of each molecule of ``split`` with two or more
     conformers that have the target."""
-    from molbridge.core.data.conformer_facts import conformer_facts
     from molbridge.core.data.store import open_dataset
+    from molbridge.plugins.tasks.conformer_qa import conformer_values
 
     dataset, found = open_dataset("molbridge-mini"), []
     for index in dataset.split(split):
         m = dataset[int(index)]
-        if target == "mmff_energy":
-            values = np.asarray(m.mmff_energy, dtype=float)
-        else:
-            values = np.array([getattr(conformer_facts(m.atomic_numbers, c), target) for c in m.conformers])
+        facts = conformer_values(m.atomic_numbers, m.conformers, m.mmff_energy)
+        values = np.array([fact.get(target, np.nan) for fact in facts])
         keep = np.isfinite(values)
         if keep.sum() >= 2:
             found.append((m.atomic_numbers, m.conformers[keep], values[keep]))
@@ -115,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoder", default="unimol")
-    parser.add_argument("--target", choices=TARGETS, default="mmff_energy")
+    parser.add_argument("--target", choices=TARGETS, default="relative_energy")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--gap", type=float, default=1.0, help="also report pairs whose target differs by more")
