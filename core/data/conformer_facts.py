@@ -102,11 +102,14 @@ def molecule_captions(
 ) -> list[str]:
     """The caption of each conformer of one molecule (:func:`conformer_captions` of their facts); with
     ``energies`` (kcal/mol, NaN where unknown) each also states its energy above the lowest."""
-    relative = None
-    if energies is not None:
-        energies = np.asarray(energies, dtype=float)
-        relative = energies - np.nanmin(energies) if np.isfinite(energies).any() else energies
+    relative = None if energies is None else relative_energies(energies)
     return conformer_captions([conformer_facts(atomic_numbers, positions) for positions in conformers], relative)
+
+
+def relative_energies(energies: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Each conformer's energy above the molecule's lowest (NaN stays NaN; all NaN when none is known)."""
+    energies = np.asarray(energies, dtype=float)
+    return energies - np.nanmin(energies) if np.isfinite(energies).any() else energies
 
 
 def captions_of(molecule: Molecule, text_field: str) -> list[str]:

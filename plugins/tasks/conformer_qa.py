@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from molbridge.core import batch as keys
 from molbridge.core import distributed, hookimpl
-from molbridge.core.data.conformer_facts import conformer_facts
+from molbridge.core.data.conformer_facts import conformer_facts, relative_energies
 from molbridge.core.errors import MolbridgeError
 from molbridge.plugins.tasks.conformer_retrieval import caption_credit
 from molbridge.plugins.tasks.llm_stage import Example
@@ -60,13 +60,11 @@ QUESTIONS = {
 def conformer_values(atomic_numbers: np.ndarray, conformers: np.ndarray, energies: np.ndarray) -> list[dict]:
     """Per conformer, the value of each property it can be asked about (see the module docstring)."""
     facts = [conformer_facts(atomic_numbers, c) for c in conformers]
-    energies = np.asarray(energies, dtype=float)
-    lowest = np.nanmin(energies) if np.isfinite(energies).any() else np.nan
     values = []
-    for f, energy in zip(facts, energies, strict=True):
+    for f, energy in zip(facts, relative_energies(energies), strict=True):
         entry = {"radius_of_gyration": f.radius_of_gyration, "max_distance": f.max_distance}
         if np.isfinite(energy):
-            entry["relative_energy"] = float(energy - lowest)
+            entry["relative_energy"] = float(energy)
         values.append(entry)
     return values
 
