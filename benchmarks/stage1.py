@@ -1,7 +1,7 @@
 """Stage-1 training throughput, time per part and peak memory, at the default and the paper's shapes.
 
     .venv/bin/python benchmarks/stage1.py [--shape default|default-all-losses|paper|all] [--steps 3]
-        [--bf16 auto|on|off] [--json F]
+        [--compare-steps 10] [--bf16 auto|on|off] [--json F]
 
 Shapes, as overrides of the packaged ``retrieval`` recipe:
 - ``default``: the recipe as shipped (Uni-Mol small, Q-Former on 2 MiniLM layers, locked text tower with
@@ -16,9 +16,10 @@ One optimizer step is timed part by part (forward parts in order, then backward 
 CUDA is synchronised at each boundary). The baseline, measured in the same process on the same inputs,
 is transformers' own code for the parts it has, holding our weights: ``Blip2QFormerModel`` for the query
 pass (after a copy of our ``ln_graph`` LayerNorm, which our query pass applies to the encoder output too)
-and ``BertModel`` for the text pass, forward + backward each. Beside each speed-up, the largest absolute
-difference between our outputs and transformers' (eval mode, fp32) shows that both compute the same
-thing. On a GPU everything runs in bf16 autocast. On a CPU with native bf16 (avx512_bf16 or AMX;
+and ``BertModel`` for the text pass, forward + backward each, one step of ours and one of theirs in turn
+(``--compare-steps`` of each; the speed-up is the median of the per-step ratios). Beside each speed-up, the
+largest absolute difference between our outputs and transformers' (eval mode, fp32) shows that both compute
+the same thing. On a GPU everything runs in bf16 autocast. On a CPU with native bf16 (avx512_bf16 or AMX;
 ``--bf16``), both query passes run once more under CPU bf16 autocast, reported with the largest absolute
 difference of our bf16 output from our fp32 output.
 Each shape runs in its own subprocess so peak memory is its own (CPU: growth of peak RSS; GPU:
@@ -33,6 +34,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -276,15 +278,43 @@ def _ours_forward_backward(model, batch, steps: int, timer: Timer, parts=PASSES)
         encoded = model.encoder(batch[keys.ENCODER_INPUT])
     projector = model.projector
     for _ in range(steps):
+        # Gradients start empty, as after a training step's zero_grad and as in the baseline's fresh models:
+        # accumulating into last step's .grad adds an add_ over every parameter that the baseline never pays.
+        projector.zero_grad(set_to_none=True)
         with timer.part("query pass"):
             projector(encoded).float().sum().backward()
         if "text pass" not in parts:
             continue
+        projector.zero_grad(set_to_none=True)
         with timer.part("text pass"):
             projector.text_states(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]).float().sum().backward()
 
 
-def measure(shape: str, steps: int, batch_size: int | None, bf16: str = "auto") -> dict:
+def _compare(model, batch, steps: int, cuda: bool, parts) -> dict[str, dict]:
+    """Our passes against transformers', one step of each in turn, ``steps`` times after a warm-up of each:
+    interleaved so that a machine slowing down or speeding up mid-measurement weighs on both sides alike
+    (timed in two blocks, the same query pass measured 0.935x and 1.062x in two runs of one suite). The
+    speed-up is the median over steps of transformers' time over ours."""
+    _ours_forward_backward(model, batch, 1, Timer(cuda), parts)  # warm-up
+    _baseline(model, batch, 1, Timer(cuda), parts)
+    ours, theirs = [], []
+    for _ in range(steps):
+        ours.append(Timer(cuda))
+        _ours_forward_backward(model, batch, 1, ours[-1], parts)
+        theirs.append(Timer(cuda))
+        _baseline(model, batch, 1, theirs[-1], parts)
+    return {
+        part: {
+            "ours_s": round(statistics.median(t.parts[part] for t in ours), 4),
+            "transformers_s": round(statistics.median(t.parts[part] for t in theirs), 4),
+            "speedup": round(statistics.median(b.parts[part] / a.parts[part] for a, b in zip(ours, theirs)), 3),
+            "timed_steps": steps,
+        }
+        for part in parts
+    }
+
+
+def measure(shape: str, steps: int, batch_size: int | None, bf16: str = "auto", compare_steps: int = 10) -> dict:
     """One shape: the training step part by part, then our passes against transformers'; on a CPU the query
     pass once more under bf16 autocast (``bf16``: ``auto`` when the CPU has native bf16, ``on``, ``off``)."""
     cuda = torch.cuda.is_available()
@@ -314,34 +344,17 @@ def measure(shape: str, steps: int, batch_size: int | None, bf16: str = "auto") 
         )
         model.projector.requires_grad_(True)  # like for like with transformers: the whole tower trains
         agreement = _agreement(model, batch)
-        ours, theirs = Timer(cuda), Timer(cuda)
-        _ours_forward_backward(model, batch, 1, Timer(cuda))  # warm-up
-        _ours_forward_backward(model, batch, steps, ours)
-        _baseline(model, batch, 1, Timer(cuda))
-        _baseline(model, batch, steps, theirs)
-    comparisons = {
-        part: {
-            "ours_s": round(ours.parts[part] / steps, 4),
-            "transformers_s": round(theirs.parts[part] / steps, 4),
-            "speedup": round(theirs.parts[part] / ours.parts[part], 2),
-            "max_abs_diff": agreement[part],
-            "diff_against": "transformers",
+        comparisons = {
+            part: {**speed, "max_abs_diff": agreement[part], "diff_against": "transformers"}
+            for part, speed in _compare(model, batch, compare_steps, cuda, PASSES).items()
         }
-        for part in PASSES
-    }
     if not cuda and (
         bf16 == "on" or (bf16 == "auto" and cpu_has_native_bf16())
     ):  # the query pass again, both sides under CPU bf16 autocast
-        ours, theirs = Timer(cuda), Timer(cuda)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            _ours_forward_backward(model, batch, 1, Timer(cuda), parts=("query pass",))
-            _ours_forward_backward(model, batch, steps, ours, parts=("query pass",))
-            _baseline(model, batch, 1, Timer(cuda), parts=("query pass",))
-            _baseline(model, batch, steps, theirs, parts=("query pass",))
+            speed = _compare(model, batch, compare_steps, cuda, ("query pass",))["query pass"]
         comparisons["query pass, bf16 autocast"] = {
-            "ours_s": round(ours.parts["query pass"] / steps, 4),
-            "transformers_s": round(theirs.parts["query pass"] / steps, 4),
-            "speedup": round(theirs.parts["query pass"] / ours.parts["query pass"], 2),
+            **speed,
             "max_abs_diff": _bf16_error(model, batch),
             "diff_against": "molbridge fp32",
         }
@@ -391,6 +404,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per shape (after one warm-up)")
+    parser.add_argument(
+        "--compare-steps",
+        type=int,
+        default=10,
+        help="steps of our passes and transformers', interleaved, for the speed-ups (median over steps)",
+    )
     parser.add_argument("--batch", type=int, help="override the shape's batch size")
     parser.add_argument(
         "--bf16",
@@ -402,11 +421,12 @@ def main() -> None:
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: measure in-process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.shape, args.steps, args.batch, args.bf16)))
+        print(json.dumps(measure(args.shape, args.steps, args.batch, args.bf16, args.compare_steps)))
         return
     results = []
     for shape in SHAPES if args.shape == "all" else [args.shape]:
         command = [sys.executable, __file__, "--one", "--shape", shape, "--steps", str(args.steps), "--bf16", args.bf16]
+        command += ["--compare-steps", str(args.compare_steps)]
         out = subprocess.run(
             command + (["--batch", str(args.batch)] if args.batch else []), capture_output=True, text=True
         )

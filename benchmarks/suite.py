@@ -196,6 +196,16 @@ def cache_rows(r: dict) -> list[Row]:
     return rows
 
 
+def _sweep_bound(r: dict, state: str) -> str:
+    """The ratio the children's own run times allow (results from before sweep.py measured it have none)."""
+    if f"{state}_bound" not in r:
+        return ""
+    return (
+        f"ratio bound {r[f'{state}_bound']} (the children's own time {r[f'{state}_children_parallel_vs_sequential']}x "
+        f"the sequential children's, shared by {r['jobs']} jobs); "
+    )
+
+
 def sweep_rows(r: dict) -> list[Row]:
     """A 2x2 sweep with ``--jobs`` against one child at a time (seconds: lower is better), cold and warm cache."""
     return [
@@ -207,7 +217,8 @@ def sweep_rows(r: dict) -> list[Row]:
             "one child at a time (--jobs 1)",
             r[f"{state}_sequential_s"],
             higher_is_better=False,
-            note=f"largest test/full_acc difference between the two ways {r[f'{state}_max_metric_diff']:.3f} "
+            note=_sweep_bound(r, state)
+            + f"largest test/full_acc difference between the two ways {r[f'{state}_max_metric_diff']:.3f} "
             "(threads per child change float sums)",
         )
         for state in ("cold", "warm")
@@ -335,7 +346,7 @@ def _mode_args(script: str, tiny: list[str], quick: list[str], default: list[str
 
 def benchmarks() -> list[Benchmark]:
     """The suite, in running order, with each benchmark's sizes per mode (tiny, quick, default)."""
-    stage1 = ["--steps", "1"], ["--steps", "1"], ["--steps", "3"]
+    stage1 = ["--steps", "1", "--compare-steps", "1"], ["--steps", "1", "--compare-steps", "3"], ["--steps", "3"]
     return [
         Benchmark(
             "conformers",
@@ -378,9 +389,9 @@ def benchmarks() -> list[Benchmark]:
             "stage1-paper",
             _mode_args(
                 "stage1.py",
-                ["--steps", "1", "--batch", "2"],
-                ["--steps", "1", "--batch", "4"],
-                ["--steps", "2", "--batch", "8"],
+                ["--steps", "1", "--batch", "2", "--compare-steps", "1"],
+                ["--steps", "1", "--batch", "4", "--compare-steps", "3"],
+                ["--steps", "2", "--batch", "8", "--compare-steps", "5"],
                 ["--shape", "paper"],
             ),
             stage1_rows,

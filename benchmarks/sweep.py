@@ -9,7 +9,10 @@ start, data loading, training, evaluation and MLflow. Each way runs twice: first
 sweep's children share it as any runs do: they encode the texts of the locked text tower once, together), then
 again in another fresh directory with that cache warm, as any sweep after the first run of the main job finds it.
 
-Reported per cache state: the two wall times and their ratio (parallel / sequential; below 1 is faster), and the
+Reported per cache state: the two wall times and their ratio (parallel / sequential; below 1 is faster); the
+children's own run times summed each way (``provenance.wall_time_s``: one thread beside another child against all
+cores alone) and the bound they set on the ratio (that sum for ``--jobs`` divided by the jobs, over the sequential
+sum: what the parallel sweep would take with no parent and no idle worker); and the
 largest difference between the two ways in any child's test metric: ``--jobs`` gives each child fewer threads,
 which changes the order of float sums, not the computation.
 """
@@ -28,8 +31,9 @@ from pathlib import Path
 BENCH = Path(sys.executable).with_name("bench")
 
 
-def run_sweep(steps: int, jobs: int, cache: Path) -> tuple[float, dict[str, float]]:
-    """Wall seconds of one ``bench sweep`` and each child's test/full_acc, in a fresh directory, with ``cache``."""
+def run_sweep(steps: int, jobs: int, cache: Path) -> tuple[float, dict[str, float], float]:
+    """Wall seconds of one ``bench sweep``, each child's test/full_acc and the children's own run times summed
+    (each run's ``provenance.wall_time_s``: not the wait for a free worker), in a fresh directory, with ``cache``."""
     with tempfile.TemporaryDirectory() as work:
         env = {**os.environ, "MOLBRIDGE_CACHE": str(cache)}
         command = [
@@ -53,7 +57,11 @@ def run_sweep(steps: int, jobs: int, cache: Path) -> tuple[float, dict[str, floa
         subprocess.run(command, cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
         summary = json.loads((Path(work) / "runs" / "sweep-bench" / "sweep.json").read_text())
-    return seconds, _child_metrics(summary)
+        children_s = sum(
+            json.loads((Path(work) / child["output_dir"] / "metrics.json").read_text())["provenance"]["wall_time_s"]
+            for child in summary["children"]
+        )
+    return seconds, _child_metrics(summary), children_s
 
 
 def _child_metrics(summary: dict) -> dict[str, float]:
@@ -71,12 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as caches:
         sequential_cache, parallel_cache = Path(caches) / "sequential", Path(caches) / "parallel"
         for state in ("cold", "warm"):
-            sequential, metrics_sequential = run_sweep(args.steps, 1, sequential_cache)
-            parallel, metrics_parallel = run_sweep(args.steps, args.jobs, parallel_cache)
+            sequential, metrics_sequential, children_sequential = run_sweep(args.steps, 1, sequential_cache)
+            parallel, metrics_parallel, children_parallel = run_sweep(args.steps, args.jobs, parallel_cache)
             result |= {
                 f"{state}_sequential_s": round(sequential, 1),
                 f"{state}_parallel_s": round(parallel, 1),
                 f"{state}_parallel_vs_sequential": round(parallel / sequential, 3),
+                # The best --jobs can do: its children's own run time shared out over the jobs, against the
+                # sequential children's. A child alone on all cores is s times faster than on a share of them
+                # beside the others, so the parallel sweep cannot go below about s / jobs of the sequential one.
+                f"{state}_children_parallel_vs_sequential": round(children_parallel / children_sequential, 3),
+                f"{state}_bound": round(children_parallel / args.jobs / children_sequential, 3),
                 f"{state}_max_metric_diff": max(
                     abs(metrics_sequential[k] - metrics_parallel[k]) for k in metrics_parallel
                 ),

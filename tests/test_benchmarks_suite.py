@@ -105,3 +105,17 @@ def test_failing_benchmark_is_recorded_and_the_others_go_on(tmp_path, monkeypatc
 def test_main_exit_status_for_bad_usage(tmp_path, capsys, suite):
     assert suite.main(["--only", "nonsense", "--out", str(tmp_path)]) == 2
     assert "unknown benchmark(s) nonsense" in capsys.readouterr().err
+
+
+def test_sweep_row_states_the_bound_the_children_set(suite):
+    """The sweep row's note carries the bound sweep.py measured (the children's own time over the jobs); results
+    written before sweep.py measured it still render."""
+    result = {"steps": 150, "jobs": 2}
+    for state in ("cold", "warm"):
+        result |= {f"{state}_parallel_s": 90.0, f"{state}_sequential_s": 150.0, f"{state}_max_metric_diff": 0.01}
+    old = suite.sweep_rows(result)
+    assert [row.value for row in old] == [90.0, 90.0] and "bound" not in old[0].note
+    for state in ("cold", "warm"):
+        result |= {f"{state}_bound": 0.62, f"{state}_children_parallel_vs_sequential": 1.24}
+    (cold, _) = suite.sweep_rows(result)
+    assert "ratio bound 0.62" in cold.note and "1.24x" in cold.note and "2 jobs" in cold.note
