@@ -43,13 +43,14 @@ def test_comparison_interleaves_and_reports_the_median_ratio(benchmark_script, m
     ours_times, theirs_times = iter([9.0, 1.0, 2.0, 3.0]), iter([9.0, 2.0, 2.0, 9.0])  # first: warm-up
 
     def fake(times):
-        def run(model, batch, steps, timer, parts):
+        def run(model, batch, steps, timer, parts, models=None):
             timer.parts["query pass"] = next(times)
 
         return run
 
     monkeypatch.setattr(bench, "_ours_forward_backward", fake(ours_times))
     monkeypatch.setattr(bench, "_baseline", fake(theirs_times))
+    monkeypatch.setattr(bench, "_baseline_models", lambda model: None)
     result = bench._compare(None, None, 3, False, ("query pass",))["query pass"]
     # per-step ratios 2/1, 2/2, 9/3: median 2.0; medians of the times 2.0 and 2.0
     assert result == {"ours_s": 2.0, "transformers_s": 2.0, "speedup": 2.0, "timed_steps": 3}
