@@ -245,29 +245,24 @@ def _agreement(model, batch) -> dict[str, float]:
     return {"query pass": (ours - theirs).abs().max().item(), "text pass": text.abs().max().item()}
 
 
-def _baseline(model, batch, steps: int, timer: Timer, parts=PASSES, models=None) -> None:
-    """transformers' Q-Former query pass and BERT text pass at the same shapes, forward + backward
-    (``models``: :func:`_baseline_models`' result, built here when not given)."""
+def _baseline(models, model, encoded, batch, timer: Timer, parts=PASSES) -> None:
+    """One step of transformers' Q-Former query pass and BERT text pass at the same shapes, forward + backward,
+    with ``models`` from :func:`_baseline_models` on the encoder output ``encoded``."""
     from molbridge.core import batch as keys
 
-    qformer, bert, norm = models or _baseline_models(model)
-    with torch.no_grad():
-        encoded = model.encoder(batch[keys.ENCODER_INPUT])
+    qformer, bert, norm = models
     memory = encoded.atom_embeddings.detach()
     queries = model.projector.query_tokens.detach().expand(memory.shape[0], -1, -1).clone().requires_grad_()
-    for _ in range(steps):
-        qformer.zero_grad(set_to_none=True)  # as ours: from empty gradients (see _ours_forward_backward)
-        norm.zero_grad(set_to_none=True)
-        queries.grad = None
-        with timer.part("query pass"):
-            out = qformer(
-                query_embeds=queries,
-                encoder_hidden_states=norm(memory),
-                encoder_attention_mask=(~encoded.padding_mask).long(),
-            ).last_hidden_state
-            out.float().sum().backward()
-        if "text pass" not in parts:
-            continue
+    qformer.zero_grad(set_to_none=True)  # as ours: from empty gradients (see _ours_forward_backward)
+    norm.zero_grad(set_to_none=True)
+    with timer.part("query pass"):
+        out = qformer(
+            query_embeds=queries,
+            encoder_hidden_states=norm(memory),
+            encoder_attention_mask=(~encoded.padding_mask).long(),
+        ).last_hidden_state
+        out.float().sum().backward()
+    if "text pass" in parts:
         bert.zero_grad(set_to_none=True)
         with timer.part("text pass"):
             bert(
@@ -275,24 +270,28 @@ def _baseline(model, batch, steps: int, timer: Timer, parts=PASSES, models=None)
             ).last_hidden_state.float().sum().backward()
 
 
-def _ours_forward_backward(model, batch, steps: int, timer: Timer, parts=PASSES) -> None:
-    """Our query and text passes alone, forward + backward: the like-for-like counterpart of the baseline."""
+def _ours_forward_backward(model, encoded, batch, timer: Timer, parts=PASSES) -> None:
+    """One step of our query and text passes alone, forward + backward: the counterpart of the baseline."""
     from molbridge.core import batch as keys
 
-    with torch.no_grad():
-        encoded = model.encoder(batch[keys.ENCODER_INPUT])
     projector = model.projector
-    for _ in range(steps):
-        # Gradients start empty, as after a training step's zero_grad and as in the baseline's fresh models:
-        # accumulating into last step's .grad adds an add_ over every parameter that the baseline never pays.
-        projector.zero_grad(set_to_none=True)
-        with timer.part("query pass"):
-            projector(encoded).float().sum().backward()
-        if "text pass" not in parts:
-            continue
+    # Gradients start empty, as after a training step's zero_grad and as in the baseline: accumulating into the
+    # last step's .grad adds an add_ over every parameter that the baseline never pays.
+    projector.zero_grad(set_to_none=True)
+    with timer.part("query pass"):
+        projector(encoded).float().sum().backward()
+    if "text pass" in parts:
         projector.zero_grad(set_to_none=True)
         with timer.part("text pass"):
             projector.text_states(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]).float().sum().backward()
+
+
+def _encoded(model, batch):
+    """The encoder's output on the batch (no gradient): both sides' passes read it, untimed."""
+    from molbridge.core import batch as keys
+
+    with torch.no_grad():
+        return model.encoder(batch[keys.ENCODER_INPUT])
 
 
 def _compare(model, batch, steps: int, cuda: bool, parts) -> dict[str, dict]:
@@ -302,15 +301,15 @@ def _compare(model, batch, steps: int, cuda: bool, parts) -> dict[str, dict]:
     speed-up is the median over steps of transformers' time over ours. The baseline's models are built once:
     built for each step, their weights were fresh in the CPU's cache where ours were not (measured: the
     default shape's query pass 0.91x that way, against 1.13x with both built before the steps)."""
-    models = _baseline_models(model)
-    _ours_forward_backward(model, batch, 1, Timer(cuda), parts)  # warm-up
-    _baseline(model, batch, 1, Timer(cuda), parts, models)
+    models, encoded = _baseline_models(model), _encoded(model, batch)
+    _ours_forward_backward(model, encoded, batch, Timer(cuda), parts)  # warm-up
+    _baseline(models, model, encoded, batch, Timer(cuda), parts)
     ours, theirs = [], []
     for _ in range(steps):
         ours.append(Timer(cuda))
-        _ours_forward_backward(model, batch, 1, ours[-1], parts)
+        _ours_forward_backward(model, encoded, batch, ours[-1], parts)
         theirs.append(Timer(cuda))
-        _baseline(model, batch, 1, theirs[-1], parts, models)
+        _baseline(models, model, encoded, batch, theirs[-1], parts)
     return {
         part: {
             "ours_s": round(statistics.median(t.parts[part] for t in ours), 4),
