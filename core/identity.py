@@ -16,6 +16,9 @@ the settings of :data:`RESUMABLE` may differ (e.g. more steps for a folder named
 Stage chaining: ``train.init_from: stage:RECIPE`` (optionally ``stage:RECIPE@DIR``) names the previous
 stage by its recipe; :func:`resolve_stage` finds the completed run of that recipe with the same
 components, dataset and seed under ``runs/`` (or DIR), and refuses when there is none or more than one.
+The weights a run starts from are part of its identity, not the words that named them
+(:func:`init_identity`): ``stage:pretrain`` and that run's folder are one configuration, and a previous
+stage trained further, or another run in its place, makes a new one.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ COMPONENT_KINDS = ("encoder", "projector", "llm")
 RUN_FILE = "run.json"
 RUN_RECIPE = "recipe.yaml"
 STAGE_PREFIX = "stage:"
+INIT_KEY = "train.init_from"
 HASH_LENGTH = 6
 
 
@@ -121,8 +125,11 @@ def component_name(recipe: DictConfig, kind: str) -> str:
 
 def identify(recipe: DictConfig, registry) -> Identity:
     """The identity of ``recipe``: the hash of its differences from the task's packaged recipe, and its name
-    (``tracking.run_name`` when the recipe sets one, else ``{encoder}-{projector}-{llm}-s{seed}-{hash}``)."""
+    (``tracking.run_name`` when the recipe sets one, else ``{encoder}-{projector}-{llm}-s{seed}-{hash}``).
+    ``train.init_from`` enters as the weights it resolves to (:func:`init_identity`)."""
     diff = differences(recipe, base_recipe(recipe, registry))
+    if recipe.train.init_from:
+        diff[INIT_KEY] = _init_for_identity(recipe)
     digest = config_hash(diff)
     parts = [component_name(recipe, kind) for kind in COMPONENT_KINDS]
     name = recipe.tracking.run_name or "-".join([*parts, f"s{recipe.seed}", digest])
@@ -147,12 +154,15 @@ def output_dir(recipe: DictConfig, identity: Identity) -> Path:
 # --- resume ------------------------------------------------------------------------------------------------
 
 
-def resume_conflicts(stored: DictConfig | Mapping, current: DictConfig | Mapping) -> list[str]:
+def resume_conflicts(stored: DictConfig | Mapping, current: DictConfig | Mapping, same_init: bool = False) -> list[str]:
     """``key: stored -> current`` for every setting that differs and may not change on resume.
 
     A key the stored recipe lacks came with a newer molbridge (its default keeps the old behaviour): it is not a
-    conflict, and a warning names it."""
+    conflict, and a warning names it. ``same_init``: ``train.init_from`` is spelled otherwise but names the same
+    weights (:func:`same_init`), which is no conflict either."""
     old, new = flatten(stored), flatten(current)
+    if same_init:
+        old.pop(INIT_KEY, None), new.pop(INIT_KEY, None)
     added = sorted(k for k in set(new) - set(old) if not _matches(k, NOT_IDENTITY + RESUMABLE))
     if added:
         log.warning("settings new since this run was started (not compared): %s", ", ".join(added))
@@ -162,6 +172,13 @@ def resume_conflicts(stored: DictConfig | Mapping, current: DictConfig | Mapping
         for key in sorted(old)
         if not _matches(key, NOT_IDENTITY + RESUMABLE) and old[key] != new.get(key, absent)
     ]
+
+
+def same_init(folder: Path, identity: Identity) -> bool:
+    """The run in ``folder`` started from the weights ``identity`` starts from (its ``run.json`` says so)."""
+    record = _read_json(Path(folder) / RUN_FILE) or {}
+    stored = (record.get("differences") or {}).get(INIT_KEY)
+    return stored is not None and stored == identity.diff.get(INIT_KEY)
 
 
 def resumable_changes(stored: DictConfig | Mapping, current: DictConfig | Mapping) -> dict[str, list[Any]]:
@@ -262,6 +279,42 @@ def resolve_stage(spec: str, recipe: DictConfig, root: str | Path = "runs") -> P
         f"train.init_from={spec}: {len(found)} completed runs match ({listing}); {how}name one with "
         f"train.init_from=FOLDER, or narrow the search with stage:{target}@DIR"
     )
+
+
+def init_identity(recipe: DictConfig) -> str:
+    """What ``train.init_from`` starts ``recipe`` from, whatever words named it.
+
+    A checkpoint of a molbridge run is that run's recipe, configuration hash, seed (``same seed`` when it is
+    this run's, so the seeds of a stage chain stay one configuration) and step:
+    ``pretrain 76b870 seed 0, step-002000``. Any other state file is the SHA-256 of its bytes. Raises when the
+    weights are not there."""
+    from molbridge.core.checkpoint import CHECKPOINTS, init_state_file
+
+    spec = str(recipe.train.init_from)
+    state = init_state_file(resolve_stage(spec, recipe) if is_stage_reference(spec) else spec)
+    step, run = state.parent, state.parent.parent.parent
+    record = _read_json(run / RUN_FILE) if state.parent.parent.name == CHECKPOINTS else None
+    if record is None:
+        return f"sha256 {_file_digest(state)}"
+    seed = "same seed" if record.get("seed") == recipe.seed else f"seed {record.get('seed')}"
+    return f"{record.get('recipe')} {record.get('config_hash')} {seed}, {step.name}"
+
+
+def _init_for_identity(recipe: DictConfig) -> str:
+    """:func:`init_identity`, or the words and ``(not found)`` while the weights are not there: a sweep lists its
+    children before their previous stage has run, and a run fails on it before any set-up (the runner)."""
+    try:
+        return init_identity(recipe)
+    except MolbridgeError:
+        return f"{recipe.train.init_from} (not found)"
+
+
+def _file_digest(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _read_json(path: Path) -> dict | None:

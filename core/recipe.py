@@ -144,9 +144,10 @@ class TrainConfig:
     resume: str = "auto"
     """``auto`` (latest checkpoint in the output directory, if any), ``never``, or a checkpoint path."""
     init_from: str | None = None
-    """Start from another run's weights (the previous stage): its output directory (latest checkpoint),
-    a checkpoint folder or a state.ckpt. Weights whose names match load; the rest keep their
-    initialisation; both are reported. Ignored when the run resumes from its own checkpoint."""
+    """Start from another run's weights (the previous stage): ``stage:RECIPE[@DIR]``, its output directory
+    (latest checkpoint), a checkpoint folder or a state.ckpt. Weights whose names match load; the rest keep
+    their initialisation; both are reported. The run's identity holds the weights this resolves to, not these
+    words. Ignored when the run resumes from its own checkpoint."""
     precision: str = field(default="32-true", metadata={"choices": PRECISIONS})
     """Lightning Fabric precision."""
     strategy: str = "auto"

@@ -129,7 +129,7 @@ def _run(
     fabric = make_fabric(recipe)
     if force_new:
         _set_aside(out, fabric)
-    stored = _check_folder(out, recipe)
+    stored = _check_folder(out, recipe, identity)
     resume_from = resolve_resume(recipe.train.resume, out)
     done = _completed(out, recipe, resume_from)
     if done is not None:
@@ -193,7 +193,7 @@ def _set_aside(out: Path, fabric: Fabric) -> None:
     fabric.barrier()
 
 
-def _check_folder(out: Path, recipe: DictConfig) -> DictConfig | None:
+def _check_folder(out: Path, recipe: DictConfig, identity: identities.Identity) -> DictConfig | None:
     """The recipe ``out`` was started with (None for a new folder); a setting that differs and may not change
     on resume is an error that names every such setting."""
     stored = identities.stored_recipe(out)
@@ -202,7 +202,7 @@ def _check_folder(out: Path, recipe: DictConfig) -> DictConfig | None:
         stored = read_yaml(folders[-1]) if folders else None
     if stored is None:
         return None
-    conflicts = identities.resume_conflicts(stored, recipe)
+    conflicts = identities.resume_conflicts(stored, recipe, identities.same_init(out, identity))
     if conflicts:
         listed = "\n  ".join(conflicts[:20]) + ("\n  ..." if len(conflicts) > 20 else "")
         raise MolbridgeError(

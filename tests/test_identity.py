@@ -3,6 +3,7 @@
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,6 +178,55 @@ def test_the_previous_stage_is_found_by_identity_and_ambiguity_is_refused(toy_re
     run(toy(toy_registry, train={"lr": 0.02}), toy_registry)  # a second run of recipe toy, seed 0
     with pytest.raises(MolbridgeError, match=r"2 completed runs match .*train.lr.*narrow the search"):
         identity.resolve_stage("stage:toy", later)
+
+
+def test_a_run_is_identified_by_the_weights_it_starts_from_not_the_words_naming_them(toy_registry, tmp_cwd):
+    """stage:RECIPE and the previous run's folder are one configuration; the previous stage trained further is
+    another (never the stale result); every seed started from one shared run is one configuration."""
+    stage1 = run(toy(toy_registry), toy_registry)
+    folder = str((tmp_cwd / stage1["path"]).parent)
+    by_stage = run(toy(toy_registry, recipe="toy-stage2", train={"init_from": "stage:toy"}), toy_registry)
+    by_folder = run(toy(toy_registry, recipe="toy-stage2", train={"init_from": folder}), toy_registry)
+    described = by_stage["provenance"]["identity"]["differences"]["train.init_from"]
+    assert described == f"toy {stage1['provenance']['identity']['config_hash']} same seed, step-000004"
+    assert by_folder["path"] == by_stage["path"] and by_folder["reused"]  # one run, not trained twice
+    run(toy(toy_registry, train={"max_steps": 6}), toy_registry, output=Path(folder))  # stage 1 trained further
+    further = run(toy(toy_registry, recipe="toy-stage2", train={"init_from": "stage:toy"}), toy_registry)
+    assert further["path"] != by_stage["path"] and not further.get("reused")
+    assert further["provenance"]["init_from"]["source"].endswith("step-000006/state.ckpt")
+    shared = [toy(toy_registry, recipe="toy-stage2", seed=seed, train={"init_from": folder}) for seed in (1, 2)]
+    names = [identity.identify(recipe, toy_registry) for recipe in shared]
+    assert names[0].hash == names[1].hash != further["provenance"]["identity"]["config_hash"]
+    assert names[0].diff["train.init_from"].endswith("seed 0, step-000006")
+
+
+def test_a_state_file_outside_a_run_is_identified_by_its_bytes(toy_registry, tmp_cwd):
+    run(toy(toy_registry), toy_registry, output=tmp_cwd / "out")
+    state = tmp_cwd / "weights.ckpt"
+    shutil.copy(checkpoint.latest_checkpoint(tmp_cwd / "out" / "checkpoints") / checkpoint.STATE_FILE, state)
+    before = identity.identify(toy(toy_registry, train={"init_from": str(state)}), toy_registry)
+    assert before.diff["train.init_from"].startswith("sha256 ")
+    state.write_bytes(state.read_bytes() + b"\0")
+    after = identity.identify(toy(toy_registry, train={"init_from": str(state)}), toy_registry)
+    assert after.hash != before.hash
+    gone = toy(toy_registry, train={"init_from": str(tmp_cwd / "gone")})
+    assert identity.identify(gone, toy_registry).diff["train.init_from"].endswith("gone (not found)")
+    with pytest.raises(CheckpointError, match="does not exist"):  # and the run fails on it before any set-up
+        run(gone, toy_registry)
+    assert not (tmp_cwd / "runs").exists()
+
+
+def test_a_resume_may_name_the_same_weights_otherwise_but_not_other_weights(toy_registry, tmp_cwd):
+    stage1 = run(toy(toy_registry), toy_registry)
+    folder = str((tmp_cwd / stage1["path"]).parent)
+    out = tmp_cwd / "stage2"
+    run(toy(toy_registry, recipe="toy-stage2", train={"init_from": "stage:toy"}), toy_registry, output=out)
+    longer = toy(toy_registry, recipe="toy-stage2", train={"init_from": folder, "max_steps": 6})
+    assert run(longer, toy_registry, output=out)["provenance"]["resumed_from"].endswith("step-000004")
+    other = run(toy(toy_registry, train={"lr": 0.02}), toy_registry)
+    elsewhere = toy(toy_registry, recipe="toy-stage2", train={"init_from": str(Path(other["path"]).parent)})
+    with pytest.raises(MolbridgeError, match="train.init_from: "):
+        run(elsewhere, toy_registry, output=out)
 
 
 def test_run_json_records_the_identity(toy_registry, tmp_cwd):
