@@ -47,6 +47,11 @@ def test_examples_caption_every_conformer_of_the_same_molecule():
     for asked in by_molecule.values():
         assert [e.conformer for e in asked] == list(range(len(asked))) and len(asked) > 1
         assert len({e.response for e in asked}) == len(asked)  # every conformer's caption differs
+        # one prompt for all of them, which gives the count their captions state and nothing per conformer
+        assert {e.instruction for e in asked} == {f"Describe this molecule. It has {len(asked)} conformers."}
+        assert {read_caption(e.response).conformers for e in asked} == {len(asked)}
+    task.config.conformer_count = False
+    assert {e.instruction for e in task.examples("test")} == {"Describe this molecule."}
 
 
 def test_a_run_scores_places(tmp_cwd, capsys, monkeypatch):

@@ -14,7 +14,8 @@ coordinates (:func:`molbridge.core.data.conformer_facts.conformer_captions`: its
 conformers by radius of gyration, its radius, largest heavy-atom distance and shape; ``conformer_energy`` adds its
 MMFF94 energy above the molecule's lowest conformer). Training captions every conformer of every molecule;
 evaluation every conformer of each molecule with two or more, and scores besides the text metrics ``place_acc``
-(the caption states its conformer's place), against ``place_chance`` (mean 1/k: a model blind to coordinates says
+(the caption states its conformer's place; the prompt gives the count, ``task.conformer_count``), against
+``place_chance`` (mean 1/k: a model blind to coordinates says
 one thing for all k conformers, which is right for one of them at most), and ``conformer_rg_mae`` (the radius
 stated, where stated; ``conformer_rg_valid``).
 """
@@ -47,6 +48,11 @@ class CaptioningConfig(LLMStageOptions):
     """Which stored text of a molecule is its caption; ``conformer``: each conformer's caption, computed from its
     coordinates (see the module docstring); ``conformer_energy``: the same, also stating its MMFF94 energy above the
     molecule's lowest conformer."""
+    conformer_count: bool = True
+    """Conformer captions: the prompt says how many conformers the molecule has ("It has 3 conformers."). The
+    caption's place ("the most extended of 3 conformers") counts them, a fact no one conformer's coordinates
+    hold; said in the prompt, the model has only the place to find. Every conformer of a molecule still gets one
+    prompt, so a model blind to coordinates stays at ``place_chance``."""
     eval_text_field: str | None = None
     """The caption of the validation and test molecules; null: ``text_field`` (3D-MoLM's pretraining phase
     trains on ``enriched_description`` and evaluates on ``description``)."""
@@ -87,8 +93,14 @@ class CaptioningTask(LLMStageTask):
             mol = molecules.store[int(row)]
             if split == "train" or len(mol.conformers) > 1:
                 captions = captions_of(mol, self.text_field(split))
-                found += [Example(i, self.config.instruction, c, TASK, conformer=k) for k, c in enumerate(captions)]
+                prompt = self._conformer_prompt(len(captions))
+                found += [Example(i, prompt, c, TASK, conformer=k) for k, c in enumerate(captions)]
         return found
+
+    def _conformer_prompt(self, count: int) -> str:
+        if not self.config.conformer_count:
+            return self.config.instruction
+        return f"{self.config.instruction} It has {count} conformer{'s' if count > 1 else ''}."
 
     def default_generation(self, task: str) -> dict[str, Any]:
         return {"max_new_tokens": self.config.max_new_tokens, "num_beams": self.config.num_beams}
