@@ -23,6 +23,7 @@ stage trained further, or another run in its place, makes a new one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -162,7 +163,8 @@ def resume_conflicts(stored: DictConfig | Mapping, current: DictConfig | Mapping
     weights (:func:`same_init`), which is no conflict either."""
     old, new = flatten(stored), flatten(current)
     if same_init:
-        old.pop(INIT_KEY, None), new.pop(INIT_KEY, None)
+        old.pop(INIT_KEY, None)
+        new.pop(INIT_KEY, None)
     added = sorted(k for k in set(new) - set(old) if not _matches(k, NOT_IDENTITY + RESUMABLE))
     if added:
         log.warning("settings new since this run was started (not compared): %s", ", ".join(added))
@@ -295,7 +297,8 @@ def init_identity(recipe: DictConfig) -> str:
     step, run = state.parent, state.parent.parent.parent
     record = _read_json(run / RUN_FILE) if state.parent.parent.name == CHECKPOINTS else None
     if record is None:
-        return f"sha256 {_file_digest(state)}"
+        stat = state.stat()
+        return f"sha256 {_file_digest(state.resolve(), stat.st_size, stat.st_mtime_ns)}"
     seed = "same seed" if record.get("seed") == recipe.seed else f"seed {record.get('seed')}"
     return f"{record.get('recipe')} {record.get('config_hash')} {seed}, {step.name}"
 
@@ -309,7 +312,8 @@ def _init_for_identity(recipe: DictConfig) -> str:
         return f"{recipe.train.init_from} (not found)"
 
 
-def _file_digest(path: Path, chunk: int = 1 << 24) -> str:
+@functools.lru_cache(maxsize=64)  # a sweep identifies every child: read a large file once (keyed by size, mtime)
+def _file_digest(path: Path, size: int, mtime_ns: int, chunk: int = 1 << 24) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
