@@ -294,8 +294,8 @@ def init_identity(recipe: DictConfig) -> str:
 
     spec = str(recipe.train.init_from)
     state = init_state_file(resolve_stage(spec, recipe) if is_stage_reference(spec) else spec)
-    step, run = state.parent, state.parent.parent.parent
-    record = _read_json(run / RUN_FILE) if state.parent.parent.name == CHECKPOINTS else None
+    step = state.parent
+    record = _read_json(step.parent.parent / RUN_FILE) if step.parent.name == CHECKPOINTS else None
     if record is None:
         stat = state.stat()
         return f"sha256 {_file_digest(state.resolve(), stat.st_size, stat.st_mtime_ns)}"

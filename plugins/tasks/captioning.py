@@ -15,9 +15,8 @@ conformers by radius of gyration, its radius, largest heavy-atom distance and sh
 MMFF94 energy above the molecule's lowest conformer). Training captions every conformer of every molecule;
 evaluation every conformer of each molecule with two or more, and scores besides the text metrics ``place_acc``
 (the caption states its conformer's place; the prompt gives the count, ``task.conformer_count``), against
-``place_chance`` (mean 1/k: a model blind to coordinates says
-one thing for all k conformers, which is right for one of them at most), and ``conformer_rg_mae`` (the radius
-stated, where stated; ``conformer_rg_valid``).
+``place_chance`` (mean 1/k: a model blind to coordinates says one thing for all k conformers, which is right for
+one of them at most), and ``conformer_rg_mae`` (the radius stated, where stated; ``conformer_rg_valid``).
 """
 
 from __future__ import annotations
