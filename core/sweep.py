@@ -498,6 +498,8 @@ def run_sweep(
     """
     if (jobs > 1 or launcher != "local") and callbacks:
         raise SweepError(sweep.name, ["callbacks run in this process only: use jobs=1 with the local launcher"])
+    if jobs > 1 and launcher == "local":
+        launch.preload(jobs, registry)  # the workers' imports overlap planning and the MLflow parent run
     children = plan(sweep, registry, root, allow_devices=launcher != "local")
     folder = sweep_dir(root, sweep.name)
     folder.mkdir(parents=True, exist_ok=True)

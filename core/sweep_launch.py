@@ -1,8 +1,10 @@
 """Where a sweep's children run when not one after another here: worker processes, or a cluster via submitit.
 
-``bench sweep --jobs N``: N children at once in worker processes (``spawn``), the cores divided between them
-(``OMP_NUM_THREADS`` set before each worker imports torch: the default of every worker using every core makes
-them spin against each other); on a machine with several GPUs each worker gets one (``CUDA_VISIBLE_DEVICES``).
+``bench sweep --jobs N``: N children at once in worker processes, the cores divided between them (the default of
+every worker using every core makes them spin against each other); on a machine with several GPUs each worker
+gets one (``CUDA_VISIBLE_DEVICES``). The workers fork from a server process (``forkserver``) that imports torch,
+Lightning, MLflow and the sweep's plugins once, started before the sweep is planned: the imports, seconds that
+each ``spawn``-ed worker paid again after planning, overlap the planning and the MLflow parent run instead.
 ``--launcher submitit``: every child is a submitit job (SLURM on a cluster, local processes elsewhere), with the
 ``--launcher-arg`` key=value pairs as submitit parameters; molbridge schedules nothing itself.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -42,9 +45,54 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+#: What the worker server imports before the sweep needs a worker (the plugins' modules are added); MLflow's
+#: SQL store is what a child's default ``sqlite:`` tracking URI loads on its first call.
+PRELOAD = (
+    "molbridge.core.runner",
+    "molbridge.core.sweep",
+    "molbridge.core.plugins",
+    "yaml",
+    "mlflow",
+    "mlflow.store.tracking.sqlalchemy_store",
+)
+
+
+def _context():
+    """``forkserver`` where the platform has it (not Windows), else ``spawn``: never a plain fork of this process,
+    whose torch may already hold threads."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method)
+
+
+def preload(jobs: int, registry) -> None:
+    """Start the worker server now, importing what a child needs (the run machinery and every registered plugin's
+    module), with each worker's OpenMP settings in its environment (read once, when torch loads OpenMP)."""
+    context = _context()
+    if context.get_start_method() != "forkserver":
+        return
+    modules = {component.factory.__module__ for kind in registry.components.values() for component in kind.values()}
+    context.set_forkserver_preload([*PRELOAD, *sorted(modules)])
+    threads = str(max(1, cores() // jobs))
+    saved = {key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
+    os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()  # returns at once; the server imports in the background
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _init_worker(threads: int, gpus: list[int], slot) -> None:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "torch" in sys.modules:  # forked from the server, torch is loaded: the variables above came too late
+        sys.modules["torch"].set_num_threads(threads)
     if gpus:
         with slot.get_lock():
             index, slot.value = slot.value, slot.value + 1
@@ -90,7 +138,7 @@ def run_parallel(children, parent, invocation: str, jobs: int, registry, record:
     jobs = min(jobs, len(todo))
     threads = max(1, cores() // jobs)
     gpus = _gpus()
-    context = multiprocessing.get_context("spawn")
+    context = _context()
     log.info(
         "sweep: %d children, %d at a time, %d thread(s) each%s",
         len(todo),

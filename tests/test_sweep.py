@@ -8,6 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from molbridge.core import sweep as sweeps
+from molbridge.core import sweep_launch as launch
 from molbridge.core.cli import main
 from molbridge.core.compare import gather_runs
 from molbridge.core.tracking import default_uri
@@ -246,9 +247,39 @@ def test_children_run_in_parallel_workers_with_the_cores_divided(tmp_cwd, capsys
     for child in state["children"]:  # each child is the run bench run would make: its identity, its metrics
         metrics = json.loads((tmp_cwd / child["output_dir"] / "metrics.json").read_text())
         assert metrics["provenance"]["identity"]["name"] == os.path.basename(child["output_dir"])
+        # forked from a server that loaded torch before the thread count was known: set in the worker anyway
+        assert metrics["provenance"]["cpu_threads"] == max(1, launch.cores() // 2)
     assert main([*PARALLEL, "--jobs", "2"]) == 0  # again: both skipped, nothing runs
     again = json.loads((tmp_cwd / "runs/sweep-retrieval-encoder/sweep.json").read_text())
     assert [c["status"] for c in again["children"]] == ["skipped", "skipped"]
+
+
+def test_the_worker_server_loads_the_plugins_with_the_workers_thread_settings(toy_registry, monkeypatch):
+    """--jobs starts the server the workers fork from before planning: it imports the run machinery and every
+    plugin's module with each worker's share of the cores in its environment; this process's stays as it was."""
+    import multiprocessing.forkserver
+
+    seen = {}
+
+    class Context:
+        def get_start_method(self):
+            return "forkserver"
+
+        def set_forkserver_preload(self, modules):
+            seen["modules"] = modules
+
+    def start():
+        seen["environment"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+    monkeypatch.setattr(launch, "_context", Context)
+    monkeypatch.setattr(multiprocessing.forkserver, "ensure_running", start)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    launch.preload(2, toy_registry)
+    threads = str(max(1, launch.cores() // 2))
+    assert seen["environment"] == {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
+    assert {"molbridge.core.runner", "toy_plugin"} <= set(seen["modules"])
 
 
 @pytest.mark.slow
