@@ -1,6 +1,7 @@
 """The bench command as a Unix tool: quiet on a closed pipe, an example in every --help, documented exit codes."""
 
 import argparse
+import json
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 
 from molbridge.core.cli import build_parser, main
 
-BENCH = [sys.executable, "-c", "import sys; from molbridge.core.cli import main; sys.exit(main())"]
+BENCH = [sys.executable, "-c", "from molbridge.core.cli import entry; entry()"]  # what the `bench` script runs
 
 
 @pytest.mark.parametrize("command", [["plugins", "--json"], ["data", "info", "molbridge-mini", "--json"]])
@@ -19,6 +20,19 @@ def test_a_closed_pipe_ends_the_command_quietly(command):
     done = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+
+
+def test_the_bench_script_keeps_mains_status_output_and_exit_functions():
+    # `bench` exits without the interpreter's teardown: the status, every byte written and the atexit functions
+    # (logging, MLflow) must still come out
+    farewell = "import atexit; atexit.register(print, 'atexit ran'); "
+    script = [BENCH[0], "-c", farewell + BENCH[2]]
+    done = subprocess.run([*script, "plugins", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    listing, _, tail = done.stdout.rpartition("}")
+    assert json.loads(listing + "}")["components"]["encoder"] and tail.strip() == "atexit ran"
+    bad = subprocess.run([*BENCH, "recipes", "validate", "retrieval", "trian.lr=1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "did you mean 'train'" in bad.stderr
 
 
 def _subcommands(parser: argparse.ArgumentParser, path=()):

@@ -1,6 +1,7 @@
 """The ``bench`` command. Each sub-command lives in its own module with ``add_parser(subparsers)``."""
 
 import argparse
+import atexit
 import importlib
 import logging
 import os
@@ -74,6 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (| head): stop quietly, and not again when stdout is flushed
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def entry() -> None:
+    """The ``bench`` script: :func:`main`, then exit without the interpreter's teardown, which spends seconds freeing
+    what torch, MLflow and the plugins loaded (2.6 s after a sweep on the 2-core machine, 4.8 s with ``--jobs``)
+    and the OS reclaims at once. What an ordinary exit would run still runs: the atexit functions (logging, MLflow,
+    multiprocessing) and the flush of stdout and stderr. An exception out of main exits the ordinary way."""
+    code = main()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader gone, a stream closed: nothing left to write
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":
