@@ -246,10 +246,10 @@ def stage1_rows(results: list[dict]) -> list[Row]:
             rows.append(
                 Row(
                     "stage1",
-                    f"{shape}: {part} fwd+bwd",
+                    f"{shape}: {part}" if "baseline" in v else f"{shape}: {part} fwd+bwd",
                     v["ours_s"],
                     "s",
-                    f"transformers {part}",
+                    v.get("baseline", f"transformers {part}"),
                     v["transformers_s"],
                     higher_is_better=False,
                     note=f"max abs diff {v['max_abs_diff']:.1e} vs {v['diff_against']}" if "max_abs_diff" in v else "",

@@ -56,3 +56,15 @@ def test_comparison_interleaves_and_reports_the_median_ratio(benchmark_script, m
     result = bench._compare(None, None, 3, False, ("query pass",))["query pass"]
     # per-step ratios 2/1, 2/2, 9/3: median 2.0; medians of the times 2.0 and 2.0
     assert result == {"ours_s": 2.0, "transformers_s": 2.0, "speedup": 2.0, "timed_steps": 3}
+
+
+def test_the_loops_optimizer_steps_like_torchs_default_adamw(benchmark_script):
+    """The "optimizer step" row times build_optimizer's AdamW (fused where torch has the kernel) against torch's
+    default one on the same parameters and gradients; one step of each from the same state agrees."""
+    bench = benchmark_script("stage1")
+    torch.manual_seed(0)
+    model, _ = bench._build("default", 4)
+    result = bench._optimizer_speed(model, 2)
+    assert result["max_abs_diff"] < 1e-6 and result["ours_s"] > 0 and result["transformers_s"] > 0
+    assert result["baseline"] == "torch's default AdamW step"
+    assert bench.build_optimizer(model, 1e-5, 0.05).defaults["fused"]  # the loop's own, fused on this CPU
