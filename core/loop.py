@@ -219,7 +219,7 @@ def build_optimizer(
 def _fusable(params: list[nn.Parameter]) -> bool:
     """Whether torch's fused AdamW kernel takes these parameters. On a CPU torch's default AdamW is a Python loop
     over the tensors (its ``foreach`` form is the default on GPUs only): the fused kernel steps the main job's
-    3.5 M parameters several times faster (``benchmarks/stage1.py``, "optimizer step"), equal to float rounding."""
+    3.5 M parameters 2.6x faster (``benchmarks/stage1.py``, "optimizer step"), equal to float rounding."""
     return all(p.device.type in ("cpu", "cuda") and torch.is_floating_point(p) for p in params)
 
 

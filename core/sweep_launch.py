@@ -57,6 +57,11 @@ PRELOAD = (
 )
 
 
+def threads_per_job(jobs: int) -> int:
+    """Each of ``jobs`` workers' share of the cores."""
+    return max(1, cores() // jobs)
+
+
 def _context():
     """``forkserver`` where the platform has it (not Windows), else ``spawn``: never a plain fork of this process,
     whose torch may already hold threads."""
@@ -72,7 +77,7 @@ def preload(jobs: int, registry) -> None:
         return
     modules = {component.factory.__module__ for kind in registry.components.values() for component in kind.values()}
     context.set_forkserver_preload([*PRELOAD, *sorted(modules)])
-    threads = str(max(1, cores() // jobs))
+    threads = str(threads_per_job(jobs))
     saved = {key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
     os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -136,7 +141,7 @@ def run_parallel(children, parent, invocation: str, jobs: int, registry, record:
     if not todo:
         return
     jobs = min(jobs, len(todo))
-    threads = max(1, cores() // jobs)
+    threads = threads_per_job(jobs)
     gpus = _gpus()
     context = _context()
     log.info(

@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The ``bench`` script: :func:`main`, then exit without the interpreter's teardown, which spends seconds freeing
-    what torch, MLflow and the plugins loaded (2.6 s after a sweep on the 2-core machine, 4.8 s with ``--jobs``)
-    and the OS reclaims at once. What an ordinary exit would run still runs: the atexit functions (logging, MLflow,
+    what torch, MLflow and the plugins loaded (2.6 s after a sweep on the 2-core machine) and the OS reclaims at
+    once. What an ordinary exit would run still runs: the atexit functions (logging, MLflow,
     multiprocessing) and the flush of stdout and stderr. An exception out of main exits the ordinary way."""
     code = main()
     atexit._run_exitfuncs()
