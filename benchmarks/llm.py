@@ -17,8 +17,10 @@ sequences of L tokens with 8 soft tokens each, the loss on the second half. bf16
 CUDA, float32 on CPU. Variants, each in its own subprocess so peak memory is its own: SDPA attention
 (molbridge's default), SDPA with gradient checkpointing, and eager attention (the baseline). Memory: on GPU
 ``torch.cuda.max_memory_allocated`` (absolute, and above what the model held before the first step); on
-CPU the growth of peak RSS from before the first step (the absolute peak is not measured). ``7b`` needs a
-CUDA GPU and refuses to run without one.
+CPU the growth of peak RSS from before the first step (the absolute peak is not measured). MFU: the
+fewest FLOPs any variant counted for one step (``flops.py``; a checkpointed step counts its recompute too)
+over each variant's step time, against the matrix-product rate measured in that variant's process. ``7b``
+needs a CUDA GPU and refuses to run without one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from flops import matmul_rate, step_flops, utilisation
 
 from molbridge.core.errors import MolbridgeError
 from molbridge.plugins.llms.base import IGNORE_INDEX, SoftPromptLM
@@ -293,6 +296,7 @@ def measure_step(shape: dict, variant: str, batch: int, length: int, steps: int)
     held_mb = torch.cuda.memory_allocated() / 2**20 if cuda else None
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     loss = _train_step(lm, data, optimizer, cuda)  # warm-up: kernels, optimizer state
+    flops = step_flops(lambda: _train_step(lm, data, optimizer, cuda))  # checkpointing: its recompute counts too
     _sync(cuda)
     start = time.perf_counter()
     for _ in range(steps):
@@ -306,6 +310,8 @@ def measure_step(shape: dict, variant: str, batch: int, length: int, steps: int)
         peak_mb, step_mb = None, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     trainable = sum(p.numel() for p in lm.parameters() if p.requires_grad)
     return {
+        "step_flops": flops,
+        "matmul_flops_per_s": matmul_rate(device, torch.bfloat16 if cuda else torch.float32),
         "variant": variant,
         "attention": attention,
         "gradient_checkpointing": checkpointing,
@@ -327,8 +333,13 @@ def measure_step(shape: dict, variant: str, batch: int, length: int, steps: int)
 
 
 def with_ratios(results: list[dict]) -> list[dict]:
-    """Add speed and memory ratios against the baseline variant (when it ran)."""
+    """Add speed and memory ratios against the baseline variant (when it ran), and each variant's MFU: the
+    model's FLOPs are the fewest any variant counted (a checkpointed step also counts its recompute)."""
     base = next((r for r in results if r.get("variant") == BASELINE and "error" not in r), None)
+    ran = [r for r in results if "error" not in r]
+    for r in ran:
+        r["model_flops"] = min(v["step_flops"] for v in ran)
+        r["utilisation"] = utilisation(r["model_flops"], r["step_s"], r["matmul_flops_per_s"])
 
     def ratio(r: dict, key: str) -> float | None:
         return round(r[key] / base[key], 2) if r[key] is not None and base[key] else None
@@ -391,19 +402,25 @@ def _print_step(shape: str, results: list[dict]) -> None:
         )
     else:
         print(f"## stage-3 step: shape {shape}: no variant ran")
-    print("| variant | s/step | tokens/s | peak MB | step MB | speed vs eager | peak vs eager | step MB vs eager |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| variant | s/step | tokens/s | MFU | peak MB | step MB | speed vs eager | peak vs eager | step MB vs eager |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
-            print(f"| {r['variant']} | not measured: {r['error']} ||||||")
+            print(f"| {r['variant']} | not measured: {r['error']} |||||||")
             continue
         na = "n/a"
         print(
-            f"| {r['variant']} | {r['step_s']} | {r['tokens_per_s']} | {r['peak_mb'] or 'n/a (CPU)'} | "
+            f"| {r['variant']} | {r['step_s']} | {r['tokens_per_s']} | {r['utilisation']['mfu']:.1%} | "
+            f"{r['peak_mb'] or 'n/a (CPU)'} | "
             f"{r['step_mb']} | {r.get('speed_vs_eager') or na} | {r.get('peak_memory_vs_eager') or na} | "
             f"{r.get('step_memory_vs_eager') or na} |"
         )
     print("step MB: growth of peak memory from before the first step (GPU: allocated; CPU: RSS)")
+    if ok:
+        u = ok[0]["utilisation"]
+        print(f"MFU: {u['step_tflop']} TFLOP/step (counted) against {u['matmul_tflops']} TFLOP/s (measured matmul)")
 
 
 def _refuse_7b_without_gpu(shape: str) -> None:

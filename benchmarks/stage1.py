@@ -23,7 +23,9 @@ the same thing. On a GPU everything runs in bf16 autocast. On a CPU with native 
 ``--bf16``), both query passes run once more under CPU bf16 autocast, reported with the largest absolute
 difference of our bf16 output from our fp32 output.
 Each shape runs in its own subprocess so peak memory is its own (CPU: growth of peak RSS; GPU:
-``torch.cuda.max_memory_allocated``).
+``torch.cuda.max_memory_allocated``). MFU: one more step's FLOPs as ``flops.py`` counts them, over the timed
+step (whose parts are synchronised, so on a GPU it is a slight underestimate), against the matrix-product
+rate measured in the same process.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from flops import matmul_rate, step_flops, utilisation
 
 from molbridge.core.loop import build_optimizer
 
@@ -385,6 +388,7 @@ def measure(shape: str, steps: int, batch_size: int | None, bf16: str = "auto", 
             if cuda
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
         )
+        flops = step_flops(lambda: _step(model, batch, optimizer, Timer(cuda)))
         optimizer_step = _optimizer_speed(model, compare_steps)
         model.projector.requires_grad_(True)  # like for like with transformers: the whole tower trains
         agreement = _agreement(model, batch)
@@ -404,6 +408,7 @@ def measure(shape: str, steps: int, batch_size: int | None, bf16: str = "auto", 
             "diff_against": "molbridge fp32",
         }
     step_s = sum(timer.parts.values()) / steps
+    rate = matmul_rate(device, torch.bfloat16 if cuda else torch.float32)
     return {
         "shape": shape,
         "batch": size,
@@ -412,6 +417,7 @@ def measure(shape: str, steps: int, batch_size: int | None, bf16: str = "auto", 
         "step_s": round(step_s, 3),
         "parts_s": {k: round(v / steps, 4) for k, v in timer.parts.items()},
         "peak_mb": round(peak_mb, 1),
+        "utilisation": utilisation(flops, step_s, rate),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "trainable_m": round(trainable / 1e6, 2),
         "vs_transformers": comparisons,
@@ -430,7 +436,12 @@ def _print(results: list[dict]) -> None:
             f"\n## {r['shape']}: batch {r['batch']}, {r['params_m']} M parameters ({r['trainable_m']} M trained), "
             f"{r['device']}, {r['precision']}"
         )
-        print(f"{r['mol_per_s']} molecules/s ({r['step_s']} s/step), peak memory growth {r['peak_mb']} MB\n")
+        print(f"{r['mol_per_s']} molecules/s ({r['step_s']} s/step), peak memory growth {r['peak_mb']} MB")
+        u = r["utilisation"]
+        print(
+            f"{u['step_tflop']} TFLOP/step: {u['achieved_tflops']} TFLOP/s, MFU {u['mfu']:.1%} of the measured "
+            f"{u['matmul_tflops']} TFLOP/s matrix-product rate\n"
+        )
         print("| part | s/step | share |\n|---|---|---|")
         for part, seconds in r["parts_s"].items():
             print(f"| {part} | {seconds:.4f} | {seconds / r['step_s']:.0%} |")

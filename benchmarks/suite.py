@@ -242,6 +242,8 @@ def stage1_rows(results: list[dict]) -> list[Row]:
                 note="whole step; transformers has no counterpart",
             )
         )
+        if "utilisation" in r:
+            rows.append(utilisation_row("stage1", f"{shape}: training step", r["utilisation"], r["precision"]))
         for part, v in r["vs_transformers"].items():
             rows.append(
                 Row(
@@ -258,6 +260,21 @@ def stage1_rows(results: list[dict]) -> list[Row]:
     return rows
 
 
+def utilisation_row(benchmark: str, what: str, u: dict, precision: str) -> Row:
+    """Achieved TFLOP/s of a step against the matrix-product rate measured in the same process: the ratio is
+    the MFU."""
+    matmul = "bf16" if "bf16" in precision else "fp32"
+    return Row(
+        benchmark,
+        f"{what}: achieved TFLOP/s ({u['step_tflop']} TFLOP/step, counted)",
+        u["achieved_tflops"],
+        "TFLOP/s",
+        f"{matmul} matrix product, same device",
+        u["matmul_tflops"],
+        note="ratio = MFU",
+    )
+
+
 def generation_rows(r: dict) -> list[Row]:
     return [
         Row(
@@ -271,6 +288,13 @@ def generation_rows(r: dict) -> list[Row]:
             note="identical texts",
         )
     ]  # llm.py fails the run when they differ
+
+
+def _step_note(r: dict, base: dict | None) -> str:
+    notes = [f"step memory vs eager {r.get('step_memory_vs_eager')}"] if base else []
+    if r["peak_mb"]:  # GPU: the absolute peak too (peak MB is the step's growth above the weights)
+        notes.append(f"absolute peak {r['peak_mb']} MB")
+    return "; ".join(notes)
 
 
 def step_rows(results: list[dict]) -> list[Row]:
@@ -289,12 +313,21 @@ def step_rows(results: list[dict]) -> list[Row]:
                     "eager attention" if base else None,
                     base and base["tokens_per_s"],
                     peak_mb=r["step_mb"],
-                    note=f"memory vs eager {r.get('step_memory_vs_eager')}" if base else "",
+                    note=_step_note(r, base),
                 )
             )
+        if "utilisation" in r:
+            rows.append(utilisation_row("stage3-step", r["variant"], r["utilisation"], r["precision"]))
     if base:
         rows.append(
-            Row("stage3-step", "eager attention (baseline)", base["tokens_per_s"], "tokens/s", peak_mb=base["step_mb"])
+            Row(
+                "stage3-step",
+                "eager attention (baseline)",
+                base["tokens_per_s"],
+                "tokens/s",
+                peak_mb=base["step_mb"],
+                note=_step_note(base, None),
+            )
         )
     return rows
 

@@ -41,6 +41,9 @@ def load_toy_plugin():
 @pytest.fixture(scope="session")
 def benchmark_script():
     """``benchmark_script("suite")``: the module benchmarks/suite.py."""
+    benchmarks = str(TESTS.parent / "benchmarks")
+    if benchmarks not in sys.path:  # as when run as a script: a benchmark imports its helpers (flops.py) by name
+        sys.path.append(benchmarks)
     return lambda stem: load_by_path(f"molbridge_benchmark_{stem}", TESTS.parent / "benchmarks" / f"{stem}.py")
 
 

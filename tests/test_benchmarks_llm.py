@@ -88,6 +88,9 @@ def test_step_variants_compute_the_same_step(bench):
     for r in results:
         assert r["tokens_per_s"] > 0 and r["step_s"] > 0 and r["trainable_m"] > 0
         assert r["precision"] == "fp32" and r["peak_mb"] is None  # CPU: only the RSS growth is measured
+    counted = {r["variant"]: r["step_flops"] for r in results}
+    assert counted["sdpa+checkpointing"] > counted["sdpa"] > 0  # the recomputed forward is counted too
+    assert {r["model_flops"] for r in results} == {min(counted.values())}  # MFU: one model's FLOPs for all
     eager = next(r for r in results if r["variant"] == "eager")
     assert eager["speed_vs_eager"] == 1.0 and eager["peak_memory_vs_eager"] is None
     failed = bench.with_ratios([{"variant": "sdpa", "error": "killed (out of memory?)"}, eager])
