@@ -8,11 +8,13 @@ The encoder (any registered one, built from the ``conformer_retrieval`` recipe's
 overrides given) gets a linear head on its mean-pooled atoms, and each step 16 training molecules (scaffold split
 of molbridge-mini) with two of their conformers each; the loss is the logistic loss of the two scores' difference
 against which conformer has the larger target (a ranking, so the molecule's own level cancels, as in conformer
-QA's within-molecule error). Targets: the facts conformer QA asks (``radius_of_gyration``, ``max_distance`` and
-``relative_energy``, the MMFF94 energy above the molecule's lowest conformer; :func:`molbridge.plugins.tasks.
-conformer_qa.conformer_values`). Reported on every pair of conformers of each test molecule with two or more: the
-fraction ordered right (chance 0.5; ties in the target are skipped), with a bootstrap 95% interval over test
-molecules, also for pairs whose target differs by more than ``--gap``. Losses are averaged over the first and the
+QA's within-molecule error). Targets: the facts conformer QA asks (``radius_of_gyration``, ``max_distance``,
+``relative_energy``, the MMFF94 energy above the molecule's lowest conformer, and on request ``surface_area`` and
+``intramolecular_hbonds``; :func:`molbridge.plugins.tasks.conformer_qa.conformer_values`). Reported on every pair
+of conformers of each test molecule with two or more: the fraction ordered right (chance 0.5; ties in the target
+are skipped there, and trained towards no order; molecules whose conformers all share the target's value are left
+out), with a bootstrap 95% interval over test molecules, also for pairs whose target differs by more than
+``--gap``. Losses are averaged over the first and the
 last 100 steps: a loss that stays at ln 2 = 0.693 learned nothing.
 """
 
@@ -26,23 +28,24 @@ import time
 import numpy as np
 import torch
 
-TARGETS = ("radius_of_gyration", "max_distance", "relative_energy")
+TARGETS = ("radius_of_gyration", "max_distance", "relative_energy", "surface_area", "intramolecular_hbonds")
 BATCH = 16
 
 
 def molecules(split: str, target: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(atomic numbers, conformers, target per conformer) of each molecule of ``split`` with two or more
-    conformers that have the target."""
+    """(atomic numbers, conformers, target per conformer) of each molecule of ``split`` whose conformers that
+    have the target do not all share one value."""
     from molbridge.core.data.store import open_dataset
-    from molbridge.plugins.tasks.conformer_qa import conformer_values
+    from molbridge.plugins.tasks.conformer_qa import DEFAULT_PROPERTIES, conformer_values
 
     dataset, found = open_dataset("molbridge-mini"), []
     for index in dataset.split(split):
         m = dataset[int(index)]
-        facts = conformer_values(m.atomic_numbers, m.conformers, m.mmff_energy)
+        extra = [] if target in DEFAULT_PROPERTIES else [target]
+        facts = conformer_values(m.atomic_numbers, m.conformers, m.mmff_energy, extra)
         values = np.array([fact.get(target, np.nan) for fact in facts])
         keep = np.isfinite(values)
-        if keep.sum() >= 2:
+        if len(set(values[keep])) >= 2:  # conformers that differ in it (a count such as H-bonds often does not)
             found.append((m.atomic_numbers, m.conformers[keep], values[keep]))
     return found
 
@@ -71,7 +74,7 @@ def train(scorer: Scorer, data, steps: int, rng: np.random.Generator, lr: float)
             i, j = rng.choice(len(conformers), 2, replace=False)
             first.append((z, conformers[i]))
             second.append((z, conformers[j]))
-            larger.append(float(values[i] > values[j]))
+            larger.append(0.5 if values[i] == values[j] else float(values[i] > values[j]))  # a tie: no order
         scores = scorer(first + second)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
             scores[:BATCH] - scores[BATCH:], torch.tensor(larger)

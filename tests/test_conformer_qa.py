@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 import torch
 from rdkit import Chem
-from rdkit.Chem import AllChem, rdMolDescriptors
+from rdkit.Chem import AllChem, rdMolDescriptors, rdMolTransforms
 
 from molbridge.core.cli import main
-from molbridge.core.data import MoleculeDataset
-from molbridge.plugins.tasks.conformer_qa import ConformerQAConfig, ConformerQATask, conformer_values
+from molbridge.core.data import MoleculeDataset, conformer_facts
+from molbridge.plugins.tasks.conformer_qa import (
+    DEFAULT_PROPERTIES,
+    ConformerQAConfig,
+    ConformerQATask,
+    conformer_values,
+)
 from molbridge.plugins.tasks.llm_stage import Example, ExampleDataset, spread
 
 
@@ -28,6 +33,65 @@ def test_values_of_real_conformers():
     assert len({round(v["radius_of_gyration"], 3) for v in values}) > 1
     energies[1] = np.nan  # a conformer without an MMFF energy is not asked about its energy
     assert "relative_energy" not in conformer_values(z, conformers, energies)[1]
+
+
+def test_surface_area_of_isolated_atoms_is_the_probe_sphere():
+    """One atom alone: the sphere of its van der Waals radius plus the probe; two far apart: the sum; touching:
+    less (each buries part of the other)."""
+    radius = {6: 1.7, 8: 1.52}  # Bondi's, as RDKit's periodic table gives them
+    sphere = {z: 4 * np.pi * (r + conformer_facts.PROBE_RADIUS) ** 2 for z, r in radius.items()}
+    one = conformer_facts.surface_area(np.array([6]), np.zeros((1, 3)))
+    assert one == pytest.approx(sphere[6], rel=1e-2)
+    apart = conformer_facts.surface_area(np.array([6, 8]), np.array([[0.0, 0, 0], [20.0, 0, 0]]))
+    assert apart == pytest.approx(sphere[6] + sphere[8], rel=1e-2)
+    bonded = conformer_facts.surface_area(np.array([6, 8]), np.array([[0.0, 0, 0], [1.4, 0, 0]]))
+    assert bonded < 0.8 * apart
+
+
+def test_intramolecular_hbond_counts_follow_the_hydroxyl():
+    """Salicylaldehyde: with its O-H turned to the carbonyl O it makes one hydrogen bond within itself, turned
+    away none; the coordinates alone decide (same atoms, same SMILES)."""
+    mol = Chem.AddHs(Chem.MolFromSmiles("O=Cc1ccccc1O"))
+    AllChem.EmbedMolecule(mol, randomSeed=7)
+    AllChem.MMFFOptimizeMolecule(mol)
+    z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    hydroxyl_o = next(
+        a for a in mol.GetAtoms() if a.GetAtomicNum() == 8 and a.GetTotalNumHs(includeNeighbors=True) == 1
+    )
+    hydrogen = next(n.GetIdx() for n in hydroxyl_o.GetNeighbors() if n.GetAtomicNum() == 1)
+    ring_c = next(n.GetIdx() for n in hydroxyl_o.GetNeighbors() if n.GetAtomicNum() == 6)
+    towards = next(  # the ring carbon that carries the aldehyde
+        n.GetIdx()
+        for n in mol.GetAtomWithIdx(ring_c).GetNeighbors()
+        if n.GetIdx() != hydroxyl_o.GetIdx()
+        and any(m.GetAtomicNum() == 6 and not m.GetIsAromatic() for m in n.GetNeighbors())
+    )
+    conformer = mol.GetConformer()
+    counts = {}
+    for dihedral in (0.0, 180.0):  # H-O-C-C(aldehyde): 0 points the H at the carbonyl (the aldehyde's C=O
+        # points the same way in MMFF's minimum), 180 away from it
+        rdMolTransforms.SetDihedralDeg(conformer, hydrogen, hydroxyl_o.GetIdx(), ring_c, towards, dihedral)
+        aldehyde = next(n for n in mol.GetAtomWithIdx(towards).GetNeighbors() if not n.GetIsAromatic())
+        carbonyl = next(n.GetIdx() for n in aldehyde.GetNeighbors() if n.GetAtomicNum() == 8)
+        rdMolTransforms.SetDihedralDeg(conformer, carbonyl, aldehyde.GetIdx(), towards, ring_c, 0.0)
+        counts[dihedral] = conformer_facts.intramolecular_hbonds(z, conformer.GetPositions())
+    assert counts == {0.0: 1, 180.0: 0}
+
+
+def test_on_request_properties_are_asked_only_when_named():
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCCCCCOc1ccccc1"))
+    ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=2, randomSeed=11))
+    z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    conformers = np.stack([mol.GetConformer(i).GetPositions() for i in ids])
+    plain = conformer_values(z, conformers, np.zeros(2))
+    assert not {"surface_area", "intramolecular_hbonds"} & set(plain[0])
+    asked = conformer_values(z, conformers, np.zeros(2), ["surface_area", "intramolecular_hbonds"])
+    for entry, positions in zip(asked, conformers, strict=True):
+        assert entry["surface_area"] == conformer_facts.surface_area(z, positions) > 0
+        assert entry["intramolecular_hbonds"] == 0  # no donor
+    assert ConformerQATask(ConformerQAConfig(), recipe=None).properties() == list(DEFAULT_PROPERTIES)
+    assert not ConformerQAConfig(properties=["surface_area", "intramolecular_hbonds"]).problems()
+    assert "unknown ['volume']" in ConformerQAConfig(properties=["volume"]).problems()[0]
 
 
 def _task_scoring(examples):

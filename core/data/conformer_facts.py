@@ -7,7 +7,10 @@ only the SMILES cannot tell them apart: on a conformer-level task it is at chanc
 - ``radius_of_gyration`` (angstrom, mass-weighted over all atoms, as RDKit's ``CalcRadiusOfGyration``),
 - ``max_distance`` (angstrom, the largest distance between two heavy atoms: how stretched the molecule is),
 - ``npr`` (the normalised principal moments of inertia, mass-weighted, as RDKit's ``CalcNPR1``/``CalcNPR2``) and
-  the ``shape`` class they are nearest to.
+  the ``shape`` class they are nearest to;
+- on request (each costs about a millisecond, so they are not part of :class:`ConformerFacts`):
+  :func:`surface_area`, the solvent-accessible surface area, and :func:`intramolecular_hbonds`, the hydrogen bonds
+  a conformer makes within itself: both change as a chain folds onto itself.
 
 A caption names the conformer's place among the molecule's conformers ordered by radius of gyration ("the most
 compact of 3") next to its values: the relative statement is what one conformer's text can say that another's
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from rdkit import Chem
+from rdkit.Chem import rdDetermineBonds, rdFreeSASA
 
 from molbridge.core.data.describe import shape_class
 
@@ -61,6 +65,62 @@ def conformer_facts(atomic_numbers: np.ndarray, positions: np.ndarray) -> Confor
     moments = np.sort(np.trace(inertia) - np.linalg.eigvalsh(inertia))  # trace minus their eigenvalues
     npr = (float(moments[0] / moments[2]), float(moments[1] / moments[2]))
     return ConformerFacts(radius, max_distance, npr, shape_class(*npr))
+
+
+def _molecule(atomic_numbers: np.ndarray, positions: np.ndarray) -> Chem.Mol:
+    """An RDKit molecule of the atoms alone, at these positions (no bonds: the facts below need none, or find
+    them from the distances)."""
+    mol = Chem.RWMol()
+    conformer = Chem.Conformer(len(atomic_numbers))
+    for i, (z, xyz) in enumerate(zip(atomic_numbers, np.asarray(positions, dtype=np.float64), strict=True)):
+        mol.AddAtom(Chem.Atom(int(z)))
+        conformer.SetAtomPosition(i, xyz.tolist())
+    mol.AddConformer(conformer, assignId=True)
+    return mol.GetMol()
+
+
+#: The probe of solvent-accessible surfaces: a water molecule's radius (angstrom).
+PROBE_RADIUS = 1.4
+
+
+def surface_area(atomic_numbers: np.ndarray, positions: np.ndarray) -> float:
+    """Solvent-accessible surface area (square angstrom) of one conformer, hydrogens included: FreeSASA's
+    Lee-Richards algorithm (RDKit's ``rdFreeSASA``) over Bondi's van der Waals radii with a 1.4 A probe."""
+    mol = _molecule(atomic_numbers, positions)
+    radii = [_TABLE.GetRvdw(int(z)) for z in atomic_numbers]
+    options = rdFreeSASA.SASAOpts(rdFreeSASA.LeeRichards, rdFreeSASA.Protor, PROBE_RADIUS)  # radii given: the
+    # classifier is not used
+    return float(rdFreeSASA.CalcSASA(mol, radii, confIdx=-1, query=None, opts=options))
+
+
+#: Geometric criteria of a hydrogen bond D-H...A (D, A: N or O): the H...A distance at most 2.5 A and the
+#: D-H...A angle at least 120 degrees; intramolecular only when A is at least 3 bonds from D (a 6-membered or
+#: larger ring closes through the hydrogen), so that a bent O-H next to an O is not counted.
+HBOND_MAX_DISTANCE, HBOND_MIN_ANGLE, HBOND_MIN_BONDS = 2.5, 120.0, 3
+_POLAR = (7, 8)
+
+
+def intramolecular_hbonds(atomic_numbers: np.ndarray, positions: np.ndarray) -> int:
+    """Hydrogen bonds within one conformer, by the geometric criteria above; its bonds are found from the
+    distances (RDKit's ``DetermineConnectivity``), so the count needs nothing but the atoms and coordinates."""
+    z = np.asarray(atomic_numbers)
+    xyz = np.asarray(positions, dtype=np.float64)
+    mol = Chem.RWMol(_molecule(z, xyz))
+    rdDetermineBonds.DetermineConnectivity(mol)
+    bonds = Chem.GetDistanceMatrix(mol)  # in bonds; unconnected fragments are far apart
+    count = 0
+    for h in np.flatnonzero(z == 1):
+        donors = [n.GetIdx() for n in mol.GetAtomWithIdx(int(h)).GetNeighbors() if n.GetAtomicNum() in _POLAR]
+        if not donors:
+            continue
+        d = donors[0]
+        for a in np.flatnonzero(np.isin(z, _POLAR)):
+            if a == d or bonds[d, a] < HBOND_MIN_BONDS or np.linalg.norm(xyz[a] - xyz[h]) > HBOND_MAX_DISTANCE:
+                continue
+            u, v = xyz[d] - xyz[h], xyz[a] - xyz[h]
+            angle = np.degrees(np.arccos(np.clip(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)), -1.0, 1.0)))
+            count += angle >= HBOND_MIN_ANGLE
+    return int(count)
 
 
 def _ordinal(n: int) -> str:

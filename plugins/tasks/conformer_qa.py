@@ -5,7 +5,10 @@ Each question asks for a value of the conformer whose soft tokens the LLM reads:
 - ``radius_of_gyration`` and ``max_distance`` (the largest heavy-atom distance), in angstrom, computed from the
   conformer's coordinates (:mod:`molbridge.core.data.conformer_facts`);
 - ``relative_energy``: its MMFF94 energy above the lowest-energy stored conformer of the molecule, kcal/mol (the
-  dataset's per-conformer force-field energies; a conformer without one is not asked).
+  dataset's per-conformer force-field energies; a conformer without one is not asked);
+- on request (``task.properties``; the default is the three above): ``surface_area``, its solvent-accessible
+  surface area in square angstrom, and ``intramolecular_hbonds``, the hydrogen bonds it makes within itself
+  (both from its coordinates, :mod:`molbridge.core.data.conformer_facts`).
 
 Training asks about every conformer of every training molecule; evaluation about every conformer of each molecule
 with two or more. A model that cannot see coordinates (the SMILES control) gives all conformers of a molecule one
@@ -32,6 +35,7 @@ properties' questions and for molecules left out) go to ``items-SPLIT.json`` for
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +47,12 @@ from tqdm.auto import tqdm
 
 from molbridge.core import batch as keys
 from molbridge.core import distributed, hookimpl
-from molbridge.core.data.conformer_facts import conformer_facts, relative_energies
+from molbridge.core.data.conformer_facts import (
+    conformer_facts,
+    intramolecular_hbonds,
+    relative_energies,
+    surface_area,
+)
 from molbridge.core.errors import MolbridgeError
 from molbridge.plugins.tasks.conformer_retrieval import caption_credit
 from molbridge.plugins.tasks.llm_stage import Example
@@ -54,17 +63,26 @@ QUESTIONS = {
     "radius_of_gyration": "What is the radius of gyration of this conformer, in angstrom?",
     "max_distance": "What is the largest distance between two heavy atoms of this conformer, in angstrom?",
     "relative_energy": "How far is this conformer above the molecule's lowest-energy conformer, in kcal/mol (MMFF94)?",
+    "surface_area": "What is the solvent-accessible surface area of this conformer, in square angstrom?",
+    "intramolecular_hbonds": "How many hydrogen bonds does this conformer make within itself?",
 }
+#: What ``task.properties: null`` asks (the results table's three); the others only when named.
+DEFAULT_PROPERTIES = ("radius_of_gyration", "max_distance", "relative_energy")
+_ON_REQUEST = {"surface_area": surface_area, "intramolecular_hbonds": intramolecular_hbonds}
 
 
-def conformer_values(atomic_numbers: np.ndarray, conformers: np.ndarray, energies: np.ndarray) -> list[dict]:
-    """Per conformer, the value of each property it can be asked about (see the module docstring)."""
+def conformer_values(
+    atomic_numbers: np.ndarray, conformers: np.ndarray, energies: np.ndarray, extra: Sequence[str] = ()
+) -> list[dict]:
+    """Per conformer, the value of each default property it can be asked about (see the module docstring), and of
+    the on-request properties named in ``extra``."""
     facts = [conformer_facts(atomic_numbers, c) for c in conformers]
     values = []
-    for f, energy in zip(facts, relative_energies(energies), strict=True):
+    for f, energy, positions in zip(facts, relative_energies(energies), conformers, strict=True):
         entry = {"radius_of_gyration": f.radius_of_gyration, "max_distance": f.max_distance}
         if np.isfinite(energy):
             entry["relative_energy"] = float(energy)
+        entry |= {name: float(_ON_REQUEST[name](atomic_numbers, positions)) for name in extra}
         values.append(entry)
     return values
 
@@ -73,7 +91,8 @@ def conformer_values(atomic_numbers: np.ndarray, conformers: np.ndarray, energie
 class ConformerQAConfig(QAConfig):
     name: str = "conformer_qa"
     properties: list[str] | None = None
-    """Properties to ask about, of radius_of_gyration, max_distance, relative_energy (null: all three)."""
+    """Properties to ask about, of radius_of_gyration, max_distance, relative_energy, surface_area and
+    intramolecular_hbonds (null: the first three)."""
 
     def problems(self) -> list[str]:
         unknown = sorted(set(self.properties or ()) - set(QUESTIONS))
@@ -95,7 +114,7 @@ class ConformerQATask(QATask):
     every_conformer = True
 
     def properties(self) -> list[str]:
-        return list(self.config.properties or QUESTIONS)
+        return list(self.config.properties or DEFAULT_PROPERTIES)
 
     def is_text(self, task: str) -> bool:
         return False
@@ -111,7 +130,8 @@ class ConformerQATask(QATask):
                 continue
             if split == "valid" and min(per_property.get(p, 0) for p in wanted) >= self.config.valid_per_task:
                 break  # whole molecules: every conformer of a molecule asked, or none
-            values = conformer_values(mol.atomic_numbers, mol.conformers, mol.mmff_energy)
+            extra = [p for p in wanted if p not in DEFAULT_PROPERTIES]
+            values = conformer_values(mol.atomic_numbers, mol.conformers, mol.mmff_energy, extra)
             for k, entry in enumerate(values):
                 for prop in wanted:
                     if prop in entry:
