@@ -9,8 +9,9 @@ overrides given) gets a linear head on its mean-pooled atoms, and each step 16 t
 of molbridge-mini) with two of their conformers each; the loss is the logistic loss of the two scores' difference
 against which conformer has the larger target (a ranking, so the molecule's own level cancels, as in conformer
 QA's within-molecule error). Targets: the facts conformer QA asks (``radius_of_gyration``, ``max_distance``,
-``relative_energy``, the MMFF94 energy above the molecule's lowest conformer, and on request ``surface_area`` and
-``intramolecular_hbonds``; :func:`molbridge.plugins.tasks.conformer_qa.conformer_values`). Reported on every pair
+``relative_energy``, the MMFF94 energy above the molecule's lowest conformer, and on request ``surface_area``,
+``intramolecular_hbonds`` and the GFN2-xTB ``xtb_dipole``, ``xtb_gap`` and ``xtb_relative_energy``;
+:func:`molbridge.plugins.tasks.conformer_qa.conformer_values`). Reported on every pair
 of conformers of each test molecule with two or more: the fraction ordered right (chance 0.5; ties in the target
 are skipped there, and trained towards no order; molecules whose conformers all share the target's value are left
 out), with a bootstrap 95% interval over test molecules, also for pairs whose target differs by more than
@@ -28,7 +29,16 @@ import time
 import numpy as np
 import torch
 
-TARGETS = ("radius_of_gyration", "max_distance", "relative_energy", "surface_area", "intramolecular_hbonds")
+TARGETS = (
+    "radius_of_gyration",
+    "max_distance",
+    "relative_energy",
+    "surface_area",
+    "intramolecular_hbonds",
+    "xtb_dipole",
+    "xtb_gap",
+    "xtb_relative_energy",
+)
 BATCH = 16
 
 
@@ -36,13 +46,14 @@ def molecules(split: str, target: str) -> list[tuple[np.ndarray, np.ndarray, np.
     """(atomic numbers, conformers, target per conformer) of each molecule of ``split`` whose conformers that
     have the target do not all share one value."""
     from molbridge.core.data.store import open_dataset
-    from molbridge.plugins.tasks.conformer_qa import DEFAULT_PROPERTIES, conformer_values
+    from molbridge.plugins.tasks.conformer_qa import DEFAULT_PROPERTIES, XTB_PROPERTIES, conformer_values
 
     dataset, found = open_dataset("molbridge-mini"), []
     for index in dataset.split(split):
         m = dataset[int(index)]
         extra = [] if target in DEFAULT_PROPERTIES else [target]
-        facts = conformer_values(m.atomic_numbers, m.conformers, m.mmff_energy, extra)
+        xtb = dataset.conformer_properties(int(index)) if target in XTB_PROPERTIES else None
+        facts = conformer_values(m.atomic_numbers, m.conformers, m.mmff_energy, extra, xtb)
         values = np.array([fact.get(target, np.nan) for fact in facts])
         keep = np.isfinite(values)
         if len(set(values[keep])) >= 2:  # conformers that differ in it (a count such as H-bonds often does not)

@@ -10,8 +10,10 @@ from rdkit.Chem import AllChem, rdMolDescriptors, rdMolTransforms
 
 from molbridge.core.cli import main
 from molbridge.core.data import MoleculeDataset, conformer_facts
+from molbridge.core.errors import MolbridgeError
 from molbridge.plugins.tasks.conformer_qa import (
     DEFAULT_PROPERTIES,
+    EV_TO_KCAL_PER_MOL,
     ConformerQAConfig,
     ConformerQATask,
     conformer_values,
@@ -92,6 +94,21 @@ def test_on_request_properties_are_asked_only_when_named():
     assert ConformerQATask(ConformerQAConfig(), recipe=None).properties() == list(DEFAULT_PROPERTIES)
     assert not ConformerQAConfig(properties=["surface_area", "intramolecular_hbonds"]).problems()
     assert "unknown ['volume']" in ConformerQAConfig(properties=["volume"]).problems()[0]
+
+
+def test_xtb_properties_come_from_the_datasets_per_conformer_values():
+    z, conformers = np.array([8, 1, 1]), np.zeros((3, 3, 3))
+    xtb = {
+        "xtb_energy": np.array([-10.0, -10.5, np.nan]),  # eV; the third conformer's SCF failed
+        "xtb_dipole": np.array([1.0, 2.0, np.nan]),
+        "xtb_gap": np.array([5.0, 5.5, np.nan]),
+    }
+    values = conformer_values(z, conformers, np.zeros(3), ["xtb_relative_energy", "xtb_dipole"], xtb)
+    assert [v.get("xtb_relative_energy") for v in values] == pytest.approx([0.5 * EV_TO_KCAL_PER_MOL, 0.0, None])
+    assert [v.get("xtb_dipole") for v in values] == [1.0, 2.0, None]  # NaN: not asked
+    assert "xtb_gap" not in values[0]  # not named
+    with pytest.raises(MolbridgeError, match="per-conformer xTB values"):
+        conformer_values(z, conformers, np.zeros(3), ["xtb_gap"])
 
 
 def _task_scoring(examples):

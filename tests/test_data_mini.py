@@ -1,8 +1,10 @@
 """molbridge-mini: the deterministic build (on a subset), its texts and instructions, and the shipped copy."""
 
 import hashlib
+import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from rdkit import Chem
 from rdkit.Chem import Descriptors
@@ -12,6 +14,7 @@ from molbridge.core.data.conformers import MoleculeInput, make_record
 from molbridge.core.data.info import dataset_info
 from molbridge.core.data.mini import build_mini
 from molbridge.core.data.properties import xtb_properties
+from molbridge.core.data.store import DatasetError
 
 PROPERTY_FIELDS = {"molecular_weight", "logp", "tpsa", "bertz_ct", "xtb_homo", "xtb_lumo", "xtb_gap", "xtb_energy"}
 
@@ -53,6 +56,28 @@ def test_subset_records_have_properties_texts_and_instructions(subset):
         assert mw["output"] == f"The molecular weight for the input molecule is {weight:.2f} g/mol."
     texts = [m.description.split(".")[0] for m in store]
     assert len(set(t.split()[0] for t in texts)) > 1  # several templates in use
+
+
+def test_subset_has_the_xtb_values_of_every_conformer(subset, tmp_path):
+    """The build computes GFN2-xTB on every stored conformer; conformer 0's are the molecule's own xTB properties
+    (computed on unrounded coordinates: stored ones are rounded to 0.5 milli-angstrom; over the shipped set the
+    dipoles differ by 0.023 D at most)."""
+    store = open_dataset(subset)
+    assert store.meta["conformer_properties"]["file"] == "conformer_properties.parquet"
+    differ = 0
+    for i, mol in enumerate(store):
+        values = store.conformer_properties(i)
+        assert {len(v) for v in values.values()} == {len(mol.conformers)}
+        assert values["xtb_dipole"][0] == pytest.approx(mol.properties["xtb_dipole_debye"], abs=0.05)
+        assert values["xtb_energy"][0] == pytest.approx(mol.properties["xtb_energy"], abs=0.01)
+        assert values["xtb_gap"][0] == pytest.approx(mol.properties["xtb_gap"], abs=0.01)
+        differ += len(mol.conformers) > 1 and np.ptp(values["xtb_dipole"]) > 0.01
+    assert differ > 0  # conformers of one molecule have their own values
+    bare = tmp_path / "bare"
+    shutil.copytree(subset, bare)
+    (bare / "conformer_properties.parquet").unlink()
+    with pytest.raises(DatasetError, match="bench data conformer-properties"):
+        open_dataset(bare).conformer_properties(0)
 
 
 def test_descriptions_state_computed_facts():
@@ -110,5 +135,7 @@ def test_shipped_dataset_meets_acceptance():
     assert info["conformers"]["converged_fraction"] > 0.99
     mol = store[int(store.split("test", "scaffold")[0])]
     assert mol.conformers.ndim == 3 and np.isfinite(mol.conformers).all()
+    rows = sum(len(store[i].conformers) for i in range(len(store)))
+    assert len(pq.read_table(store.root / "conformer_properties.parquet")) == rows  # xTB on every conformer
     size = sum(p.stat().st_size for p in store.root.rglob("*") if p.is_file())
     assert size <= 15 * 2**20

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
 
 from rdkit import Chem
 
-from molbridge.core.data import describe, properties
+from molbridge.core.data import conformer_properties, describe, properties
 from molbridge.core.data.conformers import ConformerConfig, Failure, MoleculeInput, MoleculeRecord
 from molbridge.core.data.prepare import prepare
 from molbridge.core.data.readers import read_sdf, read_smi
@@ -123,7 +124,7 @@ def build_mini(
             "conformers": dataclasses.asdict(CONFIG),
         },
     }
-    return prepare(
+    built = prepare(
         inputs,
         out,
         name="molbridge-mini",
@@ -135,3 +136,7 @@ def build_mini(
         progress=progress,
         extra_meta=meta,
     )
+    if built is None:
+        return None
+    conformer_properties.compute(out, workers=workers, progress=progress)  # conformer-level tasks ask them
+    return json.loads((Path(out) / "dataset.json").read_text())

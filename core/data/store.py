@@ -31,7 +31,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,9 @@ import pyarrow.parquet as pq
 
 from molbridge.core.data.conformers import Failure, MoleculeRecord
 from molbridge.core.errors import MolbridgeError
+
+if TYPE_CHECKING:
+    from molbridge.core.data.conformer_properties import ConformerProperties
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -193,10 +196,20 @@ class MoleculeStore:
         self.shards = [self.root / s["path"] for s in self.meta["shards"]]
         self.offsets = np.cumsum([0] + [s["molecules"] for s in self.meta["shards"]])
         self._load_shard = functools.lru_cache(maxsize=4)(self._read_shard)
+        self._conformer_properties: ConformerProperties | None = None
 
     @property
     def name(self) -> str:
         return self.meta["name"]
+
+    def conformer_properties(self, i: int) -> dict[str, np.ndarray]:
+        """GFN2-xTB values of each conformer of molecule ``i`` (:mod:`molbridge.core.data.conformer_properties`;
+        a :class:`DatasetError` naming the command that computes them if the dataset has none)."""
+        if self._conformer_properties is None:
+            from molbridge.core.data.conformer_properties import ConformerProperties
+
+            self._conformer_properties = ConformerProperties(self.root)
+        return self._conformer_properties.values(i % len(self))
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

@@ -8,7 +8,9 @@ Each question asks for a value of the conformer whose soft tokens the LLM reads:
   dataset's per-conformer force-field energies; a conformer without one is not asked);
 - on request (``task.properties``; the default is the three above): ``surface_area``, its solvent-accessible
   surface area in square angstrom, and ``intramolecular_hbonds``, the hydrogen bonds it makes within itself
-  (both from its coordinates, :mod:`molbridge.core.data.conformer_facts`).
+  (both from its coordinates, :mod:`molbridge.core.data.conformer_facts`); ``xtb_dipole`` (debye), ``xtb_gap``
+  (eV) and ``xtb_relative_energy`` (kcal/mol above the molecule's lowest conformer), GFN2-xTB on each conformer
+  (the dataset's per-conformer values, :mod:`molbridge.core.data.conformer_properties`).
 
 Training asks about every conformer of every training molecule; evaluation about every conformer of each molecule
 with two or more. A model that cannot see coordinates (the SMILES control) gives all conformers of a molecule one
@@ -35,7 +37,7 @@ properties' questions and for molecules left out) go to ``items-SPLIT.json`` for
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,24 +67,48 @@ QUESTIONS = {
     "relative_energy": "How far is this conformer above the molecule's lowest-energy conformer, in kcal/mol (MMFF94)?",
     "surface_area": "What is the solvent-accessible surface area of this conformer, in square angstrom?",
     "intramolecular_hbonds": "How many hydrogen bonds does this conformer make within itself?",
+    "xtb_dipole": "What is the dipole moment of this conformer, in debye (GFN2-xTB)?",
+    "xtb_gap": "What is the HOMO-LUMO gap of this conformer, in eV (GFN2-xTB)?",
+    "xtb_relative_energy": "How far is this conformer above the molecule's lowest-energy conformer, in kcal/mol "
+    "(GFN2-xTB)?",
 }
 #: What ``task.properties: null`` asks (the results table's three); the others only when named.
 DEFAULT_PROPERTIES = ("radius_of_gyration", "max_distance", "relative_energy")
-_ON_REQUEST = {"surface_area": surface_area, "intramolecular_hbonds": intramolecular_hbonds}
+_GEOMETRIC = {"surface_area": surface_area, "intramolecular_hbonds": intramolecular_hbonds}
+#: The dataset's per-conformer xTB values (:mod:`molbridge.core.data.conformer_properties`) a question can name.
+XTB_PROPERTIES = ("xtb_dipole", "xtb_gap", "xtb_relative_energy")
+EV_TO_KCAL_PER_MOL = 23.060548
+
+
+def _xtb_values(xtb: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per conformer, each of :data:`XTB_PROPERTIES` from the dataset's xTB columns (NaN where xTB failed)."""
+    relative = relative_energies(xtb["xtb_energy"]) * EV_TO_KCAL_PER_MOL
+    return {"xtb_dipole": xtb["xtb_dipole"], "xtb_gap": xtb["xtb_gap"], "xtb_relative_energy": relative}
 
 
 def conformer_values(
-    atomic_numbers: np.ndarray, conformers: np.ndarray, energies: np.ndarray, extra: Sequence[str] = ()
+    atomic_numbers: np.ndarray,
+    conformers: np.ndarray,
+    energies: np.ndarray,
+    extra: Sequence[str] = (),
+    xtb: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict]:
     """Per conformer, the value of each default property it can be asked about (see the module docstring), and of
-    the on-request properties named in ``extra``."""
+    the on-request properties named in ``extra``; those of :data:`XTB_PROPERTIES` come from ``xtb``, the
+    molecule's per-conformer xTB columns (``store.conformer_properties(i)``). A value that is not known (NaN) is
+    left out, so it is not asked."""
     facts = [conformer_facts(atomic_numbers, c) for c in conformers]
+    geometric = [name for name in extra if name in _GEOMETRIC]
+    stored = {n: v for n, v in _xtb_values(xtb).items() if n in extra} if xtb is not None else {}
+    if missing := [name for name in extra if name in XTB_PROPERTIES and name not in stored]:
+        raise MolbridgeError(f"conformer_values: {missing} need the molecule's per-conformer xTB values (xtb=...)")
     values = []
-    for f, energy, positions in zip(facts, relative_energies(energies), conformers, strict=True):
+    for k, (f, energy) in enumerate(zip(facts, relative_energies(energies), strict=True)):
         entry = {"radius_of_gyration": f.radius_of_gyration, "max_distance": f.max_distance}
         if np.isfinite(energy):
             entry["relative_energy"] = float(energy)
-        entry |= {name: float(_ON_REQUEST[name](atomic_numbers, positions)) for name in extra}
+        entry |= {name: float(_GEOMETRIC[name](atomic_numbers, conformers[k])) for name in geometric}
+        entry |= {name: float(column[k]) for name, column in stored.items() if np.isfinite(column[k])}
         values.append(entry)
     return values
 
@@ -91,8 +117,9 @@ def conformer_values(
 class ConformerQAConfig(QAConfig):
     name: str = "conformer_qa"
     properties: list[str] | None = None
-    """Properties to ask about, of radius_of_gyration, max_distance, relative_energy, surface_area and
-    intramolecular_hbonds (null: the first three)."""
+    """Properties to ask about, of radius_of_gyration, max_distance, relative_energy, surface_area,
+    intramolecular_hbonds, xtb_dipole, xtb_gap and xtb_relative_energy (null: the first three; the xTB ones need
+    the dataset's per-conformer values, `bench data conformer-properties`)."""
 
     def problems(self) -> list[str]:
         unknown = sorted(set(self.properties or ()) - set(QUESTIONS))
@@ -131,7 +158,8 @@ class ConformerQATask(QATask):
             if split == "valid" and min(per_property.get(p, 0) for p in wanted) >= self.config.valid_per_task:
                 break  # whole molecules: every conformer of a molecule asked, or none
             extra = [p for p in wanted if p not in DEFAULT_PROPERTIES]
-            values = conformer_values(mol.atomic_numbers, mol.conformers, mol.mmff_energy, extra)
+            xtb = molecules.store.conformer_properties(int(row)) if set(extra) & set(XTB_PROPERTIES) else None
+            values = conformer_values(mol.atomic_numbers, mol.conformers, mol.mmff_energy, extra, xtb)
             for k, entry in enumerate(values):
                 for prop in wanted:
                     if prop in entry:
