@@ -2,18 +2,17 @@
 
 A molecule's ``properties`` hold xTB values of conformer 0 only: functions of the molecule, which its SMILES
 identifies. Conformer-level tasks need values that differ between the conformers of one molecule, and the
-electronic ones are the most geometry-dependent a dataset can carry (a dipole changes with every torsion). This
+electronic ones depend on the geometry as a whole (a dipole changes as polar groups turn). This
 file holds, for each stored conformer, a GFN2-xTB single point (tblite) on its stored coordinates:
 
 - ``xtb_energy`` (eV, total energy), ``xtb_dipole`` (debye), ``xtb_gap`` (eV, HOMO-LUMO gap); NaN where the
   SCF fails or the SMILES gives no formal charge.
 
 ``conformer_properties.parquet``: one row per conformer (``molecule``: its position ``i`` in the store, as in
-``store[i]``; ``conformer``: its
-position in the molecule's conformers), written by ``bench data conformer-properties DATASET``, which also
-records the file in ``dataset.json``. It is computed from the stored (rounded) coordinates, so a rebuild of the
-dataset and this command on an existing build give the same values. A dataset without the file still reads;
-asking for its values names the command that makes them.
+``store[i]``; ``conformer``: its position in the molecule's conformers), written by ``bench data
+conformer-properties DATASET``, which also records the file in ``dataset.json``. It is computed from the stored
+(rounded) coordinates, so a rebuild of the dataset and this command on an existing build give the same values. A
+dataset without the file still reads; asking for its values names the command that makes them.
 """
 
 from __future__ import annotations
@@ -41,19 +40,19 @@ def molecule_values(smiles: str, atomic_numbers: np.ndarray, conformers: np.ndar
     mol = Chem.MolFromSmiles(smiles)
     values: dict[str, list[float]] = {name: [] for name in COLUMNS}
     for positions in conformers:
-        try:
-            if mol is None:
-                raise ValueError("unparsable SMILES")
-            found = xtb_properties(atomic_numbers, positions, Chem.GetFormalCharge(mol))
-        except (RuntimeError, ValueError):  # an SCF failure is a missing value, not a failed dataset
-            found = {}
+        found = {}
+        if mol is not None:  # the formal charge comes from the SMILES
+            try:
+                found = xtb_properties(atomic_numbers, positions, Chem.GetFormalCharge(mol))
+            except RuntimeError:  # an SCF failure is a missing value, not a failed dataset
+                pass
         for name in COLUMNS:
             values[name].append(float(found.get(name, np.nan)))
     return values
 
 
-def _init_worker() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"  # one core per process: tblite must not oversubscribe
+def _one_thread() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"  # before tblite loads: one core per process, and a fixed summation order
 
 
 def _work(item: tuple[str, np.ndarray, np.ndarray]) -> dict[str, list[float]]:
@@ -67,14 +66,10 @@ def compute(dataset: str | Path, workers: int | None = None, progress: bool = Tr
     items = [(m.smiles, m.atomic_numbers, m.conformers) for m in (store[i] for i in range(len(store)))]
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(items), desc="xTB per conformer", unit="mol", disable=not progress)
-    if workers == 1:  # in this process: no worker to start
-        results: list = []
-        for item in items:
-            results.append(_work(item))
-            bar.update()
-    else:
-        with WorkerPool(workers, _work, _init_worker, chunksize=8) as pool:
-            results = list(pool.map(items, on_result=bar.update))
+    # Always in worker processes, even one: tblite's OpenMP threads sum in an order that varies with the load, so
+    # only a process whose OpenMP starts with one thread gives the same bytes every time.
+    with WorkerPool(workers, _work, _one_thread, chunksize=8) as pool:
+        results = list(pool.map(items, on_result=bar.update))
     bar.close()
     rows: dict[str, list] = {"molecule": [], "conformer": [], **{name: [] for name in COLUMNS}}
     for index, (item, values) in enumerate(zip(items, results, strict=True)):
