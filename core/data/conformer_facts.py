@@ -67,16 +67,16 @@ def conformer_facts(atomic_numbers: np.ndarray, positions: np.ndarray) -> Confor
     return ConformerFacts(radius, max_distance, npr, shape_class(*npr))
 
 
-def _molecule(atomic_numbers: np.ndarray, positions: np.ndarray) -> Chem.Mol:
-    """An RDKit molecule of the atoms alone, at these positions (no bonds: the facts below need none, or find
-    them from the distances)."""
+def _molecule(atomic_numbers: np.ndarray, positions: np.ndarray) -> Chem.RWMol:
+    """An editable RDKit molecule of the atoms alone, at these positions (no bonds: the facts below need none,
+    or find them from the distances)."""
     mol = Chem.RWMol()
     conformer = Chem.Conformer(len(atomic_numbers))
     for i, (z, xyz) in enumerate(zip(atomic_numbers, np.asarray(positions, dtype=np.float64), strict=True)):
         mol.AddAtom(Chem.Atom(int(z)))
         conformer.SetAtomPosition(i, xyz.tolist())
     mol.AddConformer(conformer, assignId=True)
-    return mol.GetMol()
+    return mol
 
 
 #: The probe of solvent-accessible surfaces: a water molecule's radius (angstrom).
@@ -105,7 +105,7 @@ def intramolecular_hbonds(atomic_numbers: np.ndarray, positions: np.ndarray) -> 
     distances (RDKit's ``DetermineConnectivity``), so the count needs nothing but the atoms and coordinates."""
     z = np.asarray(atomic_numbers)
     xyz = np.asarray(positions, dtype=np.float64)
-    mol = Chem.RWMol(_molecule(z, xyz))
+    mol = _molecule(z, xyz)
     rdDetermineBonds.DetermineConnectivity(mol)
     bonds = Chem.GetDistanceMatrix(mol)  # in bonds; unconnected fragments are far apart
     count = 0
