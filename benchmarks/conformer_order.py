@@ -17,6 +17,10 @@ are skipped there, and trained towards no order; molecules whose conformers all 
 out), with a bootstrap 95% interval over test molecules, also for pairs whose target differs by more than
 ``--gap``. Losses are averaged over the first and the
 last 100 steps: a loss that stays at ln 2 = 0.693 learned nothing.
+
+A probe, outside the loop (plain AdamW, no schedule, nothing saved). The ``conformer_order`` task trains the same
+objective through the loop and keeps its encoder for a later stage (``train.init_from=stage:conformer_order``);
+both score pairs with :func:`molbridge.plugins.tasks.conformer_order.pairs_ordered_right`.
 """
 
 from __future__ import annotations
@@ -46,15 +50,12 @@ def molecules(split: str, target: str) -> list[tuple[np.ndarray, np.ndarray, np.
     """(atomic numbers, conformers, target per conformer) of each molecule of ``split`` whose conformers that
     have the target do not all share one value."""
     from molbridge.core.data.store import open_dataset
-    from molbridge.plugins.tasks.conformer_qa import DEFAULT_PROPERTIES, XTB_PROPERTIES, conformer_values
+    from molbridge.plugins.tasks.conformer_qa import value_table
 
     dataset, found = open_dataset("molbridge-mini"), []
     for index in dataset.split(split):
         m = dataset[int(index)]
-        extra = [] if target in DEFAULT_PROPERTIES else [target]
-        xtb = dataset.conformer_properties(int(index)) if target in XTB_PROPERTIES else None
-        facts = conformer_values(m.atomic_numbers, m.conformers, m.mmff_energy, extra, xtb)
-        values = np.array([fact.get(target, np.nan) for fact in facts])
+        values = value_table(dataset, int(index), [target])[:, 0]
         keep = np.isfinite(values)
         if len(set(values[keep])) >= 2:  # conformers that differ in it (a count such as H-bonds often does not)
             found.append((m.atomic_numbers, m.conformers[keep], values[keep]))
@@ -101,12 +102,14 @@ def train(scorer: Scorer, data, steps: int, rng: np.random.Generator, lr: float)
 def ordered(scorer: Scorer, data, gap: float) -> tuple[list[float], list[float]]:
     """Per test molecule, the fraction of its conformer pairs ordered right: all pairs, and pairs apart by > gap
     (NaN where it has none)."""
+    from molbridge.plugins.tasks.conformer_order import pairs_ordered_right
+
     scorer.eval()
     every, wide = [], []
     for z, conformers, values in data:
         scores = scorer([(z, c) for c in conformers]).numpy()
+        right = pairs_ordered_right(scores, values)  # the pairs whose values differ, in combinations' order
         pairs = [(i, j) for i, j in itertools.combinations(range(len(values)), 2) if values[i] != values[j]]
-        right = np.array([(scores[i] > scores[j]) == (values[i] > values[j]) for i, j in pairs], dtype=float)
         apart = np.array([abs(values[i] - values[j]) > gap for i, j in pairs], dtype=bool)
         every.append(right.mean() if len(right) else np.nan)
         wide.append(right[apart].mean() if apart.any() else np.nan)

@@ -113,6 +113,16 @@ def conformer_values(
     return values
 
 
+def value_table(store, row: int, names: Sequence[str]) -> np.ndarray:
+    """(conformers, len(names)): each named property (of :data:`QUESTIONS`) of each conformer of molecule ``row``
+    of ``store``, NaN where it is not known."""
+    mol = store[int(row)]
+    extra = [name for name in names if name not in DEFAULT_PROPERTIES]
+    xtb = store.conformer_properties(int(row)) if set(extra) & set(XTB_PROPERTIES) else None
+    values = conformer_values(mol.atomic_numbers, mol.conformers, mol.mmff_energy, extra, xtb)
+    return np.array([[entry.get(name, np.nan) for name in names] for entry in values], dtype=np.float64)
+
+
 @dataclass
 class ConformerQAConfig(QAConfig):
     name: str = "conformer_qa"
@@ -157,13 +167,10 @@ class ConformerQATask(QATask):
                 continue
             if split == "valid" and min(per_property.get(p, 0) for p in wanted) >= self.config.valid_per_task:
                 break  # whole molecules: every conformer of a molecule asked, or none
-            extra = [p for p in wanted if p not in DEFAULT_PROPERTIES]
-            xtb = molecules.store.conformer_properties(int(row)) if set(extra) & set(XTB_PROPERTIES) else None
-            values = conformer_values(mol.atomic_numbers, mol.conformers, mol.mmff_energy, extra, xtb)
-            for k, entry in enumerate(values):
-                for prop in wanted:
-                    if prop in entry:
-                        found.append(Example(i, QUESTIONS[prop], f"{entry[prop]:.2f}", prop, conformer=k))
+            for k, values in enumerate(value_table(molecules.store, int(row), wanted)):
+                for prop, value in zip(wanted, values, strict=True):
+                    if np.isfinite(value):
+                        found.append(Example(i, QUESTIONS[prop], f"{value:.2f}", prop, conformer=k))
                         per_property[prop] = per_property.get(prop, 0) + 1
         if not found:
             raise MolbridgeError(f"conformer_qa: no molecule of the {split} split has two conformers to ask about")
