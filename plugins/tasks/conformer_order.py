@@ -82,8 +82,8 @@ class ConformerPairs(Dataset):
 
     ``self[i]`` is the molecule as two of its conformers, [first, second] (MoleculeDataset items); the first also
     holds, per fact, which has more (``order_larger``: 1, 0, 0.5 for a tie) and whether both know it
-    (``order_known``). Training draws the two conformers by
-    (seed, epoch, molecule); evaluation reads :meth:`conformers` (all of them) instead."""
+    (``order_known``). Training draws the two conformers by (seed, epoch, molecule); evaluation reads
+    :meth:`conformers` (all of them) instead."""
 
     def __init__(self, molecules: MoleculeDataset, facts: Sequence[str]):
         self.molecules, self.facts = molecules, list(facts)
@@ -108,7 +108,7 @@ class ConformerPairs(Dataset):
     def sizes(self) -> np.ndarray:
         return self.molecules.sizes()[self.kept]
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> list[dict[str, Any]]:
         row = int(self.molecules.indices[self.kept[i]])
         values = self.values[i]
         draw = np.random.default_rng((self.molecules.seed, self.molecules.epoch, row))
