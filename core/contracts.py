@@ -6,9 +6,11 @@ Batch keys and mask conventions are defined in :mod:`molbridge.core.batch`.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -265,3 +267,12 @@ class Task(ABC):
         curves) and ``answers-SPLIT.jsonl`` records with numeric ``value`` and ``target`` fields (parity
         plots per ``task``)."""
         return []
+
+
+def write_items(folder: Path | str, split: str, ids: Sequence[str], values: Mapping[str, Sequence[Any]]) -> Path:
+    """Write ``items-<split>.json``: per-item values of metrics (metric name -> one value per id, null where an
+    item has none), the artifact ``bench compare --aggregate`` turns into intervals and paired verdicts."""
+    path = Path(folder) / f"items-{split}.json"
+    content = {"split": split, "ids": list(ids), "values": {name: list(v) for name, v in values.items()}}
+    path.write_text(json.dumps(content, separators=(",", ":")) + "\n")
+    return path

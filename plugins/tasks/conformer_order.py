@@ -23,7 +23,6 @@ facts; per-molecule values go to ``items-SPLIT.json`` for ``bench compare --aggr
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from tqdm.auto import tqdm
 
 from molbridge.core import batch as keys
 from molbridge.core import distributed, hookimpl
-from molbridge.core.contracts import Components, StepOutput, Task
+from molbridge.core.contracts import Components, StepOutput, Task, write_items
 from molbridge.core.data import MoleculeDataset
 from molbridge.core.errors import MolbridgeError
 from molbridge.plugins.tasks.conformer_qa import QUESTIONS, value_table
@@ -267,9 +266,7 @@ class ConformerOrderTask(Task):
         if self._last_items is None:
             return []
         split, content = self._last_items
-        path = Path(folder) / f"items-{split}.json"
-        path.write_text(json.dumps({"split": split, **content}, separators=(",", ":")) + "\n")
-        return [path]
+        return [write_items(folder, split, content["ids"], content["values"])]
 
     def describe(self) -> dict[str, Any]:
         return {

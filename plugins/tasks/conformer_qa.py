@@ -36,7 +36,6 @@ properties' questions and for molecules left out) go to ``items-SPLIT.json`` for
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from tqdm.auto import tqdm
 
 from molbridge.core import batch as keys
 from molbridge.core import distributed, hookimpl
+from molbridge.core.contracts import write_items
 from molbridge.core.data.conformer_facts import (
     conformer_facts,
     intramolecular_hbonds,
@@ -303,9 +303,7 @@ class ConformerQATask(QATask):
             mine = [e.task == prop for e in examples]
             for name, column in per_item.items():
                 values[f"{prop}/{name}"] = [v if m else None for v, m in zip(column, mine, strict=True)]
-        path = Path(folder) / f"items-{split}.json"
-        path.write_text(json.dumps({"split": split, "ids": ids, "values": values}, separators=(",", ":")) + "\n")
-        return [*paths, path]
+        return [*paths, write_items(folder, split, ids, values)]
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {

@@ -16,7 +16,6 @@ of each of its k conformers, ranks those k conformers by the model's similarity:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 
 from molbridge.core import batch as keys
 from molbridge.core import hookimpl
+from molbridge.core.contracts import write_items
 from molbridge.core.data import MoleculeDataset
 from molbridge.core.data.conformer_facts import CONFORMER_TEXT_FIELDS, captions_of
 from molbridge.core.errors import MolbridgeError
@@ -151,9 +151,7 @@ class ConformerRetrievalTask(RetrievalTask):
         if self._last_items is None:
             return []
         split, content = self._last_items
-        path = Path(folder) / f"items-{split}.json"
-        path.write_text(json.dumps({"split": split, **content}, separators=(",", ":")) + "\n")
-        return [path]
+        return [write_items(folder, split, content["ids"], content["values"])]
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {
