@@ -205,7 +205,9 @@ def measure(name: str, molecules: int, batch: int, bf16: bool = False) -> dict:
 
 
 def _run(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if out.returncode != 0:  # the child's own error, not only its exit status
+        sys.exit(f"{' '.join(args)} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

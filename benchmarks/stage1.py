@@ -333,7 +333,8 @@ def _optimizer_speed(model, steps: int) -> dict:
     copies = [copy.deepcopy(model) for _ in range(2)]
     for copied in copies:
         for param in copied.parameters():
-            param.grad = torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel()))
+            seeded = torch.Generator().manual_seed(param.numel())  # a CPU generator: the same draw on any device
+            param.grad = torch.randn(param.shape, generator=seeded).to(param)
     ours = build_optimizer(copies[0], 1e-5, 0.05)
     groups = [
         {k: v for k, v in group.items() if k != "fused"}

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from molbridge.core.errors import CheckpointError, MolbridgeError, RecipeError
 from molbridge.core.plugins import load_plugins
 from molbridge.core.recipe import validate
-from molbridge.plugins.llms.base import IGNORE_INDEX, LORA_TARGETS
+from molbridge.plugins.llms.base import IGNORE_INDEX, LORA_TARGETS, enable_checkpointing
 from molbridge.plugins.llms.demo import build_demo_model
 from molbridge.plugins.llms.llama import MOLM_TEMPLATE, LlamaLMConfig
 from molbridge.plugins.llms.llama import build as build_llama
@@ -208,6 +208,16 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_dir):
         loss.backward()
         results.append((loss.detach(), lm.llm_proj.weight.grad.clone()))
     torch.testing.assert_close(results[0], results[1])
+
+
+def test_checkpointing_uses_the_older_switch_where_transformers_lacks_the_new_one():
+    class Older(torch.nn.Module):  # transformers 5.17 (the GPU image): gradient_checkpointing_enable only
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+            self.kwargs = gradient_checkpointing_kwargs
+
+    older = Older()
+    enable_checkpointing(older)
+    assert older.kwargs == {"use_reentrant": False}
 
 
 def test_lora_save_load_round_trip_and_merge(tiny_dir, tmp_path):

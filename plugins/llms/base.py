@@ -120,6 +120,17 @@ def apply_lora(model: nn.Module, config: CausalLMConfig) -> nn.Module:
         raise MolbridgeError(f"llm.lora_target_modules {list(config.lora_target_modules)}: {exc}") from exc
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing in every decoder layer. Recent transformers call the switch
+    ``activation_checkpointing_enable`` (and deprecate ``gradient_checkpointing_enable``); older 5.x releases,
+    such as 5.17 on our GPU image, only have ``gradient_checkpointing_enable``."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def _fill_device_constructor_cache() -> None:
     """transformers swaps ``torch.linspace`` for a wrapper while it builds a model on the meta device, and torch
     caches which factory functions a ``with torch.device(...)`` block redirects on that block's first use: a
@@ -227,7 +238,7 @@ class SoftPromptLM(LanguageModel):
         )
         self.mol_token_id = self._add_mol_token(model)
         if config.gradient_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model)
         self.model = apply_lora(model, config)
         self.lora_active = config.lora
         self.hidden_size = model.config.hidden_size
