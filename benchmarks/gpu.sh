@@ -8,6 +8,8 @@
 #    and then 32-true, timed. Its text tower starts from random weights (projector.pretrained=false), so
 #    the run needs no MiniLM weights on the machine: its metrics are not the CPU main job's.
 # Each part has its own time limit (seconds: SUITE_S, JOB_S), so a slow part cannot take the others' time.
+# A lease too short for everything runs a share per call: BENCHES (the suite's benchmarks) and PRECISIONS (the main
+# job's; empty skips it) choose.
 set -u
 out=${1:?usage: benchmarks/gpu.sh OUT_DIR}
 python=${PYTHON:-python3}
@@ -15,10 +17,10 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv >"$out/nvidia-smi.csv"
 
 timeout "${SUITE_S:-330}" "$python" benchmarks/suite.py --device cuda \
-    --only stage3-step stage1-paper encoders retrieval --out "$out/suite"
+    --only ${BENCHES:-stage3-step stage1-paper encoders retrieval} --out "$out/suite"
 echo "suite: exit $?"
 
-for precision in bf16-mixed 32-true; do
+for precision in ${PRECISIONS-bf16-mixed 32-true}; do
     start=$(date +%s%N)
     timeout "${JOB_S:-150}" "$python" -c "from molbridge.core.cli import entry; entry()" run retrieval \
         --encoder unimol --output "$out/main-job-$precision" tracking.enabled=false projector.pretrained=false \
