@@ -130,10 +130,12 @@ def test_locked_text_tower_caches_what_the_tower_computes():
         "encoder.embed_tokens.weight",
     ):
         assert trains not in frozen, trains
-    batch = task.collate([task.splits["train"][i] for i in range(3)])
+    samples = [task.splits["train"][i] for i in range(3)]
+    batch = task.collate(samples)
+    assert keys.TEXT_INPUT_IDS not in batch  # a locked tower's batch skips tokenising: its states are cached
     projector.eval()
     with torch.no_grad():
-        live = projector.text_features(batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK])
+        live = projector.text_features(*projector.tokenize([s[keys.TEXT] for s in samples]))
         assert torch.allclose(projector.project_text(batch[CACHED_TEXT]), live, atol=1e-5)
 
 

@@ -171,7 +171,7 @@ class Stage1Model(nn.Module):
     def forward(self, batch: dict) -> dict[str, Tensor]:
         options, text_side = self.options, self.text
         encoded = self.encoder(batch[keys.ENCODER_INPUT])
-        ids, mask = batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK]
+        ids, mask = batch.get(keys.TEXT_INPUT_IDS), batch.get(keys.TEXT_ATTENTION_MASK)  # absent with a locked tower
         mol = text_side.molecule_features(encoded)
         text = (
             text_side.project_text(batch[CACHED_TEXT]) if CACHED_TEXT in batch else text_side.text_features(ids, mask)
@@ -180,7 +180,7 @@ class Stage1Model(nn.Module):
         contrastive, sim_m2t, _ = contrastive_loss(mol, text, gather(mol), gather(text), rank, self.temperature)
         terms = {"contrastive": contrastive}
         if options.matching_weight:
-            local = sim_m2t[:, rank * len(ids) : (rank + 1) * len(ids)].detach()
+            local = sim_m2t[:, rank * len(mol) : (rank + 1) * len(mol)].detach()
             terms["matching"] = matching_loss(text_side, encoded, ids, mask, local / self.temperature.detach())
         if options.captioning_weight:
             smoothing = getattr(options, "captioning_label_smoothing", 0.0)
