@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -65,10 +66,24 @@ def _molbridge(name: str):
     return UniMolEncoder(OmegaConf.structured(UniMolConfig(preset=preset)))
 
 
+def _without_rdkit_drawing() -> bool:
+    """Let unimol-tools import where RDKit's drawing cannot load (GPU images without X libraries:
+    ``libXrender.so.1`` missing). unimol-tools' package imports ``rdkit.Chem.PandasTools`` (SDF reading and
+    writing, which pulls in ``rdkit.Chem.Draw``) though its model never uses it; an empty module stands in.
+    True when it had to."""
+    try:
+        import rdkit.Chem.PandasTools  # noqa: F401
+    except ImportError:
+        sys.modules["rdkit.Chem.PandasTools"] = types.ModuleType("rdkit.Chem.PandasTools")
+        return True
+    return False
+
+
 def _reference():
     """unimol-tools' model (random weights, nothing downloaded), a conversion of molbridge's batches to
     its inputs (not timed) and its forward on converted batches."""
     sys.path.append(os.environ["MOLBRIDGE_UNIMOL_TOOLS"])
+    _without_rdkit_drawing()
     from unimol_tools.models.unimol import UniMolModel
 
     from molbridge.plugins.encoders.unimol import DICTIONARY

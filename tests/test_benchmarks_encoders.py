@@ -1,6 +1,7 @@
 """benchmarks/encoders.py at a tiny size: the bf16 row and the accuracy figures it reports beside the speed."""
 
 import os
+import sys
 
 import pytest
 import torch
@@ -23,3 +24,13 @@ def test_accuracy_against_unimol_tools_with_the_same_weights(bench):
     errors = bench.accuracy(molecules=4, batch=2)
     assert errors["fp32_vs_unimol_tools"] <= 1e-5, errors
     assert 0 < errors["bf16_vs_fp32"] < 0.05, errors
+
+
+def test_unimol_tools_imports_where_rdkit_drawing_cannot_load(bench, monkeypatch):
+    """A GPU image without libXrender cannot import rdkit.Chem.Draw, which unimol-tools' package imports
+    through PandasTools though its model never uses it: an empty stand-in lets the baseline load."""
+    monkeypatch.setitem(sys.modules, "rdkit.Chem.PandasTools", None)  # None in sys.modules: import fails
+    assert bench._without_rdkit_drawing() is True
+    from rdkit.Chem import PandasTools
+
+    assert not hasattr(PandasTools, "LoadSDF")  # the stand-in, not RDKit's module
