@@ -1,7 +1,7 @@
 """Stage-1 training throughput, time per part and peak memory, at the default and the paper's shapes.
 
     .venv/bin/python benchmarks/stage1.py [--shape default|default-all-losses|paper|all] [--steps 3]
-        [--compare-steps 10] [--bf16 auto|on|off] [--json F]
+        [--compare-steps 10] [--bf16 auto|on|off] [--compile] [--json F]
 
 Shapes, as overrides of the packaged ``retrieval`` recipe:
 - ``default``: the recipe as shipped (Uni-Mol small, Q-Former on 2 MiniLM layers, locked text tower with
@@ -361,9 +361,59 @@ def _optimizer_speed(model, steps: int) -> dict:
     }
 
 
-def measure(shape: str, steps: int, batch_size: int | None, bf16: str = "auto", compare_steps: int = 10) -> dict:
+def _compiled_speed(model, batch, optimizer, steps: int, cuda: bool) -> dict:
+    """The whole step with the encoder and the projector under ``torch.compile`` (in place, default backend)
+    against the same step eager (``steps`` of each, eager first: the compiled model cannot go back; the
+    speed-up is the ratio of the medians), with the time the first compiled training step took (its compilation
+    included) and the largest difference of the molecule features, eval, from the same weights. One fixed batch:
+    compilation's best case, since training batches of other sizes recompile or run dynamic kernels. Last in
+    ``measure``: the model stays compiled."""
+    from molbridge.core import batch as keys
+
+    def features():
+        model.eval()
+        with torch.no_grad():
+            out = model.projector.molecule_features(model.encoder(batch[keys.ENCODER_INPUT]))
+        model.train()
+        return out
+
+    def timed() -> float:
+        timer = Timer(cuda)
+        _step(model, batch, optimizer, timer)
+        return sum(timer.parts.values())
+
+    eager = [timed() for _ in range(steps)]
+    eager_features = features()
+    model.encoder.compile()
+    model.projector.compile()
+    difference = float((features() - eager_features).abs().max())  # the same weights, compiled
+    start = time.perf_counter()
+    _step(model, batch, optimizer, Timer(cuda))
+    compile_s = time.perf_counter() - start
+    compiled = [timed() for _ in range(steps)]
+    return {
+        "ours_s": round(statistics.median(compiled), 4),
+        "transformers_s": round(statistics.median(eager), 4),
+        "speedup": round(statistics.median(eager) / statistics.median(compiled), 3),
+        "max_abs_diff": difference,
+        "diff_against": "molbridge eager",
+        "baseline": "the same step eager",
+        "first_step_s": round(compile_s, 1),
+        "timed_steps": steps,
+    }
+
+
+def measure(
+    shape: str,
+    steps: int,
+    batch_size: int | None,
+    bf16: str = "auto",
+    compare_steps: int = 10,
+    compile_step: bool = False,
+) -> dict:
     """One shape: the training step part by part, then our passes against transformers'; on a CPU the query
-    pass once more under bf16 autocast (``bf16``: ``auto`` when the CPU has native bf16, ``on``, ``off``)."""
+    pass once more under bf16 autocast (``bf16``: ``auto`` when the CPU has native bf16, ``on``, ``off``);
+    with ``compile_step``, last, the whole step under ``torch.compile`` against eager."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
@@ -408,6 +458,9 @@ def measure(shape: str, steps: int, batch_size: int | None, bf16: str = "auto", 
             "max_abs_diff": _bf16_error(model, batch),
             "diff_against": "molbridge fp32",
         }
+    if compile_step:
+        with autocast:
+            comparisons["step, torch.compile"] = _compiled_speed(model, batch, optimizer, compare_steps, cuda)
     step_s = sum(timer.parts.values()) / steps
     rate = matmul_rate(device, torch.bfloat16 if cuda else torch.float32)
     return {
@@ -474,16 +527,22 @@ def main() -> None:
         default="auto",
         help="CPU: also time the query pass under bf16 autocast (auto: when the CPU has native bf16)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the step with the encoder and projector under torch.compile against eager "
+        "(compilation takes minutes on a small CPU)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: measure in-process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.shape, args.steps, args.batch, args.bf16, args.compare_steps)))
+        print(json.dumps(measure(args.shape, args.steps, args.batch, args.bf16, args.compare_steps, args.compile)))
         return
     results = []
     for shape in SHAPES if args.shape == "all" else [args.shape]:
         command = [sys.executable, __file__, "--one", "--shape", shape, "--steps", str(args.steps), "--bf16", args.bf16]
-        command += ["--compare-steps", str(args.compare_steps)]
+        command += ["--compare-steps", str(args.compare_steps)] + (["--compile"] if args.compile else [])
         out = subprocess.run(
             command + (["--batch", str(args.batch)] if args.batch else []), capture_output=True, text=True
         )

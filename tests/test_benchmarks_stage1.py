@@ -1,5 +1,6 @@
 """benchmarks/stage1.py: its transformers baseline holds our weights, so the speed-up compares the same computation."""
 
+import pytest
 import torch
 
 
@@ -68,3 +69,19 @@ def test_the_loops_optimizer_steps_like_torchs_default_adamw(benchmark_script):
     assert result["max_abs_diff"] < 1e-6 and result["ours_s"] > 0 and result["transformers_s"] > 0
     assert result["baseline"] == "torch's default AdamW step"
     assert bench.build_optimizer(model, 1e-5, 0.05).defaults["fused"]  # the loop's own, fused on this CPU
+
+
+def test_compiled_step_is_timed_against_eager_from_the_same_weights(benchmark_script, monkeypatch):
+    """torch.compile in place (here its ``eager`` backend, which traces without generating code): the features
+    agree with the eager ones from the same weights, and both sides report their step time."""
+    bench = benchmark_script("stage1")
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend="eager", **kw))
+    torch.manual_seed(0)
+    model, _ = bench._build("default", 4)
+    batch = bench._batch(model, 4)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    result = bench._compiled_speed(model.train(), batch, optimizer, steps=1, cuda=False)
+    assert result["max_abs_diff"] <= 1e-5 and result["ours_s"] > 0 and result["transformers_s"] > 0
+    assert result["speedup"] == pytest.approx(result["transformers_s"] / result["ours_s"], rel=0.01)  # of the medians
+    assert model.encoder._compiled_call_impl is not None  # the model stays compiled, as documented
