@@ -9,7 +9,8 @@
 #    the run needs no MiniLM weights on the machine: its metrics are not the CPU main job's.
 # Each part has its own time limit (seconds: SUITE_S, JOB_S), so a slow part cannot take the others' time.
 # A lease too short for everything runs a share per call: BENCHES (the suite's benchmarks) and PRECISIONS (the main
-# job's; empty skips it) choose.
+# job's; empty skips it) choose. JOB_ARGS adds recipe overrides to the main job (e.g. data.num_workers=4, to see
+# how much of its step is the host's batch loading).
 set -u
 out=${1:?usage: benchmarks/gpu.sh OUT_DIR}
 python=${PYTHON:-python3}
@@ -24,7 +25,7 @@ for precision in ${PRECISIONS-bf16-mixed 32-true}; do
     start=$(date +%s%N)
     timeout "${JOB_S:-150}" "$python" -c "from molbridge.core.cli import entry; entry()" run retrieval \
         --encoder unimol --output "$out/main-job-$precision" tracking.enabled=false projector.pretrained=false \
-        train.accelerator=cuda train.precision="$precision" >"$out/main-job-$precision.log" 2>&1
+        train.accelerator=cuda train.precision="$precision" ${JOB_ARGS:-} >"$out/main-job-$precision.log" 2>&1
     status=$?
     echo "main job $precision: exit $status in $((($(date +%s%N) - start) / 1000000)) ms"
     grep -a -E "full_acc|best valid" "$out/main-job-$precision.log"
