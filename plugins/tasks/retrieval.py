@@ -129,7 +129,7 @@ class RetrievalTask(Task):
     def collate(self, samples):
         features = [self.encoder.featurize_item(s) for s in samples]
         batch = {keys.ENCODER_INPUT: self.encoder.collate(features), keys.MOL_ID: [s[keys.MOL_ID] for s in samples]}
-        if self.config.lock_text_tower:  # the tower's states are cached: no tokens needed (a fifth of a step's data time)
+        if self.config.lock_text_tower:  # its states are cached: no tokens (tokenising was most of a batch's loading)
             batch[CACHED_TEXT] = torch.stack([self._pooled_text[self.text_key(s)] for s in samples])
         else:
             batch[keys.TEXT_INPUT_IDS], batch[keys.TEXT_ATTENTION_MASK] = self.text_side.tokenize(
