@@ -1,5 +1,6 @@
 """benchmarks/encoders.py at a tiny size: the bf16 row and the accuracy figures it reports beside the speed."""
 
+import importlib
 import os
 import sys
 
@@ -31,6 +32,6 @@ def test_unimol_tools_imports_where_rdkit_drawing_cannot_load(bench, monkeypatch
     through PandasTools though its model never uses it: an empty stand-in lets the baseline load."""
     monkeypatch.setitem(sys.modules, "rdkit.Chem.PandasTools", None)  # None in sys.modules: import fails
     assert bench._without_rdkit_drawing() is True
-    from rdkit.Chem import PandasTools
-
-    assert not hasattr(PandasTools, "LoadSDF")  # the stand-in, not RDKit's module
+    # what `from rdkit.Chem import PandasTools` finds where RDKit's module never loaded (an earlier test may have
+    # loaded it here, and left it as an attribute of rdkit.Chem): the stand-in
+    assert not hasattr(importlib.import_module("rdkit.Chem.PandasTools"), "LoadSDF")
