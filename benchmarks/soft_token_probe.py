@@ -153,6 +153,7 @@ def report(run: Path, target: str, model, store, kind: str, limit: int | None = 
             "pairs_ordered_right": float(found["ordered"].mean()),
             "pairs_interval": _bounds(stats.bootstrap(found["ordered"])),
             "ridge_strength": found["strength"],
+            "valid_within_mae": found["valid_within_mae"],  # the error that picked the strength
             "dimensions": int(features["test"][name].shape[1]),
         }
     answered = None if limit is not None else answers_within(run, target)  # all test questions: the same conformers
