@@ -53,26 +53,40 @@ def conformer_rows(
 
 
 @torch.no_grad()
-def representations(model, store, molecules) -> dict[str, np.ndarray]:
-    """Per conformer (molecule by molecule, in ``molecules``' order): the encoder's pooled output and the
-    flattened soft tokens, float64."""
+def encode_rows(model, store, rows: list[int], cache: dict[int, dict[str, np.ndarray]]) -> None:
+    """Add to ``cache``, for each of ``rows`` not in it yet, every conformer's encoder pooled output and flattened
+    soft tokens (float64), so that probing several facts encodes each molecule once."""
     from molbridge.core import batch as keys
 
-    samples = []
-    for row, conformers, _ in molecules:
+    todo = [row for row in dict.fromkeys(rows) if row not in cache]
+    samples, owners = [], []
+    for row in todo:
         m = store[row]
-        samples += [
-            {keys.ATOMIC_NUMBERS: m.atomic_numbers, keys.POSITIONS: m.conformers[k], keys.SMILES: m.smiles}
-            | {keys.MOL_ID: m.id}
-            for k in conformers
-        ]
+        for xyz in m.conformers:
+            samples.append(
+                {keys.ATOMIC_NUMBERS: m.atomic_numbers, keys.POSITIONS: xyz, keys.SMILES: m.smiles, keys.MOL_ID: m.id}
+            )
+            owners.append(row)
+    if not samples:
+        return
     pooled, tokens = [], []
     for start in range(0, len(samples), BATCH):
         chunk = samples[start : start + BATCH]
         encoded = model.encoder(model.encoder.collate([model.encoder.featurize_item(s) for s in chunk]))
         pooled.append(encoded.pooled.double())
         tokens.append(model.projector(encoded).flatten(1).double())
-    return {"encoder": torch.cat(pooled).numpy(), "soft_tokens": torch.cat(tokens).numpy()}
+    found = {"encoder": torch.cat(pooled).numpy(), "soft_tokens": torch.cat(tokens).numpy()}
+    owner = np.array(owners)
+    for row in todo:
+        cache[row] = {name: values[owner == row] for name, values in found.items()}
+
+
+def representations(molecules, cache: dict[int, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per conformer that knows the fact (molecule by molecule, in ``molecules``' order), from ``cache``."""
+    return {
+        name: np.concatenate([cache[row][name][conformers] for row, conformers, _ in molecules])
+        for name in ("encoder", "soft_tokens")
+    }
 
 
 def centred(values: np.ndarray, sizes: list[int]) -> np.ndarray:
@@ -133,13 +147,17 @@ def _bounds(interval) -> list[float]:
     return [interval.lo, interval.hi]
 
 
-def report(run: Path, target: str, model, store, kind: str, limit: int | None = None) -> dict:
+def report(
+    run: Path, target: str, model, store, kind: str, limit: int | None = None, cache: dict | None = None
+) -> dict:
     from molbridge.core import stats
 
+    cache = {} if cache is None else cache
     per_split = {split: conformer_rows(store, store.split(split, kind), target, limit) for split in SPLITS}
     sizes = {split: [len(c) for _, c, _ in found] for split, found in per_split.items()}
     targets = {split: np.concatenate([v for _, _, v in found]) for split, found in per_split.items()}
-    features = {split: representations(model, store, found) for split, found in per_split.items()}
+    encode_rows(model, store, [row for found in per_split.values() for row, _, _ in found], cache)
+    features = {split: representations(found, cache) for split, found in per_split.items()}
     result: dict = {"test_molecules": len(sizes["test"]), "test_conformers": int(sum(sizes["test"]))}
     for name in ("encoder", "soft_tokens"):
         found = probe({s: features[s][name] for s in SPLITS}, targets, sizes)
@@ -178,9 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
     asker = Asker(args.run)
     model = asker.load_model(device="cpu", precision="32-true")
     store = open_dataset(asker.recipe.data.name)
-    out = {"run": str(args.run), "targets": {}}
+    out, cache = {"run": str(args.run), "targets": {}}, {}
     for target in args.target:
-        found = report(args.run, target, model, store, asker.recipe.data.split, args.molecules)
+        found = report(args.run, target, model, store, asker.recipe.data.split, args.molecules, cache)
         out["targets"][target] = found
         print(f"{target}: {found['test_conformers']} test conformers of {found['test_molecules']} molecules")
         for name in ("encoder", "soft_tokens"):
