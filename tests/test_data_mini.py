@@ -139,3 +139,22 @@ def test_shipped_dataset_meets_acceptance():
     assert len(pq.read_table(store.root / "conformer_properties.parquet")) == rows  # xTB on every conformer
     size = sum(p.stat().st_size for p in store.root.rglob("*") if p.is_file())
     assert size <= 15 * 2**20
+
+
+def test_more_conformers_keep_the_molecules_and_splits_under_their_own_name(subset, tmp_path):
+    """``--conformers 10``: the same molecules in the same splits, more conformers per flexible molecule (each
+    still 0.5 A apart), conformer 0 the lowest in energy, and a name of its own so runs never share an identity
+    with the shipped copy's."""
+    build_mini(tmp_path, limit=20, workers=1, progress=False, conformers=10)
+    shipped, more = open_dataset(subset), open_dataset(tmp_path)
+    assert (shipped.meta["name"], more.meta["name"]) == ("molbridge-mini", "molbridge-mini-c10")
+    assert more.meta["build"]["command"].endswith("--conformers 10")
+    assert [m.id for m in more] == [m.id for m in shipped]
+    for kind in ("random", "scaffold"):
+        for split in ("train", "valid", "test"):
+            assert list(more.split(split, kind)) == list(shipped.split(split, kind))
+    counts = [(len(a.conformers), len(b.conformers)) for a, b in zip(shipped, more, strict=True)]
+    assert max(n for _, n in counts) > 3
+    assert sum(n for _, n in counts) > sum(n for n, _ in counts)
+    for mol in more:
+        assert list(mol.mmff_energy) == sorted(mol.mmff_energy)

@@ -109,6 +109,13 @@ def add_parser(sub) -> None:
     mini.add_argument("--out", required=True, help="directory to write")
     mini.add_argument("--limit", type=int, default=None, help="only the first N source molecules (quick check)")
     mini.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    mini.add_argument(
+        "--conformers",
+        type=int,
+        default=3,
+        help="ETKDG embeddings per molecule before 0.5 A RMSD pruning (default 3, the shipped copy); e.g. 10 gives "
+        "conformer tasks more conformers per flexible molecule, as molbridge-mini-c10",
+    )
     mini.set_defaults(func=_build_mini)
 
     xtb = commands.add_parser(
@@ -206,7 +213,10 @@ def _prepare(args) -> int:
 def _build_mini(args) -> int:
     from molbridge.core.data.mini import build_mini
 
-    meta = build_mini(args.out, limit=args.limit, workers=args.workers)
+    if args.conformers < 1:
+        print(f"error: --conformers must be at least 1, got {args.conformers}", file=sys.stderr)
+        return 2
+    meta = build_mini(args.out, limit=args.limit, workers=args.workers, conformers=args.conformers)
     if meta is None:  # a shard went missing while building (build_mini builds every shard itself)
         print(f"{args.out}: shards are missing; run the same command again to finish", file=sys.stderr)
         return 1

@@ -94,9 +94,21 @@ def enrich(record: MoleculeRecord) -> MoleculeRecord | Failure:
 
 
 def build_mini(
-    out: str | Path, *, limit: int | None = None, workers: int | None = None, progress: bool = True
+    out: str | Path,
+    *,
+    limit: int | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    conformers: int = CONFIG.num_conformers,
 ) -> dict | None:
-    """Build molbridge-mini (or its first ``limit`` inputs) into ``out``."""
+    """Build molbridge-mini (or its first ``limit`` inputs) into ``out``.
+
+    ``conformers``: embeddings per molecule before pruning (the shipped copy: 3). More give conformer-level tasks
+    more pairs per molecule; the molecules, their splits and every per-molecule value except those of conformer 0
+    (the lowest-energy one of more embeddings) stay those of the shipped copy. Such a build is named
+    ``molbridge-mini-cN`` so that runs on it never share an identity with the shipped copy's."""
+    config = dataclasses.replace(CONFIG, num_conformers=conformers)
+    shipped = conformers == CONFIG.num_conformers
     inputs = mini_inputs(limit)
     meta = {
         "sources": [
@@ -118,17 +130,17 @@ def build_mini(
         # captioning task scores them only for datasets that declare them
         "caption_facts": ["shape_class", "radius_of_gyration"],
         "build": {
-            "command": "bench data build-mini --out DIR",
+            "command": "bench data build-mini --out DIR" + ("" if shipped else f" --conformers {conformers}"),
             "seed": SEED,
             "limit": limit,
-            "conformers": dataclasses.asdict(CONFIG),
+            "conformers": dataclasses.asdict(config),
         },
     }
     built = prepare(
         inputs,
         out,
-        name="molbridge-mini",
-        config=CONFIG,
+        name="molbridge-mini" if shipped else f"molbridge-mini-c{conformers}",
+        config=config,
         enrich=enrich,
         shard_size=2000,
         workers=workers,
