@@ -5,14 +5,15 @@ encoder trained on more conformers per molecule order a fact better, on the same
                                                            [--json out.json]
 
 Each argument is a configuration: its seeds' run folders, comma-separated. Each run (a finished
-``conformer_order`` run folder) is rebuilt from its best checkpoint with the recipe it saved (as ``bench ask``
-rebuilds a run) and scored by the task's own evaluation on the test split of each ``--data`` (the run's split
-kind; default: the run's own dataset): per test molecule, the fraction of its conformer pairs ordered right (0.5 is
-chance). Scoring a run on its own dataset reproduces its ``test/order_acc``. Each configuration gets its mean over
-seeds with a 95% bootstrap interval over test molecules and seeds, and every later one is paired with the first on
-the same test molecules (seeds paired; ``molbridge.core.stats``, as ``bench compare --aggregate``). So two datasets
-built from the same molecules with different conformer counts (``bench data build-mini --conformers 10`` and the
-shipped copy) compare on one set of pairs.
+``conformer_order`` run folder) is rebuilt with the recipe it saved, from the checkpoint its own test figures came
+from (its last, which its ``metrics.json`` names; not the best on validation that ``bench ask`` loads), and scored
+by the task's own evaluation on the test split of each ``--data`` (the run's split kind; default: the run's own
+dataset): per test molecule, the fraction of its conformer pairs ordered right (0.5 is chance). Scoring a run on
+its own dataset reproduces its ``test/order_acc``. Each configuration gets its mean over seeds with a 95% bootstrap
+interval over test molecules and seeds, and every later one is paired with the first on the same test molecules
+(seeds paired; ``molbridge.core.stats``, as ``bench compare --aggregate``). So two datasets built from the same
+molecules with different conformer counts (``bench data build-mini --conformers 10`` and the shipped copy)
+compare on one set of pairs.
 """
 
 from __future__ import annotations
@@ -25,15 +26,30 @@ from pathlib import Path
 import numpy as np
 
 
+def evaluated_state(run: Path) -> Path:
+    """The state file of the checkpoint the run's test figures came from: the one its ``metrics.json`` names (the
+    final weights: the run evaluates test after its last step), else its newest intact checkpoint."""
+    from molbridge.core import checkpoint
+    from molbridge.core.errors import CheckpointError
+
+    root, metrics = run / checkpoint.CHECKPOINTS, run / "metrics.json"
+    named = json.loads(metrics.read_text()).get("checkpoint") if metrics.is_file() else None
+    # the name only: metrics.json holds the path as seen from the directory the run was started in
+    folder = root / Path(named).name if named else checkpoint.latest_checkpoint(root)
+    if folder is None or not (folder / checkpoint.STATE_FILE).is_file():
+        raise CheckpointError(f"{run}: no checkpoint to score under {root}/ (is it a finished run folder?)")
+    return folder / checkpoint.STATE_FILE
+
+
 def rebuild(run: Path, data: str | None):
     """The run's task (reading ``data`` if given) and its model with the checkpoint's weights, in eval mode."""
-    from molbridge.core.ask import checkpoint_recipe, find_state_file, read_weights
+    from molbridge.core.ask import checkpoint_recipe, read_weights
     from molbridge.core.errors import CheckpointError
     from molbridge.core.plugins import get_registry
     from molbridge.core.registry import build_components
 
     registry = get_registry()
-    state = find_state_file(run)
+    state = evaluated_state(run)
     recipe = checkpoint_recipe(state, registry)
     if recipe.task.name != "conformer_order":
         raise CheckpointError(f"{run}: a '{recipe.task.name}' run; this scores conformer_order runs")

@@ -17,7 +17,7 @@ TINY = [
     "data.eval_batch_size=16",
     "train.max_steps=3",
     "train.warmup_steps=0",
-    "train.eval_every=0",
+    "train.eval_every=1",  # a best checkpoint on validation besides the last, which the test figures come from
     "tracking.enabled=false",
     "task.facts=[radius_of_gyration,max_distance]",
 ]
@@ -35,6 +35,8 @@ def order_run(tmp_path_factory, request):
 
 def test_rescoring_a_run_reproduces_its_test_figures(order_run, benchmark_script, tmp_path):
     transfer = benchmark_script("conformer_order_transfer")
+    steps = sorted(p.name for p in (order_run / "checkpoints").glob("step-*"))
+    assert transfer.evaluated_state(order_run) == order_run / "checkpoints" / steps[-1] / "state.ckpt"
     out = transfer.main([str(order_run), "--json", str(tmp_path / "t.json")])
     assert json.loads((tmp_path / "t.json").read_text()) == out
     logged = json.loads((order_run / "metrics.json").read_text())["metrics"]
