@@ -24,7 +24,7 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def order_run(tmp_path_factory, request):
+def order_run(tmp_path_factory):
     where = tmp_path_factory.mktemp("order")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(where)

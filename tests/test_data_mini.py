@@ -9,6 +9,7 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import Descriptors
 
+from molbridge.core.cli import main
 from molbridge.core.data import describe, open_dataset
 from molbridge.core.data.conformers import MoleculeInput, make_record
 from molbridge.core.data.info import dataset_info
@@ -141,10 +142,10 @@ def test_shipped_dataset_meets_acceptance():
     assert size <= 15 * 2**20
 
 
-def test_more_conformers_keep_the_molecules_and_splits_under_their_own_name(subset, tmp_path):
-    """``--conformers 10``: the same molecules in the same splits, more conformers per flexible molecule (each
-    still 0.5 A apart), conformer 0 the lowest in energy, and a name of its own so runs never share an identity
-    with the shipped copy's."""
+def test_more_conformers_keep_the_molecules_and_splits_under_their_own_name(subset, tmp_path, capsys):
+    """``--conformers 10``: the same molecules in the same splits, more conformers per flexible molecule,
+    conformer 0 the lowest in energy, and a name of its own so runs never share an identity with the shipped
+    copy's; fewer than one conformer is refused by name."""
     build_mini(tmp_path, limit=20, workers=1, progress=False, conformers=10)
     shipped, more = open_dataset(subset), open_dataset(tmp_path)
     assert (shipped.meta["name"], more.meta["name"]) == ("molbridge-mini", "molbridge-mini-c10")
@@ -158,3 +159,6 @@ def test_more_conformers_keep_the_molecules_and_splits_under_their_own_name(subs
     assert sum(n for _, n in counts) > sum(n for n, _ in counts)
     for mol in more:
         assert list(mol.mmff_energy) == sorted(mol.mmff_energy)
+    assert main(["data", "build-mini", "--out", str(tmp_path / "none"), "--conformers", "0"]) == 2
+    assert "--conformers must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
