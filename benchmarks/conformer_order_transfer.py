@@ -43,10 +43,9 @@ def evaluated_state(run: Path) -> Path:
 
 def rebuild(run: Path, data: str | None):
     """The run's task (reading ``data`` if given) and its model with the checkpoint's weights, in eval mode."""
-    from molbridge.core.ask import checkpoint_recipe, read_weights
+    from molbridge.core.ask import checkpoint_recipe, rebuild_model
     from molbridge.core.errors import CheckpointError
     from molbridge.core.plugins import get_registry
-    from molbridge.core.registry import build_components
 
     registry = get_registry()
     state = evaluated_state(run)
@@ -56,9 +55,7 @@ def rebuild(run: Path, data: str | None):
     if data is not None:
         recipe.data.name = data
     task = registry.build("task", recipe.task, recipe=recipe, registry=registry)
-    model = task.build_model(build_components(recipe, registry))
-    model.load_state_dict(read_weights(state))  # strict: every weight of the run, nothing left at random
-    return task, model.eval()
+    return task, rebuild_model(state, recipe, task, registry).eval()
 
 
 def score(run: Path, data: str | None) -> dict:
@@ -75,7 +72,7 @@ def score(run: Path, data: str | None) -> dict:
 
 
 def _column(found: dict, name: str) -> np.ndarray:
-    return np.array([np.nan if v is None else v for v in found["values"][name]], dtype=float)
+    return np.asarray(found["values"][name], dtype=float)  # a molecule without a value (None) becomes NaN
 
 
 def compare(configurations: dict[str, list[dict]]) -> dict:

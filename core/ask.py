@@ -210,6 +210,27 @@ def read_weights(state_file: Path) -> dict[str, torch.Tensor]:
     return state["model"]
 
 
+def rebuild_model(state_file: Path, recipe: DictConfig, task: Task, registry: Registry) -> torch.nn.Module:
+    """The run's model, built through the registry by its task, with every weight of ``state_file`` loaded.
+
+    Shared by ``bench ask`` and the benchmarks that rescore finished runs, so a checkpoint that does not fit its
+    recipe fails the same way everywhere, naming the tensors.
+    """
+    weights = read_weights(state_file)
+    model = task.build_model(build_components(recipe, registry))
+    mismatch = f"{state_file} does not fit the model its {RECIPE_FILE} builds"
+    try:
+        result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # shapes differ; torch lists them one per line
+        lines = [line.strip() for line in str(exc).splitlines()[1:6]]
+        raise CheckpointError(f"{mismatch}:" + "".join(f"\n  {line}" for line in lines)) from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{mismatch}: missing {_names(result.missing_keys)}; unexpected {_names(result.unexpected_keys)}"
+        )
+    return model
+
+
 class Asker:
     """A trained captioning/qa run, ready for questions.
 
@@ -233,20 +254,8 @@ class Asker:
 
         ``precision`` defaults to the run's (``train.precision``), applied by Lightning Fabric as in evaluation.
         """
-        weights = read_weights(self.state_file)
-        recipe = self.recipe
-        model = self.task.build_model(build_components(recipe, self.registry))
-        mismatch = f"{self.state_file} does not fit the model its {RECIPE_FILE} builds"
-        try:
-            result = model.load_state_dict(weights, strict=False)
-        except RuntimeError as exc:  # shapes differ; torch lists them one per line
-            lines = [line.strip() for line in str(exc).splitlines()[1:6]]
-            raise CheckpointError(f"{mismatch}:" + "".join(f"\n  {line}" for line in lines)) from exc
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(
-                f"{mismatch}: missing {_names(result.missing_keys)}; unexpected {_names(result.unexpected_keys)}"
-            )
-        self.fabric = _fabric(device, precision or recipe.train.precision)
+        model = rebuild_model(self.state_file, self.recipe, self.task, self.registry)
+        self.fabric = _fabric(device, precision or self.recipe.train.precision)
         self.model = self.fabric.setup_module(model.eval())
         return model
 

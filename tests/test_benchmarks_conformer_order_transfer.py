@@ -70,3 +70,19 @@ def test_only_conformer_order_runs_are_scored(tmp_cwd, benchmark_script):
     (run,) = (tmp_cwd / "runs" / "retrieval-molbridge-mini").iterdir()
     with pytest.raises(CheckpointError, match="a 'retrieval' run; this scores conformer_order runs"):
         benchmark_script("conformer_order_transfer").score(run, None)
+
+
+def test_a_checkpoint_that_does_not_fit_its_recipe_names_the_tensors(order_run, benchmark_script):
+    """The rebuild that bench ask and this script share (core.ask.rebuild_model): a recipe asking one fact of weights
+    that score two fails naming the tensor and both shapes, and neither part is loaded."""
+    from molbridge.core.ask import checkpoint_recipe, rebuild_model
+    from molbridge.core.plugins import get_registry
+
+    registry = get_registry()
+    state = benchmark_script("conformer_order_transfer").evaluated_state(order_run)
+    recipe = checkpoint_recipe(state, registry)
+    recipe.task.facts = ["radius_of_gyration"]
+    task = registry.build("task", recipe.task, recipe=recipe, registry=registry)
+    message = rf"{state} does not fit the model its recipe.yaml builds:\n  size mismatch for order_head.weight"
+    with pytest.raises(CheckpointError, match=message):
+        rebuild_model(state, recipe, task, registry)
