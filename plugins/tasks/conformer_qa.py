@@ -186,7 +186,7 @@ class ConformerQATask(QATask):
 
     def score(self, split: str, examples: list[Example], answers: list[str]) -> dict[str, float]:
         metrics = super().score(split, examples, answers)
-        within, spread = self._within(examples, answers)
+        within, spread = self.within_errors(examples, answers)
         skills = []
         for prop in dict.fromkeys(e.task for e in examples):
             rows = [i for i, e in enumerate(examples) if e.task == prop]
@@ -269,7 +269,7 @@ class ConformerQATask(QATask):
         picked = logits[:, :-1].float().log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return (picked * scored).sum(-1).cpu()
 
-    def _within(self, examples: list[Example], answers: list[str]) -> tuple[list, list]:
+    def within_errors(self, examples: list[Example], answers: list[str]) -> tuple[list, list]:
         """Per question: |centred answer - centred reference| (None where a conformer of its molecule got no
         number) and |reference - the molecule's mean reference|, means taken over the molecule's conformers."""
         parse = PARSERS[self.config.number_parser]
