@@ -66,6 +66,24 @@ def tmp_cwd(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture
+def tiny_conformer_qa_run(tmp_cwd, monkeypatch):
+    """``tiny_conformer_qa_run(*overrides)``: the folder of a one-step SMILES-control conformer QA run on a few
+    molecules (for the benchmarks that rescore a finished run)."""
+    from molbridge.core.cli import main
+
+    monkeypatch.setenv("MOLBRIDGE_CACHE", str(tmp_cwd / "cache"))
+
+    def run(*overrides: str) -> Path:
+        tiny = ["train.max_steps=1", "train.warmup_steps=0", "train.init_from=null", "data.limit=8"]
+        tiny += ["data.batch_size=4", "data.eval_limit=4", "tracking.enabled=false", *overrides]
+        assert main(["run", "conformer_qa", "--encoder", "smiles", *tiny]) == 0
+        (folder,) = (tmp_cwd / "runs" / "conformer_qa-molbridge-mini").iterdir()
+        return folder
+
+    return run
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("MOLBRIDGE_SLOW_TESTS", "").strip().lower() in {"1", "true", "yes", "on"}:
         return

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from molbridge.core.ask import Asker
-from molbridge.core.cli import main
 from molbridge.plugins.tasks.numbers import PARSERS
 
 
@@ -17,25 +16,8 @@ def test_median_answer_by_hand(benchmark_script):
     assert sampled.median_answer(["no idea", ""], parse) == ""  # no number: scored as an answer without one
 
 
-@pytest.fixture
-def tiny_run(tmp_cwd, monkeypatch):
-    """A one-step SMILES-control conformer QA run on a few molecules."""
-    monkeypatch.setenv("MOLBRIDGE_CACHE", str(tmp_cwd / "cache"))
-    tiny = [
-        "train.max_steps=1",
-        "train.warmup_steps=0",
-        "train.init_from=null",
-        "data.limit=8",
-        "data.batch_size=4",
-        "data.eval_limit=4",
-        "task.properties=[relative_energy]",
-    ]
-    assert main(["run", "conformer_qa", "--encoder", "smiles", "tracking.enabled=false", *tiny]) == 0
-    (run,) = (tmp_cwd / "runs" / "conformer_qa-molbridge-mini").iterdir()
-    return run
-
-
-def test_sampling_is_seeded_and_scoring_is_the_tasks(tiny_run, benchmark_script, tmp_cwd):
+def test_sampling_is_seeded_and_scoring_is_the_tasks(tiny_conformer_qa_run, benchmark_script, tmp_cwd):
+    tiny_run = tiny_conformer_qa_run("task.properties=[relative_energy]")
     sampled = benchmark_script("sampled_answers")
     asker = Asker(tiny_run)
     model, task = asker.load_model(device="cpu", precision="32-true"), asker.task

@@ -5,8 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from molbridge.core.cli import main
-
 
 def test_ridge_weights_by_hand(benchmark_script):
     probe = benchmark_script("soft_token_probe")
@@ -51,19 +49,9 @@ def test_probe_reads_a_fact_the_features_hold_and_not_noise(benchmark_script, si
         assert within > 0.9 * ceiling and 0.35 < ordered < 0.65
 
 
-def test_smiles_control_is_at_the_ceiling_by_construction(tmp_cwd, benchmark_script, monkeypatch, capsys):
+def test_smiles_control_is_at_the_ceiling_by_construction(tmp_cwd, tiny_conformer_qa_run, benchmark_script, capsys):
     """A SMILES-only encoder hands every conformer of a molecule the same tokens: the probe predicts no difference."""
-    monkeypatch.setenv("MOLBRIDGE_CACHE", str(tmp_cwd / "cache"))
-    tiny = [
-        "train.max_steps=1",
-        "train.warmup_steps=0",
-        "train.init_from=null",
-        "data.limit=8",
-        "data.batch_size=4",
-        "data.eval_limit=4",
-    ]
-    assert main(["run", "conformer_qa", "--encoder", "smiles", "tracking.enabled=false", *tiny]) == 0
-    (run,) = (tmp_cwd / "runs" / "conformer_qa-molbridge-mini").iterdir()
+    run = tiny_conformer_qa_run()
     probe = benchmark_script("soft_token_probe")
     out = probe.main([str(run), "--target", "radius_of_gyration", "--molecules", "6", "--json", "probe.json"])
     found = out["targets"]["radius_of_gyration"]
