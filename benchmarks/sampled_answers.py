@@ -30,24 +30,12 @@ def median_answer(texts: list[str], parse) -> str:
 
 
 @torch.no_grad()
-def sampled(task, model, split: str, samples: int, temperature: float, seed: int) -> list[list[str]]:
-    """``samples`` sampled answers per question of ``split``, batched by property as the task generates them."""
-    dataset = task.splits[split]
-    by_property: dict[str, list[int]] = {}
-    for i, example in enumerate(dataset.examples):
-        by_property.setdefault(example.task, []).append(i)
-    found: list[list[str]] = [[] for _ in dataset.examples]
-    size = task.recipe.data.eval_batch_size
+def sampled(task, model, fabric, split: str, samples: int, temperature: float, seed: int) -> list[list[str]]:
+    """``samples`` sampled answers per question of ``split``, generated as the task generates its answers."""
     torch.manual_seed(seed)
-    for prop, rows in by_property.items():
-        settings = task.generation(prop) | {"do_sample": True, "temperature": temperature, "top_p": 1.0}
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            batch = task.collate_prompts([dataset[i] for i in chunk])
-            for _ in range(samples):
-                for i, text in zip(chunk, model.generate(batch, **settings), strict=True):
-                    found[i].append(text)
-    return found
+    settings = {"do_sample": True, "temperature": temperature, "top_p": 1.0}
+    passes = [task.answers(model, fabric, split, **settings)[1] for _ in range(samples)]
+    return [list(texts) for texts in zip(*passes, strict=True)]
 
 
 def scored(task, examples, answers: list[str]) -> dict:
@@ -85,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = asker.load_model(device="cpu", precision="32-true")
     task = asker.task
     examples, greedy = task.answers(model, asker.fabric, "test")
-    drawn = sampled(task, model, "test", args.samples, args.temperature, args.seed)
+    drawn = sampled(task, model, asker.fabric, "test", args.samples, args.temperature, args.seed)
     parse = PARSERS[task.config.number_parser]
     out = {
         "run": str(args.run),

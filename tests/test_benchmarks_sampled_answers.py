@@ -22,9 +22,9 @@ def test_sampling_is_seeded_and_scoring_is_the_tasks(tiny_conformer_qa_run, benc
     asker = Asker(tiny_run)
     model, task = asker.load_model(device="cpu", precision="32-true"), asker.task
     examples = task.splits["test"].examples
-    first = sampled.sampled(task, model, "test", 3, 1.0, seed=5)
+    first = sampled.sampled(task, model, asker.fabric, "test", 3, 1.0, seed=5)
     assert len(first) == len(examples) >= 4 and all(len(texts) == 3 for texts in first)
-    assert sampled.sampled(task, model, "test", 3, 1.0, seed=5) == first
+    assert sampled.sampled(task, model, asker.fabric, "test", 3, 1.0, seed=5) == first
 
     exact = sampled.scored(task, examples, [e.response for e in examples])
     assert exact["questions"] == len(examples) and exact["within_mae"] == 0.0

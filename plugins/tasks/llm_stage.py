@@ -387,8 +387,9 @@ class LLMStageTask(Task):
         return StepOutput(loss, {"lm_loss": loss.detach()})
 
     # -- evaluation -----------------------------------------------------------------------------------
-    def answers(self, model, fabric, split: str) -> tuple[list[Example], list[str]]:
-        """Generated answers for every example of ``split``, batched by task (each with its settings).
+    def answers(self, model, fabric, split: str, **generation: Any) -> tuple[list[Example], list[str]]:
+        """Generated answers for every example of ``split``, batched by task (each with its settings, updated by
+        ``generation``: e.g. ``do_sample=True`` for sampled answers instead of the task's greedy ones).
 
         Under DDP each rank generates its share of the batches and every rank gets all answers, the same as
         one process generates them (:mod:`molbridge.core.distributed`)."""
@@ -407,7 +408,7 @@ class LLMStageTask(Task):
         texts = []
         for task, rows in mine:
             batch = self.collate_prompts([dataset[i] for i in rows])
-            texts.append(module.generate(fabric.to_device(batch), **self.generation(task)))
+            texts.append(module.generate(fabric.to_device(batch), **(self.generation(task) | generation)))
             bar.update(len(rows))
         bar.close()
         answers: list[str] = [""] * len(dataset)
