@@ -40,8 +40,9 @@ from molbridge.core.recipe import flatten, packaged_recipes, read_yaml, to_yaml
 
 log = logging.getLogger(__name__)
 
-#: Settings that name where a run goes or how it is watched, never what it computes.
-NOT_IDENTITY = ("recipe", "description", "output_dir", "tracking.", "train.resume")
+#: Settings that name where a run goes or how it is watched, never what it computes; and the per_component table,
+#: whose settings for the run's own components are already in their sections.
+NOT_IDENTITY = ("recipe", "description", "output_dir", "tracking.", "train.resume", "per_component", "per_component.")
 #: Settings that say how often a run logs or saves, or how it loads data: results are identical (exact resume).
 NO_EFFECT = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "data.num_workers")
 #: Settings a resumed run may change (the loop continues where it stopped): those above, the length, evaluation.

@@ -10,6 +10,10 @@ from (file and line, or the command line) and the closest valid name.
 Overrides are ``key=value`` (OmegaConf dotlist, keys exactly as in :func:`flatten`) and ``~key``
 (delete, falling back to the schema default, or to the profile's value).
 
+``per_component: {KIND: {NAME: {key: value}}}`` holds settings for one component only: when the recipe runs
+with component NAME of KIND (its own file or ``--encoder NAME``), they go into the KIND section, over the
+recipe's section and under the command line (:func:`apply_per_component`).
+
 ``compat: NAME`` picks a protocol profile (:data:`PROFILES`): ``molbridge`` (the default: the schema
 defaults, molbridge's fixes) or ``3d-molm`` (the reference code's choices, ``core/profiles/3d-molm.yaml``).
 A profile is a table of ordinary recipe keys applied under the recipe: it fills every key the recipe
@@ -195,6 +199,11 @@ class RecipeSchema:
     """Protocol profile: ``molbridge`` (our fixes, the schema defaults) or ``3d-molm`` (every choice of the
     reference code, core/profiles/3d-molm.yaml, filled in under the recipe's own settings; see
     docs/reproducing-3d-molm.md)."""
+    per_component: dict[str, Any] = field(default_factory=dict)
+    """Settings for one component only, by kind and name: ``{encoder: {schnet: {cutoff: 10.0}}}`` gives SchNet a
+    10 Å cutoff wherever this recipe runs with SchNet (``--encoder schnet``) and changes nothing otherwise. They
+    override the recipe's own section and yield to the command line; every entry is validated against its
+    component's schema, used or not. The run's identity holds the settings they resolve to, not the table."""
     seed: int = 0
     """Seeds parameter initialisation, data order and conformer draws; part of the run's name."""
     output_dir: str | None = None
@@ -345,6 +354,62 @@ def replace_component(data: dict, kind: str, name: str, registry: Registry | Non
         shared = {f.name for f in dataclasses.fields(registry.get(kind, name).config_schema)} - {"name", *WEIGHT_KEYS}
     data[kind] = {"name": name} | {key: value for key, value in current.items() if key in shared}
     return data
+
+
+# --- settings for one component (per_component) -----------------------------------------------------
+
+
+def apply_per_component(data: dict, origin: dict[str, str]) -> None:
+    """Merge ``per_component.KIND.NAME`` into the KIND section when it names component NAME. A key set on the
+    command line keeps its value; a malformed table is left to :func:`validate` to report."""
+    table = data.get("per_component")
+    if not isinstance(table, dict):
+        return
+    for kind, entries in table.items():
+        section = data.get(kind)
+        if kind not in COMPONENT_SECTIONS or not isinstance(entries, dict) or not isinstance(section, dict):
+            continue
+        settings = entries.get(section.get("name"))
+        if not isinstance(settings, dict):
+            continue
+        source = f"per_component.{kind}.{section['name']}"
+        for key, value in flatten({k: v for k, v in settings.items() if k != "name"}).items():
+            dotted = f"{kind}.{key}"
+            if origin.get(dotted, "").startswith("command line"):
+                continue
+            *parents, leaf = key.split(".")
+            node = section
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+            origin[dotted] = f"{_where(f'{source}.{key}', origin)} ({source})"
+
+
+def _per_component_problems(table: Any, registry: Registry, origin: dict[str, str]) -> list[str]:
+    """Every entry of ``per_component`` checked against its component's schema, whether this run uses it or not."""
+    problems: list[str] = []
+    for kind, entries in table.items():
+        where = f"per_component.{kind}"
+        if kind not in COMPONENT_SECTIONS:
+            problems.append(
+                f"{where} ({_where(where, origin)}): not a component kind{suggest(str(kind), COMPONENT_SECTIONS)}; "
+                f"kinds: {', '.join(COMPONENT_SECTIONS)}"
+            )
+            continue
+        if not isinstance(entries, dict):
+            problems.append(f"{where} ({_where(where, origin)}): expected a mapping of {kind} names, got {entries!r}")
+            continue
+        for name, settings in entries.items():
+            path = f"{where}.{name}"
+            try:
+                schema = registry.get(kind, str(name)).config_schema
+            except KeyError as exc:
+                problems.append(f"{path} ({_where(path, origin)}): {exc}")
+                continue
+            if isinstance(settings, dict) and "name" in settings:
+                problems.append(f"{path}.name ({_where(path, origin)}): settings for one {kind} cannot rename it")
+            _check_section(schema, settings, path, origin, problems)
+    return problems
 
 
 # --- protocol profiles (compat) ----------------------------------------------------------------------
@@ -531,6 +596,8 @@ def validate(
     problems: list[str] = []
     fixed = {k: v for k, v in data.items() if k not in COMPONENT_SECTIONS}
     _check_section(RecipeSchema, fixed, "", origin, problems)
+    if isinstance(fixed.get("per_component"), dict):
+        problems += _per_component_problems(fixed["per_component"], registry, origin)
     schemas = {}
     for kind in COMPONENT_SECTIONS:
         section = data.get(kind)
@@ -579,6 +646,7 @@ def load_recipe(
             data = replace_component(data, kind, name, registry)
             origin[kind] = f"command line --{kind} {name}"
     data = apply_overrides(data, list(overrides), origin)
+    apply_per_component(data, origin)
     without = _merge({}, data) if profile_report is not None else None  # a copy: the recipe without the profile
     settings = apply_profile(data, origin, registry)
     recipe = validate(data, registry, origin, source=str(path))

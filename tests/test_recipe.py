@@ -145,3 +145,60 @@ def test_every_packaged_recipe_starts_with_the_command_that_runs_it():
     for name, path in packaged_recipes().items():
         first = path.read_text().splitlines()[0]
         assert first.startswith("# bench run "), f"{name}: first line is {first!r}"
+
+
+@pytest.fixture
+def per_component_file(recipe_file, registry):
+    make_register(registry, "encoder", "test", None, None)("twin", lambda c: c, EncCfg)
+    recipe_file.write_text(
+        recipe_file.read_text()
+        + "per_component:\n  encoder:\n    twin: {preset: wide}\n    enc: {width: 64}\n"
+        + "  task:\n    toy: {}\n"
+    )
+    return recipe_file
+
+
+def test_per_component_settings_apply_to_their_component_only_and_yield_to_the_command_line(
+    per_component_file, registry
+):
+    assert load_recipe(per_component_file, registry=registry).encoder.width == 64  # over the section's 32
+    swapped = load_recipe(per_component_file, registry=registry, components={"encoder": "twin"})
+    assert (swapped.encoder.preset, swapped.encoder.width) == ("wide", 32)  # enc's 64 stays with enc
+    assert load_recipe(per_component_file, ["encoder.width=8"], registry=registry).encoder.width == 8
+    dropped = load_recipe(per_component_file, ["~per_component.encoder.enc"], registry=registry)
+    assert dropped.encoder.width == 32
+
+
+def test_per_component_settings_are_in_the_identity_as_what_they_resolve_to(per_component_file, tmp_path, registry):
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text("extends: child.yaml\nencoder:\n  width: 64\n")
+    via_table, spelled_out = (
+        load_recipe(per_component_file, registry=registry),
+        load_recipe(explicit, registry=registry),
+    )
+    assert identify(via_table, registry).name == identify(spelled_out, registry).name
+    assert identify(load_recipe(per_component_file, ["encoder.width=65"], registry=registry), registry).name != (
+        identify(via_table, registry).name
+    )
+
+
+def test_every_per_component_entry_is_validated_used_or_not(recipe_file, registry):
+    recipe_file.write_text(
+        recipe_file.read_text() + "per_component:\n  encoder:\n    enk: {width: 3}\n    enc: {widht: 3, name: other}\n"
+        "  encoders: {}\n"
+    )
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe_file, registry=registry, components={"encoder": "other"})
+    text = "\n".join(info.value.problems)
+    assert len(info.value.problems) == 4, text
+    assert "per_component.encoder.enk (" in text and "did you mean 'enc'" in text
+    assert "per_component.encoder.enc.widht (" in text and "child.yaml:13" in text and "did you mean 'width'" in text
+    assert "per_component.encoder.enc.name" in text and "cannot rename" in text
+    assert "per_component.encoders (" in text and "did you mean 'encoder'" in text
+
+
+def test_conformer_recipes_give_schnet_the_cutoff_that_reads_conformers():
+    for name in ("conformer_retrieval", "conformer_qa", "conformer_order"):
+        assert load_recipe(name, components={"encoder": "schnet"}).encoder.cutoff == 10.0
+        assert load_recipe(name, ["encoder.cutoff=5"], components={"encoder": "schnet"}).encoder.cutoff == 5.0
+    assert load_recipe("retrieval", components={"encoder": "schnet"}).encoder.cutoff is None  # the preset's 5 Å
