@@ -1,19 +1,25 @@
-"""The molbridge-mini results table: every encoder x projector through the three stages, 3 seeds each.
+"""The molbridge-mini results tables: every encoder x projector through the three stages, and the conformer
+tasks from scratch and pre-trained; 3 seeds each.
 
-    .venv/bin/python benchmarks/mini_table.py                      # run (or resume) the three sweeps, then render
+    .venv/bin/python benchmarks/mini_table.py                      # run (or resume) the sweeps, then render
     .venv/bin/python benchmarks/mini_table.py --render             # only render, from what MLflow has
-    .venv/bin/python benchmarks/mini_table.py --render --stages qa # redraw one stage, keep the others
+    .venv/bin/python benchmarks/mini_table.py --render --stages qa # redraw one table, keep the others
 
-The sweeps are ``benchmarks/mini/{retrieval,captioning,qa}.yaml`` run with ``bench sweep`` from the
-repository root (each stage's children start from the previous stage's child of the same configuration
-and seed). Rendering reads the sweeps' children back from MLflow, groups them by encoder and projector,
-and writes mean +- sample std over seeds to ``benchmarks/results/mini/STAGE/table.{md,csv}`` and to the
-README between that stage's ``mini-table:STAGE`` markers. A cell from fewer seeds than the sweep asked
-for says so. Where the runs' artifacts hold the metric per test item (retrieval's ranks, QA's answers), the
-cell is the mean with its 95% bootstrap interval over test items and seeds instead, and the configurations
-that a paired bootstrap cannot tell from the best one are bold with it (``bench compare --aggregate``'s
-statistics, :mod:`molbridge.core.stats`). Each stage is its own block, so redrawing one stage from a new
-MLflow store leaves the tables of the others as they were.
+A table's rows are the children of its sweeps, ``benchmarks/mini/*.yaml`` run with ``bench sweep`` from the
+repository root: ``retrieval``, ``captioning`` and ``qa`` are one chain (each stage's children start from the
+previous stage's child of the same configuration and seed); ``conformer_retrieval`` has a row per encoder from
+scratch (``conformer_retrieval.yaml``) and from its own seed's ``pretrain`` run (``pretrain.yaml``, run first,
+then ``conformer_retrieval_pretrained.yaml``); ``conformer_qa`` continues both chains (``conformer_qa.yaml``,
+``conformer_qa_pretrained.yaml``) and sets each row's within-molecule errors beside the molecule-mean ceiling.
+Rendering reads the sweeps' children back from MLflow, groups them by configuration, and writes mean +- sample
+std over seeds to ``benchmarks/results/mini/STAGE/table.{md,csv}`` and to the README between that table's
+``mini-table:STAGE`` markers. A cell from fewer seeds than the sweep asked for says so. Where the runs'
+artifacts hold the metric per test item (retrieval's ranks, QA's answers, conformer retrieval's credit per
+caption), the cell is the mean with its 95% bootstrap interval over test items and seeds instead, and the
+configurations that a paired bootstrap cannot tell from the best one are bold with it (``bench compare
+--aggregate``'s statistics, :mod:`molbridge.core.stats`); a table with a control row adds each row's paired
+difference against it. Each table is its own block, so redrawing one from a new MLflow store leaves the others
+as they were.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import itertools
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from molbridge.core import stats
@@ -40,6 +47,8 @@ from molbridge.core.compare import (
 )
 from molbridge.core.compare_report import collect_items, write_report
 from molbridge.core.errors import MolbridgeError
+from molbridge.core.plugins import get_registry
+from molbridge.core.recipe import load_recipe
 from molbridge.core.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,20 +56,41 @@ SWEEPS = ROOT / "benchmarks" / "mini"
 OUT = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 SEEDS = 3
+ROW_KEYS = ("encoder", "projector")  # a row's components; a table of several sweeps adds each sweep's note
 
-#: stage -> (sweep name, [(column title, metric, baseline metric or None, lower is better)])
-COLUMNS = {
-    "retrieval": (
-        "mini-retrieval",
+Column = tuple[str, str, str | None, bool]  # (title, metric, baseline metric or None, lower is better)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One results table: its columns, the baseline row's name and the sweeps behind it."""
+
+    columns: list[Column]
+    baseline: str
+    sweeps: dict[str, str] = field(default_factory=dict)
+    """Sweep files (``benchmarks/mini/NAME.yaml``) whose children are rows -> what their rows add to the encoder's
+    name (e.g. "from `pretrain`"); empty: the table's own file, nothing added."""
+    before: tuple[str, ...] = ()
+    """Sweep files run first: the runs the rows' sweeps start from (they have no rows)."""
+    versus: str | None = None
+    """An encoder whose from-scratch row is the control: each row gets its paired difference against it on the
+    first column's metric."""
+
+    def row_sweeps(self, stage: str) -> dict[str, str]:
+        return self.sweeps or {stage: ""}
+
+
+TABLES = {
+    "retrieval": Table(
         [
             ("M2T acc", "test/full_m2t_acc", "test/baseline_full_m2t_acc", False),
             ("T2M acc", "test/full_t2m_acc", "test/baseline_full_t2m_acc", False),
             ("M2T R@20", "test/full_m2t_r20", "test/baseline_full_m2t_r20", False),
             ("T2M R@20", "test/full_t2m_r20", "test/baseline_full_t2m_r20", False),
         ],
+        "fingerprint ridge",
     ),
-    "captioning": (
-        "mini-captioning",
+    "captioning": Table(
         [
             ("BLEU-4", "test/bleu4", "test/baseline_bleu4", False),
             ("ROUGE-L", "test/rougeL", "test/baseline_rougeL", False),
@@ -68,9 +98,9 @@ COLUMNS = {
             ("shape acc", "test/shape_acc", "test/baseline_shape_acc", False),
             ("Rg MAE (Å)", "test/rg_mae", "test/baseline_rg_mae", True),
         ],
+        "nearest-neighbour caption",
     ),
-    "qa": (
-        "mini-qa",
+    "qa": Table(
         [
             ("skill", "test/skill", None, False),
             *(
@@ -85,9 +115,34 @@ COLUMNS = {
                 )
             ),
         ],
+        "training mean",
+    ),
+    "conformer_retrieval": Table(
+        [("conformer acc", "test/conformer_acc", "test/conformer_chance", False)],
+        "chance (any 1D model)",
+        sweeps={"conformer_retrieval": "", "conformer_retrieval_pretrained": "from `pretrain`"},
+        before=("pretrain",),
+        versus="smiles",
+    ),
+    "conformer_qa": Table(
+        [
+            *(
+                (f"{title} within", f"test/{prop}/within_mae", f"test/{prop}/molecule_mean_mae", True)
+                for title, prop in (
+                    ("Rg (Å)", "radius_of_gyration"),
+                    ("distance (Å)", "max_distance"),
+                    ("energy (kcal/mol)", "relative_energy"),
+                )
+            ),
+            ("choice acc", "test/conformer_choice_acc", "test/conformer_choice_chance", False),
+            ("conformer skill", "test/conformer_skill", None, False),
+        ],
+        "molecule mean (any 1D model)",
+        sweeps={"conformer_qa": "", "conformer_qa_pretrained": "from `pretrain`"},
+        before=("pretrain", "conformer_retrieval", "conformer_retrieval_pretrained"),
+        versus="smiles",
     ),
 }
-BASELINES = {"retrieval": "fingerprint ridge", "captioning": "nearest-neighbour caption", "qa": "training mean"}
 NAMES = {
     "unimol": "Uni-Mol",
     "schnet": "SchNet",
@@ -101,16 +156,21 @@ def markers(stage: str) -> tuple[str, str]:
     return f"<!-- mini-table:{stage}:start -->", f"<!-- mini-table:{stage}:end -->"
 
 
+def sweep_files(stage: str) -> list[str]:
+    """The sweep files behind a table, in the order they run."""
+    return [*TABLES[stage].before, *TABLES[stage].row_sweeps(stage)]
+
+
 def run_sweeps(stages: list[str]) -> list[str]:
-    """Run or resume each stage's sweep in order; the stages whose sweep had a failed child."""
+    """Run or resume each table's sweeps in order; the sweep files that had a failed child."""
     failed = []
-    for stage in stages:
-        print(f"== bench sweep benchmarks/mini/{stage}.yaml", flush=True)
-        status = bench(["sweep", str(SWEEPS / f"{stage}.yaml")])
+    for name in dict.fromkeys(name for stage in stages for name in sweep_files(stage)):
+        print(f"== bench sweep benchmarks/mini/{name}.yaml", flush=True)
+        status = bench(["sweep", str(SWEEPS / f"{name}.yaml")])
         if status not in (0, 1):  # 1: some children failed, the others are worth rendering
             raise SystemExit(status)  # interrupted (130) or an invalid sweep (2): stop here
         if status:
-            failed.append(stage)
+            failed.append(name)
     return failed
 
 
@@ -126,23 +186,40 @@ def cell(stat: Stat | None, best: bool = False, estimate: stats.Estimate | None 
 
 
 def stage_rows(stage: str, uri: str | None) -> tuple[list[Group], list]:
-    sweep, _ = COLUMNS[stage]
-    try:
-        runs = gather_runs(task=stage, filters={"sweep.name": sweep}, metrics=("*",), uri=uri)
-    except MolbridgeError:  # nothing logged for this stage yet
-        return [], []
+    """The table's configurations (each group's ``label``: what its sweep adds to the row's name) and their runs."""
+    groups, finished = [], []
     order = list(NAMES)  # the sweeps' grid order: Uni-Mol first, the control last
-    finished = [r for r in runs if r.status == "FINISHED"]  # an interrupted child is half-trained: leave it out
-    groups = sorted(
-        group_runs(finished), key=lambda g: [order.index(g.runs[0].identity[k]) for k in ("encoder", "projector")]
-    )
+    for name, note in TABLES[stage].row_sweeps(stage).items():
+        sweep = load_sweep(SWEEPS / f"{name}.yaml").name
+        try:
+            runs = gather_runs(task=stage, filters={"sweep.name": sweep}, metrics=("*",), uri=uri)
+        except MolbridgeError:  # nothing logged for this sweep yet
+            continue
+        done = [r for r in runs if r.status == "FINISHED"]  # an interrupted child is half-trained: leave it out
+        found = sorted(group_runs(done), key=lambda g: [order.index(g.runs[0].identity[k]) for k in ROW_KEYS])
+        for group in found:
+            group.label = note
+        groups, finished = groups + found, finished + done
     return groups, finished
 
 
-def planned(stage: str) -> list[tuple[str, str]]:
-    """(encoder, projector) of every configuration the stage's sweep file lists, in its order."""
-    grid = load_sweep(SWEEPS / f"{stage}.yaml").grid
-    return list(itertools.product(grid["encoder"], grid["projector"]))
+def row_key(group: Group) -> tuple[str, str, str]:
+    return (*(group.runs[0].identity[k] for k in ROW_KEYS), group.label)
+
+
+def planned(stage: str) -> list[tuple[str, str, str]]:
+    """(encoder, projector, note) of every configuration the table's sweep files list, in their order."""
+    rows = []
+    for name, note in TABLES[stage].row_sweeps(stage).items():
+        sweep = load_sweep(SWEEPS / f"{name}.yaml")
+        base = load_recipe(sweep.base, sweep.overrides, get_registry())  # what a key outside the grid is
+        choices = [sweep.grid.get(kind, [base[kind].name]) for kind in ROW_KEYS]
+        rows += [(*names, note) for names in itertools.product(*choices)]
+    return rows
+
+
+def row_names(encoder: str, projector: str, note: str) -> list[str]:
+    return [NAMES.get(encoder, encoder) + (f", {note}" if note else ""), NAMES.get(projector, projector)]
 
 
 def stage_table(
@@ -154,9 +231,12 @@ def stage_table(
     them shows its bootstrap interval, and every configuration not distinguishable from the best mean by a
     paired bootstrap is bold with it; otherwise only the best mean is bold. Why a metric got no interval goes to
     ``notes``."""
-    columns = COLUMNS[stage][1]
+    table = TABLES[stage]
+    columns = table.columns
     items, notes = items or {}, notes if notes is not None else []
-    header = ["encoder", "projector", *(title for title, *_ in columns)]
+    control = _control(table, groups)
+    versus = [f"vs {NAMES.get(control.runs[0].identity['encoder'])}"] if control else []
+    header = ["encoder", "projector", *(title for title, *_ in columns), *versus]
     estimates = {
         (title, group.config): estimate_of(group, metric, items, notes=notes)
         for title, metric, *_ in columns
@@ -166,24 +246,52 @@ def stage_table(
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     parts = ("mean", "std", "n", "lo", "hi")
     rows = [["encoder", "projector", *(f"{title} {part}" for title, *_ in columns for part in parts)]]
-    for group in groups:
-        who = [NAMES.get(group.runs[0].identity[k], group.runs[0].identity[k]) for k in ("encoder", "projector")]
+    if control:
+        rows[0] += [f"{versus[0]} ({columns[0][0]}) {part}" for part in ("difference", "lo", "hi", "verdict")]
+    by_key = {row_key(g): g for g in groups}
+    order = planned(stage)
+    for key in order + [k for k in by_key if k not in order]:  # the sweeps' order; a configuration since dropped last
+        who, group = row_names(*key), by_key.get(key)
+        if group is None:
+            lines.append("| " + " | ".join(who + ["not run yet"] * (len(columns) + len(versus))) + " |")
+            rows.append(who + [""] * (len(parts) * len(columns) + 4 * len(versus)))
+            continue
         stats_ = [group.stat(metric) for _, metric, _, _ in columns]
         found = [estimates[title, group.config] for title, *_ in columns]
         cells = [
             cell(s, group.config in bold[title], e) for (title, *_), s, e in zip(columns, stats_, found, strict=True)
         ]
-        lines.append("| " + " | ".join(who + cells) + " |")
-        rows.append(who + _csv(stats_, found))
-    done = {tuple(g.runs[0].identity[k] for k in ("encoder", "projector")) for g in groups}
-    for missing in [c for c in planned(stage) if c not in done]:
-        who = [NAMES.get(name, name) for name in missing]
-        lines.append("| " + " | ".join(who + ["not run yet"] * len(columns)) + " |")
-        rows.append(who + [""] * len(parts) * len(columns))
+        against = _versus(group, control, columns[0][1], items) if control else []
+        lines.append("| " + " | ".join(who + cells + against[:1]) + " |")
+        rows.append(who + _csv(stats_, found) + against[1:])
     base = [pooled(groups, b) if b else None for _, _, b, _ in columns]
-    lines.append("| " + " | ".join([f"{BASELINES[stage]} (baseline)", ""] + [_baseline_cell(s) for s in base]) + " |")
-    rows.append([f"{BASELINES[stage]} (baseline)", "", *_csv(base, [None] * len(base))])
+    baseline = [_baseline_cell(s) for s in base] + [""] * len(versus)
+    lines.append("| " + " | ".join([f"{table.baseline} (baseline)", "", *baseline]) + " |")
+    rows.append([f"{table.baseline} (baseline)", "", *_csv(base, [None] * len(base))])
     return lines, rows
+
+
+def _control(table: Table, groups: list[Group]) -> Group | None:
+    """The control row (the ``versus`` encoder's first configuration), when the table has one and it ran."""
+    if table.versus is None:
+        return None
+    return next((g for g in groups if g.runs[0].identity["encoder"] == table.versus), None)
+
+
+def _versus(group: Group, control: Group, metric: str, items: ItemData) -> list[str]:
+    """The cell, then its CSV fields, of ``group`` minus the control on the same test items."""
+    if group is control:
+        return ["control", "", "", "", ""]
+    comparison = compare_groups(group, control, metric, items)
+    if comparison is None:
+        return ["no per-item values", "", "", "", ""]
+    d = comparison.difference
+    text = f"{comparison.verdict} ({d.estimate:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}])"
+    return [
+        f"**{text}**" if comparison.verdict == stats.BETTER else text,
+        *(f"{v:.6g}" for v in (d.estimate, d.lo, d.hi)),
+        comparison.verdict,
+    ]
 
 
 def _bold(groups: list[Group], metric: str, lower: bool, items: ItemData) -> set[str]:
@@ -205,16 +313,23 @@ def _bold(groups: list[Group], metric: str, lower: bool, items: ItemData) -> set
 
 def legend(stage: str, groups: list[Group], items: ItemData) -> str:
     """What the cells of a stage's table are, for the line under it."""
-    metrics = [metric for _, metric, _, _ in COLUMNS[stage][1]]
+    metrics = [metric for _, metric, _, _ in TABLES[stage].columns]
     with_items = [m for m in metrics if any(items.get(r.run_id, {}).get(m) for g in groups for r in g.runs)]
     spread = "mean ± sample std over seeds"
     if not with_items:
         return f"Cells: {spread}; bold: the best mean."
-    titles = ", ".join(title for title, metric, *_ in COLUMNS[stage][1] if metric in with_items)
+    titles = ", ".join(title for title, metric, *_ in TABLES[stage].columns if metric in with_items)
+    control = _control(TABLES[stage], groups)
+    versus = (
+        f" Last column: the row minus the {NAMES.get(str(TABLES[stage].versus))} row on the same test items "
+        "(seeds paired), its 95% interval and verdict; bold where better."
+        if control
+        else ""
+    )
     return (
         f"Cells: {spread}, except {titles}: mean [95% percentile bootstrap interval over test items and seeds, "
         f"{stats.RESAMPLES} resamples]; bold: the best mean and, for those, every configuration a paired "
-        "bootstrap on the same test items cannot tell from it (its 95% interval of the difference contains 0)."
+        f"bootstrap on the same test items cannot tell from it (its 95% interval of the difference contains 0).{versus}"
     )
 
 
@@ -237,8 +352,10 @@ def _csv(stats_: list[Stat | None], estimates: list[stats.Estimate | None]) -> l
 def render(stage: str, uri: str | None, plots: bool) -> str:
     """One stage's section: its table (also written to its results folder) and, with plots, its figures."""
     groups, runs = stage_rows(stage, uri)
+    files = ", ".join(f"`benchmarks/mini/{name}.yaml`" for name in sweep_files(stage))
     if not groups:
-        return f"**{stage}**: no finished run of sweep {COLUMNS[stage][0]} yet\n"
+        rows_from = ", ".join(f"`benchmarks/mini/{name}.yaml`" for name in TABLES[stage].row_sweeps(stage))
+        return f"**{stage}**: no finished child of {rows_from} yet\n"
     items, notes = collect_items(groups, uri), []
     lines, rows = stage_table(stage, groups, items, notes)
     for note in notes:
@@ -248,7 +365,7 @@ def render(stage: str, uri: str | None, plots: bool) -> str:
     figures = f"; [figures]({(out / 'README.md').relative_to(ROOT)})" if plots else ""
     text = "\n".join(
         [
-            f"**{stage}** (`benchmarks/mini/{stage}.yaml`; seeds {', '.join(seeds)}{figures})",
+            f"**{stage}** ({files}; seeds {', '.join(seeds)}{figures})",
             "",
             *lines,
             "",
@@ -262,8 +379,9 @@ def render(stage: str, uri: str | None, plots: bool) -> str:
             out,
             table_metrics=("test/*",),
             uri=uri,
-            command=f"benchmarks/mini_table.py --render --stages {stage} (sweep {COLUMNS[stage][0]})",
-            versus=groups[0].config,  # the table's first row: Uni-Mol with the Q-Former, 3D-MoLM's own
+            command=f"benchmarks/mini_table.py --render --stages {stage} ({files})",
+            # the control row where the table has one, else the first: Uni-Mol with the Q-Former, 3D-MoLM's own
+            versus=(_control(TABLES[stage], groups) or groups[0]).config,
         )
     out.mkdir(parents=True, exist_ok=True)
     with (out / "table.csv").open("w", newline="") as f:
@@ -289,10 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stages",
         type=_stages,
-        default=list(COLUMNS),
+        default=list(TABLES),
         metavar="A,B",
-        help=f"only these stages (default: {','.join(COLUMNS)}); a stage's sweep needs the "
-        "previous stage's runs on disk",
+        help=f"only these tables (default: {','.join(TABLES)}); a table's sweeps need the runs they start "
+        "from on disk (the previous stage's, or pretrain's)",
     )
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the sweep files name the previous stage's children relative to the repository root
@@ -308,12 +426,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stages(value: str) -> list[str]:
     stages = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in COLUMNS]
+    unknown = [s for s in stages if s not in TABLES]
     if unknown or not stages:
         raise argparse.ArgumentTypeError(
-            f"unknown stage {', '.join(unknown) or value!r}; choose from {', '.join(COLUMNS)}"
+            f"unknown stage {', '.join(unknown) or value!r}; choose from {', '.join(TABLES)}"
         )
-    return [s for s in COLUMNS if s in stages]  # always in chain order
+    return [s for s in TABLES if s in stages]  # always in chain order
 
 
 if __name__ == "__main__":

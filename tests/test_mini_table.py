@@ -60,7 +60,7 @@ def test_stage_table_marks_the_best_mean_the_missing_seeds_and_the_baseline(tabl
         _group("smiles", "linear", {"test/skill": [0.1, 0.3], homo: [0.9, 1.1], base: [1.0] * 2}),
     ]
     lines, rows = table.stage_table("qa", groups)
-    unimol, smiles, *missing, baseline = lines[2:]
+    unimol, *missing, smiles, baseline = lines[2:]  # in the sweep's grid order
     assert len(missing) == 4 and all(line.count("not run yet") == 7 for line in missing)  # 6 planned, 2 run
     assert unimol.startswith("| Uni-Mol | Q-Former | **0.300 ± 0.100** | **0.600 ± 0.100** |")  # MAE: lower wins
     assert "| SMILES (1D control) | linear | 0.200 ± 0.141 (n=2) | 1.000 ± 0.141 (n=2) |" in smiles
@@ -113,15 +113,15 @@ def test_stage_table_shows_intervals_and_bolds_configurations_tied_with_the_best
         groups.append(group)
         items |= found
     lines, rows = table.stage_table("retrieval", groups, items)
-    unimol, schnet, smiles = lines[2:5]
+    unimol, unrun, _, schnet, _, smiles = lines[2:8]  # the grid's order, unrun configurations in their place
     expected = stats.configuration(np.array(close, dtype=float))
     mean = np.mean(close)
     assert f"| SchNet | linear | **{mean:.3f} [{expected.interval.lo:.3f}, {expected.interval.hi:.3f}]** |" in schnet
     assert unimol.startswith("| Uni-Mol | Q-Former | **")  # not distinguishable from the best: bold too
     assert smiles.startswith("| SMILES (1D control) | linear | 0.") and "**" not in smiles.split(" | ")[2]
-    assert "| not run yet |" in lines[5] and unimol.endswith("| not run | not run | not run |")  # planned, unrun
+    assert "| not run yet |" in unrun and unimol.endswith("| not run | not run | not run |")  # planned, unrun
     assert rows[0][2:7] == [f"M2T acc {part}" for part in ("mean", "std", "n", "lo", "hi")]
-    assert float(rows[2][5]) == pytest.approx(expected.interval.lo, rel=1e-5)
+    assert float(rows[4][5]) == pytest.approx(expected.interval.lo, rel=1e-5)
     legend = table.legend("retrieval", groups, items)
     assert "except M2T acc: mean [95% percentile bootstrap interval" in legend and "paired bootstrap" in legend
     assert table.legend("qa", groups, {}) == "Cells: mean ± sample std over seeds; bold: the best mean."
@@ -155,3 +155,84 @@ def test_render_reads_intervals_from_any_mlflow_store(table, tmp_path, monkeypat
     assert unimol.startswith("| Uni-Mol | Q-Former | **0.750 [") and "(n=1)" in unimol
     assert "| SMILES (1D control) | Q-Former | 0.250 [" in text and "except M2T acc: mean [95%" in text
     assert (tmp_path / "results" / "mini" / "retrieval" / "table.md").read_text() == text
+
+
+def test_the_conformer_sweeps_are_two_chains_each_child_starting_from_its_own_previous_run():
+    registry = get_registry()
+    children = {
+        name: plan(load_sweep(BENCHMARKS / "mini" / f"{name}.yaml"), registry)
+        for name in (
+            "pretrain",
+            "conformer_retrieval",
+            "conformer_retrieval_pretrained",
+            "conformer_qa",
+            "conformer_qa_pretrained",
+        )
+    }
+    scratch = [f"{e}-s{s}" for e in ("unimol", "schnet", "smiles") for s in range(3)]
+    assert [c.key for c in children["conformer_retrieval"]] == [c.key for c in children["conformer_qa"]] == scratch
+    every = [child for group in children.values() for child in group]
+    assert all(c.recipe.encoder.cutoff == 10.0 for c in every if c.recipe.encoder.name == "schnet")
+    for previous, name, folder in (
+        ("pretrain", "conformer_retrieval_pretrained", "stage:pretrain@runs/sweep-mini-pretrain"),
+        ("conformer_retrieval", "conformer_qa", "stage:conformer_retrieval@runs/sweep-mini-conformer_retrieval"),
+        (
+            "conformer_retrieval_pretrained",
+            "conformer_qa_pretrained",
+            "stage:conformer_retrieval@runs/sweep-mini-conformer_retrieval-pretrained",
+        ),
+    ):
+        for child in children[name]:  # exactly one child of the previous sweep matches (same encoder and seed)
+            assert child.recipe.train.init_from == folder
+            matching = [b for b in children[previous] if not stage_differences(child.recipe, b.recipe)]
+            assert [b.key for b in matching] == [child.key]
+
+
+def test_the_conformer_table_has_a_row_per_sweep_and_the_paired_difference_against_the_control(
+    table, tmp_path, monkeypatch
+):
+    """Children of both conformer sweeps with items-test.json artifacts as the task writes them."""
+    import json
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment(
+        "conformer_retrieval-molbridge-mini", artifact_location=str(tmp_path / "artifacts")
+    )
+    ids = [f"m{i // 2}#{i % 2}" for i in range(40)]  # 20 molecules of 2 conformers
+    for sweep, encoder, hits, config in (
+        ("mini-conformer_retrieval", "unimol", 30, "aaaaaa"),
+        ("mini-conformer_retrieval", "smiles", 20, "bbbbbb"),
+        ("mini-conformer_retrieval-pretrained", "unimol", 36, "cccccc"),
+    ):
+        credit = [1.0 if i < hits else 0.0 for i in range(40)]
+        tags = {"task": "conformer_retrieval", "encoder": encoder, "projector": "qformer", "seed": "0"}
+        run_id = client.create_run(
+            experiment, run_name=f"{encoder}-qformer-none-s0-{config}", tags=tags | {"sweep.name": sweep}
+        ).info.run_id
+        metrics = {"test/conformer_acc": hits / 40, "test/conformer_chance": 0.5}
+        client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
+        path = tmp_path / run_id / "items-test.json"
+        path.parent.mkdir()
+        values = {"conformer_acc": credit, "conformer_chance": [0.5] * 40}
+        path.write_text(json.dumps({"split": "test", "ids": ids, "values": values}))
+        client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id)
+    monkeypatch.setattr(table, "OUT", tmp_path / "results")
+    text = table.render("conformer_retrieval", uri, plots=False)
+    lines = text.splitlines()
+    assert "`benchmarks/mini/pretrain.yaml`, `benchmarks/mini/conformer_retrieval.yaml`" in lines[0]
+    assert lines[2] == "| encoder | projector | conformer acc | vs SMILES (1D control) |"
+    unimol, schnet, smiles, pretrained, schnet_pretrained, chance = lines[4:10]  # the sweep files' order
+    assert unimol.startswith("| Uni-Mol | Q-Former | 0.750 [") and "| **better (+0.250 [" in unimol
+    assert schnet == "| SchNet | Q-Former | not run yet | not run yet |"  # planned in the sweep, not run
+    assert smiles.startswith("| SMILES (1D control) | Q-Former | 0.500 [") and smiles.endswith("| control |")
+    assert pretrained.startswith("| Uni-Mol, from `pretrain` | Q-Former | **0.900 [") and "+0.400" in pretrained
+    assert schnet_pretrained.startswith("| SchNet, from `pretrain` |")
+    assert chance == "| chance (any 1D model) (baseline) |  | 0.500 |  |"
+    assert "Last column: the row minus the SMILES (1D control) row on the same test items" in text
+    csv_rows = (tmp_path / "results" / "mini" / "conformer_retrieval" / "table.csv").read_text().splitlines()
+    assert csv_rows[0].endswith("vs SMILES (1D control) (conformer acc) verdict") and csv_rows[1].endswith(",better")
