@@ -64,3 +64,14 @@ def test_recipes_show_doc_and_validate_take_component_swaps(capsys):
     assert "# Peak learning rate (AdamW).\n  # type float; default 0.0001; range > 0\n  lr: 0.0005" in out
     assert main(["recipes", "validate", "retrieval", "--no-size", "--encoder", "schnet"]) == 0
     assert "encoder schnet" in capsys.readouterr().out
+
+
+def test_recipes_show_and_validate_take_overrides_after_options_and_name_per_component_settings(capsys):
+    assert main(["recipes", "show", "captioning", "--encoder", "schnet", "train.lr=5e-4"]) == 0  # as --help shows
+    assert "  lr: 0.0005" in capsys.readouterr().out
+    assert main(["recipes", "validate", "conformer_qa", "--encoder", "schnet", "--no-size"]) == 0
+    assert "per_component encoder schnet: encoder.cutoff=10.0\n" in capsys.readouterr().out
+    assert main(["recipes", "validate", "conformer_qa", "--encoder", "schnet", "encoder.cutoff=5", "--no-size"]) == 0
+    assert "encoder.cutoff=10.0 (not used: encoder.cutoff=5.0 is set on the command line)" in capsys.readouterr().out
+    assert main(["recipes", "validate", "conformer_qa", "--encoder", "unimol", "--no-size"]) == 0
+    assert "per_component" not in capsys.readouterr().out

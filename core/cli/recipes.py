@@ -4,7 +4,18 @@ import argparse
 import shutil
 from pathlib import Path
 
-from molbridge.core.recipe import ProfileSetting, find_recipe, load_recipe, packaged_recipes, profile_path, to_yaml
+from omegaconf import OmegaConf
+
+from molbridge.core.cli.run import IntermixedParser
+from molbridge.core.recipe import (
+    ProfileSetting,
+    find_recipe,
+    flatten,
+    load_recipe,
+    packaged_recipes,
+    profile_path,
+    to_yaml,
+)
 
 COMPONENTS = ("encoder", "projector", "llm")
 
@@ -46,6 +57,7 @@ def add_parser(sub):
         "train.lr=5e-4\n  bench recipes show retrieval --raw",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    show.__class__ = IntermixedParser  # overrides before and after options, as for bench run
     show.add_argument("name")
     show.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, as for bench run")
     _component_options(show)
@@ -68,6 +80,7 @@ def add_parser(sub):
         "train.max_steps=200\n  bench recipes validate my_recipe.yaml --no-size"
     )
     validate.formatter_class = argparse.RawDescriptionHelpFormatter
+    validate.__class__ = IntermixedParser
     validate.add_argument("name")
     validate.add_argument("overrides", nargs="*", metavar="key=value")
     _component_options(validate)
@@ -127,6 +140,8 @@ def validate_recipe(args) -> int:
         + ", ".join(f"{k} {recipe[k].name}" for k in ("encoder", "projector", "llm") if recipe.get(k))
     )
     print(profile_summary(recipe.compat, profile))
+    for line in per_component_summary(recipe):
+        print(line)
     if data_note:
         print(data_note)
     if sizing is not None:
@@ -150,6 +165,18 @@ def profile_summary(name: str, settings: list[ProfileSetting]) -> str:
     lines += [f"  {s.key:<{width}}  kept the recipe's {s.note}" for s in settings if s.status == "kept"]
     lines += [f"  {s.key:<{width}}  not applied: {s.note}" for s in settings if s.status == "skipped"]
     return "\n".join(lines)
+
+
+def per_component_summary(recipe) -> list[str]:
+    """What the recipe's ``per_component`` table gives this run's components, and what the command line kept."""
+    lines = []
+    for kind, entries in recipe.per_component.items():
+        name = recipe[kind].name if recipe.get(kind) is not None else None
+        for key, value in flatten(entries.get(name) or {}).items():
+            used = OmegaConf.select(recipe[kind], key)
+            note = "" if used == value else f" (not used: {kind}.{key}={_shown(used)} is set on the command line)"
+            lines.append(f"per_component {kind} {name}: {kind}.{key}={_shown(value)}{note}")
+    return lines
 
 
 def check_data(recipe) -> str | None:
