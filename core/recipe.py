@@ -330,6 +330,13 @@ def apply_overrides(data: dict, overrides: list[str], origin: dict[str, str]) ->
     return data
 
 
+def _assign(data: dict, parts: list[str], value: Any) -> None:
+    """Set the dotted key ``parts`` in ``data``, creating the sections on the way."""
+    for part in parts[:-1]:
+        data = data.setdefault(part, {})
+    data[parts[-1]] = value
+
+
 def _walk(data: Any, parts: list[str]) -> Any:
     for part in parts:
         if not isinstance(data, dict) or part not in data:
@@ -377,11 +384,7 @@ def apply_per_component(data: dict, origin: dict[str, str]) -> None:
             dotted = f"{kind}.{key}"
             if origin.get(dotted, "").startswith("command line"):
                 continue
-            *parents, leaf = key.split(".")
-            node = section
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
+            _assign(section, key.split("."), value)
             origin[dotted] = f"{_where(f'{source}.{key}', origin)} ({source})"
 
 
@@ -480,10 +483,7 @@ def apply_profile(data: dict, origin: dict[str, str], registry: Registry) -> lis
         if current is not _UNSET:
             report.append(ProfileSetting(key, value, "kept", f"{current!r} from {_where(key, origin)}"))
             continue
-        node = data
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        _assign(data, parts, value)
         origin[key] = f"profile {name} ({profile_path(name).name})"
         report.append(ProfileSetting(key, value, "set"))
     return report
