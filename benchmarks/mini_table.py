@@ -285,8 +285,7 @@ def _versus(group: Group, control: Group, metric: str, items: ItemData) -> list[
     comparison = compare_groups(group, control, metric, items)
     if comparison is None:
         return ["no per-item values", "", "", "", ""]
-    d = comparison.difference
-    text = f"{comparison.verdict} ({d.estimate:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}])"
+    d, text = comparison.difference, comparison.text(".3f")
     return [
         f"**{text}**" if comparison.verdict == stats.BETTER else text,
         *(f"{v:.6g}" for v in (d.estimate, d.lo, d.hi)),

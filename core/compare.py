@@ -504,8 +504,7 @@ def _verdict_cell(label: str, metric: str, table: Intervals | None) -> str:
         return ""
     comparison = table.comparisons.get((label, metric))
     if comparison is not None:
-        d = comparison.difference
-        return f"{comparison.verdict} ({d.estimate:+.3g} [{d.lo:.3g}, {d.hi:.3g}])"
+        return comparison.text()
     if table.references.get(label) == label and (label, metric) in table.estimates:
         return "reference"
     return ""

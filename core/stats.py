@@ -96,6 +96,11 @@ class Comparison:
     seeds: str
     """``paired by seed`` or ``pooled``."""
 
+    def text(self, spec: str = ".3g") -> str:
+        """``better (+0.079 [0.047, 0.113])``: the verdict, the difference and its interval, numbers as ``spec``."""
+        d = self.difference
+        return f"{self.verdict} ({d.estimate:+{spec}} [{d.lo:{spec}}, {d.hi:{spec}}])"
+
 
 def higher_is_better(metric: str) -> bool | None:
     """``test/full_m2t_acc`` -> True, ``test/LogP/mae`` -> False, ``test/n_tokens`` -> None (unknown)."""
