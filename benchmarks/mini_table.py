@@ -351,10 +351,9 @@ def _csv(stats_: list[Stat | None], estimates: list[stats.Estimate | None]) -> l
 def render(stage: str, uri: str | None, plots: bool) -> str:
     """One stage's section: its table (also written to its results folder) and, with plots, its figures."""
     groups, runs = stage_rows(stage, uri)
-    files = ", ".join(f"`benchmarks/mini/{name}.yaml`" for name in sweep_files(stage))
+    files = _listed(sweep_files(stage))
     if not groups:
-        rows_from = ", ".join(f"`benchmarks/mini/{name}.yaml`" for name in TABLES[stage].row_sweeps(stage))
-        return f"**{stage}**: no finished child of {rows_from} yet\n"
+        return f"**{stage}**: no finished child of {_listed(TABLES[stage].row_sweeps(stage))} yet\n"
     items, notes = collect_items(groups, uri), []
     lines, rows = stage_table(stage, groups, items, notes)
     for note in notes:
@@ -387,6 +386,10 @@ def render(stage: str, uri: str | None, plots: bool) -> str:
         csv.writer(f).writerows(rows)
     (out / "table.md").write_text(text)
     return text
+
+
+def _listed(names) -> str:
+    return ", ".join(f"`benchmarks/mini/{name}.yaml`" for name in names)
 
 
 def update_readme(stage: str, text: str) -> None:
