@@ -55,7 +55,8 @@ INIT_KEY = "train.init_from"
 HASH_LENGTH = 6
 
 
-def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+def matches(key: str, prefixes: tuple[str, ...]) -> bool:
+    """``key`` is one of ``prefixes`` or under one ending in a dot (``tracking.`` holds ``tracking.uri``)."""
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
 
 
@@ -64,7 +65,7 @@ def identity_settings(recipe: DictConfig | Mapping) -> dict[str, Any]:
     return {
         key: value
         for key, value in flatten(recipe).items()
-        if key != "seed" and not _matches(key, NOT_IDENTITY + NO_EFFECT)
+        if key != "seed" and not matches(key, NOT_IDENTITY + NO_EFFECT)
     }
 
 
@@ -166,14 +167,14 @@ def resume_conflicts(stored: DictConfig | Mapping, current: DictConfig | Mapping
     if same_init:
         old.pop(INIT_KEY, None)
         new.pop(INIT_KEY, None)
-    added = sorted(k for k in set(new) - set(old) if not _matches(k, NOT_IDENTITY + RESUMABLE))
+    added = sorted(k for k in set(new) - set(old) if not matches(k, NOT_IDENTITY + RESUMABLE))
     if added:
         log.warning("settings new since this run was started (not compared): %s", ", ".join(added))
     absent = "<absent>"
     return [
         f"{key}: {old.get(key, absent)!r} (stored) -> {new.get(key, absent)!r} (now)"
         for key in sorted(old)
-        if not _matches(key, NOT_IDENTITY + RESUMABLE) and old[key] != new.get(key, absent)
+        if not matches(key, NOT_IDENTITY + RESUMABLE) and old[key] != new.get(key, absent)
     ]
 
 
@@ -190,7 +191,7 @@ def resumable_changes(stored: DictConfig | Mapping, current: DictConfig | Mappin
     return {
         k: [old.get(k), new.get(k)]
         for k in sorted(set(old) | set(new))
-        if _matches(k, RESUMABLE) and old.get(k) != new.get(k)
+        if matches(k, RESUMABLE) and old.get(k) != new.get(k)
     }
 
 

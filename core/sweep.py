@@ -6,8 +6,8 @@ process through :func:`molbridge.core.runner.run`, each under the identity ``ben
 (:mod:`molbridge.core.identity`: components, seed and the hash of every setting that differs from the task's
 packaged recipe) in the folder ``ROOT/sweep-NAME/{run name}``, so two grid points never share a folder or
 a run, running the same sweep again skips finished children, resumes an interrupted one from its checkpoint
-and reuses the parent run. A child that raises is recorded as failed (in MLflow and ``sweep.json``)
-and the others go on.
+and reuses the parent run (a rerun may add only settings that change no result: how often children save or log).
+A child that raises is recorded as failed (in MLflow and ``sweep.json``) and the others go on.
 
 A sweep file::
 
@@ -43,7 +43,7 @@ from omegaconf.errors import OmegaConfBaseException
 from molbridge.core import sweep_launch as launch
 from molbridge.core import tracking
 from molbridge.core.errors import MolbridgeError, RecipeError, suggest
-from molbridge.core.identity import experiment_name, identify
+from molbridge.core.identity import NO_EFFECT, experiment_name, identify, matches
 from molbridge.core.recipe import load_recipe
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ def _consistency_problems(children: list[Child]) -> list[str]:
         )
     for child in children:
         recorded = _read_json(child.output_dir / CHILD_FILE)
-        if recorded is not None and recorded != child.definition:
+        if recorded is not None and _defining(recorded) != _defining(child.definition):
             problems.append(
                 f"{child.key}: {child.output_dir} was run with other settings "
                 f"({_difference(recorded, child.definition)}); give the sweep another name, "
@@ -341,12 +341,20 @@ def _definition_problems(sweep: Sweep, root: str | Path) -> list[str]:
         return []
     now = {"recipe": sweep.base, "overrides": sweep.overrides}
     was = {key: recorded.get(key) for key in now}
-    if was == now:
+    if _defining(was) == _defining(now):
         return []
     return [
         f"sweep {sweep.name} was run with other settings ({_difference(was, now)}); give the sweep another name, "
         f"or delete {sweep_dir(root, sweep.name)} to redo it"
     ]
+
+
+def _defining(definition: Mapping[str, Any]) -> dict[str, Any]:
+    """A definition without the overrides that change no result (how often children log or save, data workers):
+    an interrupted sweep may be resumed with ``train.checkpoint_every=200`` and stay one experiment."""
+    overrides = definition.get("overrides") or []
+    kept = [item for item in overrides if not matches(str(item).split("=", 1)[0].lstrip("~"), NO_EFFECT)]
+    return {**definition, "overrides": kept}
 
 
 def _same_run_problems(children: list[Child]) -> list[str]:

@@ -165,6 +165,12 @@ def test_a_rerun_with_other_settings_is_refused(toy_cli, toy_registry):
     changed.overrides.append("train.max_steps=3")
     with pytest.raises(sweeps.SweepError, match=r"sweep twice was run with other settings \(overrides: "):
         sweeps.run_sweep(changed, toy_registry)
+    # how often children save or log changes no result: the same experiment, its completed child kept
+    saving = sweeps.load_sweep(path)
+    saving.overrides += ["train.checkpoint_every=1", "train.log_every=1"]
+    again = sweeps.run_sweep(saving, toy_registry)
+    assert [child["status"] for child in again["children"]] == ["skipped"]  # completed before: not trained again
+    assert [child["output_dir"] for child in again["children"]] == [c["output_dir"] for c in state["children"]]
 
 
 class StopAt:

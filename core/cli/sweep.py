@@ -14,9 +14,10 @@ task name with the grid given inline. Every configuration is validated before th
 Each child trains in its own folder, ROOT/sweep-NAME/RUN (ROOT: --output, default runs; RUN its identity,
 as bench run names it), so
 running the same sweep again skips completed children, resumes an interrupted one from its last
-checkpoint and reuses the parent run. A child that fails is recorded (MLflow status FAILED with its
-error) and the others go on; the command then exits 1. A table of the results is printed at the end
-and everything is written to ROOT/sweep-NAME/sweep.json.
+checkpoint and reuses the parent run. A rerun may add settings that change no result (e.g.
+train.checkpoint_every=200 to save an interrupted child's progress); any other change is refused.
+A child that fails is recorded (MLflow status FAILED with its error) and the others go on; the command
+then exits 1. A table of the results is printed at the end and everything is written to ROOT/sweep-NAME/sweep.json.
 
 A sweep file:
   name: arch
