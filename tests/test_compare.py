@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from molbridge.core.cli import main
-from molbridge.core.compare import gather_runs, render
+from molbridge.core.compare import RunRow, differing_params, gather_runs, render
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.tracking import default_uri
 
@@ -117,3 +117,17 @@ def test_gather_runs_pages_through_every_run(tmp_path, monkeypatch):
     assert sorted(r.identity["seed"] for r in rows) == ["0", "1", "2", "3", "4"]
     (group,) = compare.group_runs(rows)  # one configuration hash: one group of five seeds
     assert len(group.runs) == 5
+
+
+def test_filters_go_before_and_after_options(store, capsys):
+    assert main(["compare", "encoder=unimol", "--no-latest", "train.lr=0.001", "--format", "json"]) == 0
+    assert [r["run_id"] for r in json.loads(capsys.readouterr().out)] == [store["old"]]
+
+
+def test_how_often_a_run_saves_or_logs_is_not_a_difference_between_runs():
+    params = [
+        {"train.lr": "0.1", "train.checkpoint_every": "0", "seed": "0"},
+        {"train.lr": "0.2", "train.checkpoint_every": "200", "seed": "1", "tracking.uri": "sqlite:///elsewhere.db"},
+    ]
+    rows = [RunRow(f"run{i}", f"id{i}", EXPERIMENT, "FINISHED", 0, {}, params=p) for i, p in enumerate(params)]
+    assert differing_params(rows) == ["train.lr"]

@@ -3,6 +3,7 @@
 import shlex
 import sys
 
+from molbridge.core.cli.run import IntermixedParser
 from molbridge.core.compare import DEFAULT_METRICS, gather_runs, group_runs, render, render_aggregate, select_metrics
 from molbridge.core.errors import MolbridgeError
 from molbridge.core.stats import RESAMPLES
@@ -69,6 +70,7 @@ def add_parser(sub):
         "metrics as rows, or with --aggregate one row per configuration over seeds. Reads the "
         "MLflow store the runs were logged to: ./mlflow.db by default, or --uri / MLFLOW_TRACKING_URI.",
     )
+    parser.__class__ = IntermixedParser  # filters before and after options, as for bench run
     parser.add_argument(
         "filters",
         nargs="*",
