@@ -75,6 +75,10 @@ class Table:
     versus: str | None = None
     """An encoder whose from-scratch row is the control: each row gets its paired difference against it on the
     first column's metric."""
+    versus_baseline: tuple[str, ...] = ()
+    """Titles of columns whose per-item baseline is the comparison that matters (e.g. the molecule-mean ceiling of
+    a within-molecule error): each row gets, in one last column, its paired difference against its own runs'
+    baseline values on the same items, seeds paired."""
 
     def row_sweeps(self, stage: str) -> dict[str, str]:
         return self.sweeps or {stage: ""}
@@ -140,7 +144,8 @@ TABLES = {
         "molecule mean (any 1D model)",
         sweeps={"conformer_qa": "", "conformer_qa_pretrained": "from `pretrain`"},
         before=("pretrain", "conformer_retrieval", "conformer_retrieval_pretrained"),
-        versus="smiles",
+        # the SMILES control's within errors are the ceiling item by item: against the ceiling is against it
+        versus_baseline=("Rg (Å) within", "distance (Å) within", "energy (kcal/mol) within"),
     ),
 }
 NAMES = {
@@ -236,6 +241,7 @@ def stage_table(
     items, notes = items or {}, notes if notes is not None else []
     control = _control(table, groups)
     versus = [f"vs {NAMES.get(control.runs[0].identity['encoder'])}"] if control else []
+    versus += [f"vs {table.baseline} (paired)"] if table.versus_baseline else []
     header = ["encoder", "projector", *(title for title, *_ in columns), *versus]
     estimates = {
         (title, group.config): estimate_of(group, metric, items, notes=notes)
@@ -246,15 +252,18 @@ def stage_table(
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     parts = ("mean", "std", "n", "lo", "hi")
     rows = [["encoder", "projector", *(f"{title} {part}" for title, *_ in columns for part in parts)]]
+    verdicts = ("difference", "lo", "hi", "verdict")
     if control:
-        rows[0] += [f"{versus[0]} ({columns[0][0]}) {part}" for part in ("difference", "lo", "hi", "verdict")]
+        rows[0] += [f"{versus[0]} ({columns[0][0]}) {part}" for part in verdicts]
+    rows[0] += [f"vs {table.baseline} ({title}) {part}" for title in table.versus_baseline for part in verdicts]
+    extra = 4 * ((control is not None) + len(table.versus_baseline))
     by_key = {row_key(g): g for g in groups}
     order = planned(stage)
     for key in order + [k for k in by_key if k not in order]:  # the sweeps' order; a configuration since dropped last
         who, group = row_names(*key), by_key.get(key)
         if group is None:
             lines.append("| " + " | ".join(who + ["not run yet"] * (len(columns) + len(versus))) + " |")
-            rows.append(who + [""] * (len(parts) * len(columns) + 4 * len(versus)))
+            rows.append(who + [""] * (len(parts) * len(columns) + extra))
             continue
         stats_ = [group.stat(metric) for _, metric, _, _ in columns]
         found = [estimates[title, group.config] for title, *_ in columns]
@@ -262,8 +271,9 @@ def stage_table(
             cell(s, group.config in bold[title], e) for (title, *_), s, e in zip(columns, stats_, found, strict=True)
         ]
         against = _versus(group, control, columns[0][1], items) if control else []
-        lines.append("| " + " | ".join(who + cells + against[:1]) + " |")
-        rows.append(who + _csv(stats_, found) + against[1:])
+        ceiling = _versus_baseline(group, table, items) if table.versus_baseline else []
+        lines.append("| " + " | ".join(who + cells + against[:1] + ceiling[:1]) + " |")
+        rows.append(who + _csv(stats_, found) + against[1:] + ceiling[1:])
     base = [pooled(groups, b) if b else None for _, _, b, _ in columns]
     baseline = [_baseline_cell(s) for s in base] + [""] * len(versus)
     lines.append("| " + " | ".join([f"{table.baseline} (baseline)", "", *baseline]) + " |")
@@ -285,12 +295,40 @@ def _versus(group: Group, control: Group, metric: str, items: ItemData) -> list[
     comparison = compare_groups(group, control, metric, items)
     if comparison is None:
         return ["no per-item values", "", "", "", ""]
-    d, text = comparison.difference, comparison.text(".3f")
+    return _verdict_fields(comparison)
+
+
+def _verdict_fields(comparison: stats.Comparison, name: str = "") -> list[str]:
+    """The cell (bold where better), then the CSV fields: difference, its interval, the verdict."""
+    d, text = comparison.difference, f"{name}{comparison.text('.3f')}"
     return [
         f"**{text}**" if comparison.verdict == stats.BETTER else text,
         *(f"{v:.6g}" for v in (d.estimate, d.lo, d.hi)),
         comparison.verdict,
     ]
+
+
+def _short(title: str) -> str:
+    """A column's title without its unit and qualifier: ``Rg (Å) within`` -> ``Rg``."""
+    return title.split(" (")[0]
+
+
+def _versus_baseline(group: Group, table: Table, items: ItemData) -> list[str]:
+    """One cell naming each ``versus_baseline`` column's paired difference against the row's own baseline values
+    on the same items, then its CSV fields (four per column)."""
+    cells, fields = [], []
+    for title, metric, baseline, _ in table.columns:
+        if title not in table.versus_baseline:
+            continue
+        comparison = compare_groups(group, group, metric, items, reference_metric=baseline) if baseline else None
+        if comparison is None:
+            cells.append(f"{_short(title)}: no per-item values")
+            fields += ["", "", "", ""]
+            continue
+        cell, *numbers = _verdict_fields(comparison, f"{_short(title)}: ")
+        cells.append(cell)
+        fields += numbers
+    return ["; ".join(cells), *fields]
 
 
 def _bold(groups: list[Group], metric: str, lower: bool, items: ItemData) -> set[str]:
@@ -318,13 +356,18 @@ def legend(stage: str, groups: list[Group], items: ItemData) -> str:
     if not with_items:
         return f"Cells: {spread}; bold: the best mean."
     titles = ", ".join(title for title, metric, *_ in TABLES[stage].columns if metric in with_items)
-    control = _control(TABLES[stage], groups)
+    table = TABLES[stage]
     versus = (
-        f" Last column: the row minus the {NAMES.get(str(TABLES[stage].versus))} row on the same test items "
+        f" Last column: the row minus the {NAMES.get(str(table.versus))} row on the same test items "
         "(seeds paired), its 95% interval and verdict; bold where better."
-        if control
+        if _control(table, groups)
         else ""
     )
+    if table.versus_baseline:
+        versus += (
+            f" Last column: each row's {', '.join(map(_short, table.versus_baseline))} minus its {table.baseline} "
+            "on the same test items (its own runs, seeds paired), the 95% interval and verdict; bold where better."
+        )
     return (
         f"Cells: {spread}, except {titles}: mean [95% percentile bootstrap interval over test items and seeds, "
         f"{stats.RESAMPLES} resamples]; bold: the best mean and, for those, every configuration a paired "

@@ -153,12 +153,7 @@ def search_all(client, experiment_ids: list[str]) -> list:
 def differing_params(rows: list[RunRow]) -> list[str]:
     """Params whose value differs between ``rows`` (:data:`NOT_CONFIGURATION` excluded)."""
     keys = sorted({k for r in rows for k in r.params})
-    return [
-        k
-        for k in keys
-        if not matches(k, NOT_CONFIGURATION)
-        and len({r.params.get(k) for r in rows}) > 1
-    ]
+    return [k for k in keys if not matches(k, NOT_CONFIGURATION) and len({r.params.get(k) for r in rows}) > 1]
 
 
 def _table(rows: list[RunRow]) -> tuple[list[str], list[list[str]]]:
@@ -406,12 +401,16 @@ def compare_groups(
     metric: str,
     items: ItemData,
     *,
+    reference_metric: str | None = None,
     resamples: int = stats.RESAMPLES,
     seed: int = stats.SEED,
 ) -> stats.Comparison | None:
     """Candidate minus reference on ``metric`` over the same test items (refused, naming a run of each, when their
-    items differ); seeds paired when both configurations have the same ones. None without per-item values."""
-    ours, theirs = item_matrix(candidate, metric, items, []), item_matrix(reference, metric, items, [])
+    items differ); seeds paired when both configurations have the same ones. None without per-item values.
+    ``reference_metric``: the reference's values of another metric, e.g. a group against its own per-item
+    baseline (``compare_groups(g, g, "test/x/within_mae", items, reference_metric="test/x/molecule_mean_mae")``)."""
+    theirs = item_matrix(reference, reference_metric or metric, items, [])
+    ours = item_matrix(candidate, metric, items, [])
     if ours is None or theirs is None:
         return None
     ids, matrix, statistic, runs = ours

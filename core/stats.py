@@ -99,7 +99,13 @@ class Comparison:
     def text(self, spec: str = ".3g") -> str:
         """``better (+0.079 [0.047, 0.113])``: the verdict, the difference and its interval, numbers as ``spec``."""
         d = self.difference
-        return f"{self.verdict} ({d.estimate:+{spec}} [{d.lo:{spec}}, {d.hi:{spec}}])"
+        return f"{self.verdict} ({_number(d.estimate, '+' + spec)} [{_number(d.lo, spec)}, {_number(d.hi, spec)}])"
+
+
+def _number(value: float, spec: str) -> str:
+    """``value`` as ``spec``, a difference that rounds to zero without a sign from float noise (not ``-0.000``)."""
+    text = f"{value:{spec}}"
+    return f"{0.0:{spec}}" if float(text.rstrip("%")) == 0 else text
 
 
 def higher_is_better(metric: str) -> bool | None:

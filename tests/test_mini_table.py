@@ -236,3 +236,41 @@ def test_the_conformer_table_has_a_row_per_sweep_and_the_paired_difference_again
     assert "Last column: the row minus the SMILES (1D control) row on the same test items" in text
     csv_rows = (tmp_path / "results" / "mini" / "conformer_retrieval" / "table.csv").read_text().splitlines()
     assert csv_rows[0].endswith("vs SMILES (1D control) (conformer acc) verdict") and csv_rows[1].endswith(",better")
+
+
+def test_the_conformer_qa_table_sets_each_within_error_against_the_row_s_own_ceiling(table):
+    """The last column pairs each row's within-molecule errors with its own runs' molecule-mean errors on the same
+    questions: the SMILES control, whose errors are the ceiling's item by item, comes out at exactly zero."""
+    rng = np.random.default_rng(1)
+    ids = tuple(f"m{i // 3}#{i % 3}/q" for i in range(30))
+    ceiling = rng.random((2, 30))  # two seeds; the ceiling is the same questions' error, per seed
+    better = ceiling - 0.05 * rng.random((2, 30))
+    props = ("radius_of_gyration", "max_distance", "relative_energy")
+    groups, items = [], {}
+    for encoder, within in (("unimol", better), ("smiles", ceiling)):
+        values = {f"test/{p}/{m}": list(v.mean(axis=1)) for p in props for m, v in (("within_mae", within),)}
+        values |= {f"test/{p}/molecule_mean_mae": list(ceiling.mean(axis=1)) for p in props}
+        group = _group(encoder, "qformer", values)
+        for seed, run in enumerate(group.runs):
+            run.run_id += encoder
+            metrics = {f"test/{p}/within_mae": within[seed] for p in props}
+            metrics |= {f"test/{p}/molecule_mean_mae": ceiling[seed] for p in props}
+            items[run.run_id] = {metric: Items(ids, v) for metric, v in metrics.items()}
+        groups.append(group)
+    lines, rows = table.stage_table("conformer_qa", groups, items)
+    assert lines[0].endswith("| conformer skill | vs molecule mean (any 1D model) (paired) |")
+    unimol, *_, smiles = (line for line in lines[2:] if "not run yet" not in line and "baseline" not in line)
+    expected = stats.paired(better, ceiling, higher=False, pair_seeds=True)
+    d = expected.difference
+    assert f"**Rg: better ({d.estimate:+.3f} [{d.lo:.3f}, {d.hi:.3f}])**; **distance: better (" in unimol
+    assert smiles.endswith(
+        "| Rg: not distinguishable (+0.000 [0.000, 0.000]); distance: not distinguishable "
+        "(+0.000 [0.000, 0.000]); energy: not distinguishable (+0.000 [0.000, 0.000]) |"
+    )
+    header, first = rows[0], rows[1]
+    at = header.index("vs molecule mean (any 1D model) (Rg (Å) within) difference")
+    assert float(first[at]) == pytest.approx(d.estimate, rel=1e-5) and first[at + 3] == "better"
+    assert len(first) == len(header) == len(rows[2])  # unrun rows keep every CSV field
+    assert "Last column: each row's Rg, distance, energy minus its molecule mean" in table.legend(
+        "conformer_qa", groups, items
+    )
