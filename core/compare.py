@@ -28,7 +28,7 @@ import numpy as np
 
 from molbridge.core import stats
 from molbridge.core.errors import MolbridgeError
-from molbridge.core.identity import NO_EFFECT, NOT_IDENTITY, matches
+from molbridge.core.identity import NOT_CONFIGURATION, matches
 from molbridge.core.tracking import client_for, tracking_uri
 
 #: Tags shown for every run: what distinguishes one configuration from another.
@@ -37,9 +37,6 @@ DEFAULT_METRICS = ("test/*", "valid/*", "best/*")
 SEED_PART = re.compile(r"-s\d+(?=-[0-9a-f]{6}$|$)")
 PARENT_TAG = "mlflow.parentRunId"
 CONFIG_TAG = "molbridge.config"
-#: Params that differ between runs without making them different configurations (the seed, and what the run
-#: identity leaves out: where a run goes, how often it logs or saves).
-NOT_CONFIGURATION = ("seed", *NOT_IDENTITY, *NO_EFFECT)
 PAGE = 1000  # MLflow's largest page of search_runs
 
 
@@ -151,7 +148,7 @@ def search_all(client, experiment_ids: list[str]) -> list:
 
 
 def differing_params(rows: list[RunRow]) -> list[str]:
-    """Params whose value differs between ``rows`` (:data:`NOT_CONFIGURATION` excluded)."""
+    """Params whose value differs between ``rows`` (:data:`~molbridge.core.identity.NOT_CONFIGURATION` excluded)."""
     keys = sorted({k for r in rows for k in r.params})
     return [k for k in keys if not matches(k, NOT_CONFIGURATION) and len({r.params.get(k) for r in rows}) > 1]
 

@@ -47,6 +47,8 @@ NOT_IDENTITY = ("recipe", "description", "output_dir", "tracking.", "train.resum
 NO_EFFECT = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "data.num_workers")
 #: Settings a resumed run may change (the loop continues where it stopped): those above, the length, evaluation.
 RESUMABLE = (*NO_EFFECT, "train.max_steps", "train.eval_every")
+#: Settings that differ between runs of one configuration: the seed (in the name, not the hash) and those above.
+NOT_CONFIGURATION = ("seed", *NOT_IDENTITY, *NO_EFFECT)
 COMPONENT_KINDS = ("encoder", "projector", "llm")
 RUN_FILE = "run.json"
 RUN_RECIPE = "recipe.yaml"
@@ -62,11 +64,7 @@ def matches(key: str, prefixes: tuple[str, ...]) -> bool:
 
 def identity_settings(recipe: DictConfig | Mapping) -> dict[str, Any]:
     """Every setting of ``recipe`` that can change a result, flattened (``train.lr``...), seed excluded."""
-    return {
-        key: value
-        for key, value in flatten(recipe).items()
-        if key != "seed" and not matches(key, NOT_IDENTITY + NO_EFFECT)
-    }
+    return {key: value for key, value in flatten(recipe).items() if not matches(key, NOT_CONFIGURATION)}
 
 
 def base_recipe(recipe: DictConfig, registry) -> DictConfig:
