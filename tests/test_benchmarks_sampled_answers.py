@@ -1,7 +1,9 @@
-"""benchmarks/sampled_answers.py: the median by hand, seeded sampling, and the scoring on a real conformer QA run."""
+"""benchmarks/sampled_answers.py: the medians by hand, seeded sampling, the grid decoding read back from the task's
+likelihoods, and the scoring on a real conformer QA run."""
 
 import json
 
+import numpy as np
 import pytest
 
 from molbridge.core.ask import Asker
@@ -14,6 +16,14 @@ def test_median_answer_by_hand(benchmark_script):
     assert sampled.median_answer(["1.0", "about 3 kcal/mol", "no idea", "2.5"], parse) == "2.50"
     assert sampled.median_answer(["0.00", "0.00", "4.1"], parse) == "0.00"
     assert sampled.median_answer(["no idea", ""], parse) == ""  # no number: scored as an answer without one
+
+
+def test_weighted_median_by_hand(benchmark_script):
+    sampled = benchmark_script("sampled_answers")
+    values = np.array([3.0, 0.0, 1.0, 2.0])
+    assert sampled.weighted_median(values, np.array([0.1, 0.6, 0.2, 0.1])) == 0.0  # 0 holds more than half
+    assert sampled.weighted_median(values, np.array([0.3, 0.2, 0.2, 0.3])) == 2.0  # 0.2 + 0.2 < 0.5 <= 0.7
+    assert sampled.weighted_median(values, np.array([2.0, 2.0, 2.0, 2.0])) == 1.0  # unnormalised: half of 8 at 1
 
 
 def test_sampling_is_seeded_and_scoring_is_the_tasks(tiny_conformer_qa_run, benchmark_script, tmp_cwd):
@@ -33,8 +43,24 @@ def test_sampling_is_seeded_and_scoring_is_the_tasks(tiny_conformer_qa_run, benc
     assert one_number["within_mae"] == pytest.approx(one_number["ceiling"], abs=1e-12)
     assert one_number["verdict"] == "not distinguishable"
 
-    out = sampled.main([str(tiny_run), "--samples", "2", "--json", "sampled.json"])
-    greedy = out["greedy"]  # the SMILES control says one number for every conformer of a molecule
-    assert greedy["questions"] > 0 and greedy["within_mae"] == pytest.approx(greedy["ceiling"], abs=1e-12)
-    assert set(out["median"]) >= {"questions"} and out["samples"] == 2
+    grid = sampled.candidate_grid(task, 5)
+    train = sorted((e.response for e in task.splits["train"].examples), key=float)
+    assert grid["relative_energy"][0] == train[0] and grid["relative_energy"][-1] == train[-1]  # the ends kept
+    candidates = grid["relative_energy"]
+    assert set(candidates) <= set(train) and 2 <= len(set(candidates)) == len(candidates) <= 5
+    medians, means = sampled.grid_answers(task, model, asker.fabric, "test", grid)
+    log_p = task.response_log_likelihoods(
+        getattr(model, "module", model), asker.fabric, "test", [(0, c) for c in candidates]
+    )
+    p = np.exp(np.array(log_p) - max(log_p))
+    p /= p.sum()  # the first question's distribution over the grid, by hand
+    assert float(means[0]) == pytest.approx(p @ np.array([float(c) for c in candidates]), abs=1e-4)
+    assert medians[0] in candidates and all(m in candidates for m in medians)
+
+    out = sampled.main([str(tiny_run), "--samples", "2", "--grid", "5", "--json", "sampled.json"])
+    scores = out["scores"]["relative_energy"]
+    for name in ("greedy", "grid_median", "grid_mean"):  # the SMILES control: one distribution per molecule
+        assert scores[name]["questions"] > 0
+        assert scores[name]["within_mae"] == pytest.approx(scores[name]["ceiling"], abs=1e-12)
+    assert set(scores["median"]) >= {"questions"} and out["samples"] == 2 and out["grid"] == 5
     assert json.loads((tmp_cwd / "sampled.json").read_text()) == out

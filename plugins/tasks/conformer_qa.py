@@ -225,20 +225,11 @@ class ConformerQATask(QATask):
     def _choices(self, module, fabric, split: str) -> tuple[list, list]:
         """Per question, its ``choice_acc`` credit and chance (None where its molecule's references repeat a value):
         every reference of a molecule's conformers scored under every one of them. Not sharded under DDP."""
-        dataset = self.splits[split]
-        examples = dataset.examples
+        examples = self.splits[split].examples
         groups = [rows for rows in _groups(examples).values() if len({examples[i].response for i in rows}) == len(rows)]
         pairs = [(i, j) for rows in groups for i in rows for j in rows]  # conformer of i, reference of j
-        tokens = self._conformer_tokens(module, fabric, dataset, [i for rows in groups for i in rows])
-        scores: dict[tuple[int, int], float] = {}
-        size = self.recipe.data.eval_batch_size
-        for start in tqdm(
-            range(0, len(pairs), size), desc=f"score answers {split}", leave=False, disable=not fabric.is_global_zero
-        ):
-            chunk = pairs[start : start + size]
-            samples = [dataset.item(examples[i]) | {keys.RESPONSE: examples[j].response} for i, j in chunk]
-            soft = torch.stack([tokens[_conformer(examples[i])] for i, _ in chunk])
-            scores.update(zip(chunk, self._log_likelihood(module, fabric, samples, soft).tolist(), strict=True))
+        answers = [(i, examples[j].response) for i, j in pairs]
+        scores = dict(zip(pairs, self.response_log_likelihoods(module, fabric, split, answers), strict=True))
         credit: list[float | None] = [None] * len(examples)
         chance: list[float | None] = [None] * len(examples)
         for rows in groups:
@@ -246,6 +237,26 @@ class ConformerQATask(QATask):
             for j, c in zip(rows, caption_credit(likelihood), strict=True):
                 credit[j], chance[j] = c, 1 / len(rows)
         return credit, chance
+
+    @torch.no_grad()
+    def response_log_likelihoods(self, module, fabric, split: str, pairs: list[tuple[int, str]]) -> list[float]:
+        """Per ``(question, response)`` pair (the question's index in ``split``): the summed log-probability of the
+        response (and EOS) given the question's prompt and its conformer's soft tokens, teacher-forced. What
+        ``choice_acc`` compares, and what a decoding other than generation (a grid of candidate answers) reads.
+        Not sharded under DDP."""
+        dataset = self.splits[split]
+        examples = dataset.examples
+        tokens = self._conformer_tokens(module, fabric, dataset, list(dict.fromkeys(i for i, _ in pairs)))
+        size = self.recipe.data.eval_batch_size
+        scores: list[float] = []
+        for start in tqdm(
+            range(0, len(pairs), size), desc=f"score answers {split}", leave=False, disable=not fabric.is_global_zero
+        ):
+            chunk = pairs[start : start + size]
+            samples = [dataset.item(examples[i]) | {keys.RESPONSE: response} for i, response in chunk]
+            soft = torch.stack([tokens[_conformer(examples[i])] for i, _ in chunk])
+            scores += self._log_likelihood(module, fabric, samples, soft).tolist()
+        return scores
 
     def _conformer_tokens(self, module, fabric, dataset, rows: list[int]) -> dict[tuple[int, int | None], Tensor]:
         """The soft tokens of each conformer the questions ``rows`` are about, computed once for all its
