@@ -79,6 +79,9 @@ class Table:
     """Titles of columns whose per-item baseline is the comparison that matters (e.g. the molecule-mean ceiling of
     a within-molecule error): each row gets, in one last column, its paired difference against its own runs'
     baseline values on the same items, seeds paired."""
+    plain: str = "from scratch"
+    """What the rows of a sweep without a note are: a row with a note is also compared with the row of the same
+    components without one (e.g. from `pretrain` minus from scratch), under the table."""
 
     def row_sweeps(self, stage: str) -> dict[str, str]:
         return self.sweeps or {stage: ""}
@@ -331,6 +334,39 @@ def _versus_baseline(group: Group, table: Table, items: ItemData) -> list[str]:
     return ["; ".join(cells), *fields]
 
 
+def note_effects(stage: str, groups: list[Group], items: ItemData) -> tuple[list[str], list[list[str]]]:
+    """What a sweep's note changed: each row with a note (e.g. from `pretrain`) minus the row of the same
+    components without one, on every column with per-item values (same test items, seeds paired where both have
+    the same seeds). Markdown lines (none when no pair has per-item values) and CSV rows."""
+    table = TABLES[stage]
+    plain = {row_key(g)[:2]: g for g in groups if not g.label}
+    pairs = [(g, plain[row_key(g)[:2]]) for g in groups if g.label and row_key(g)[:2] in plain]
+    found = {
+        (title, g.config): compare_groups(g, base, metric, items)
+        for g, base in pairs
+        for title, metric, *_ in table.columns
+    }
+    titles = [title for title, *_ in table.columns if any(found[title, g.config] for g, _ in pairs)]
+    rows = [["encoder", "projector", "note", "metric", "difference", "lo", "hi", "verdict"]]
+    if not titles:
+        return [], rows
+    header = [f"{pairs[0][0].label} minus {table.plain}", *titles]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group, _ in pairs:
+        key = row_key(group)
+        fields = [found[title, group.config] for title in titles]
+        cells = [_verdict_fields(c)[0] if c else "no per-item values" for c in fields]
+        lines.append("| " + " | ".join([", ".join(row_names(*key[:2], "")), *cells]) + " |")
+        rows += [[*key, title, *_verdict_fields(c)[1:]] for title, c in zip(titles, fields, strict=True) if c]
+    lines += [
+        "",
+        f"Each row {pairs[0][0].label} minus the same components' row {table.plain}, on the same test items (seeds "
+        "paired): the difference, its 95% interval and verdict; bold where better.",
+        "",
+    ]
+    return lines, rows
+
+
 def _bold(groups: list[Group], metric: str, lower: bool, items: ItemData) -> set[str]:
     """The configuration with the best mean and, where per-item values allow a paired bootstrap, every one not
     distinguishable from it."""
@@ -399,6 +435,7 @@ def render(stage: str, uri: str | None, plots: bool) -> str:
         return f"**{stage}**: no finished child of {_listed(TABLES[stage].row_sweeps(stage))} yet\n"
     items, notes = collect_items(groups, uri), []
     lines, rows = stage_table(stage, groups, items, notes)
+    effects, effect_rows = note_effects(stage, groups, items)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     seeds = sorted({r.identity["seed"] for g in groups for r in g.runs})
@@ -412,6 +449,7 @@ def render(stage: str, uri: str | None, plots: bool) -> str:
             "",
             legend(stage, groups, items),
             "",
+            *effects,
         ]
     )
     if plots:
@@ -427,6 +465,9 @@ def render(stage: str, uri: str | None, plots: bool) -> str:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "table.csv").open("w", newline="") as f:
         csv.writer(f).writerows(rows)
+    if effects:
+        with (out / "effects.csv").open("w", newline="") as f:
+            csv.writer(f).writerows(effect_rows)
     (out / "table.md").write_text(text)
     return text
 

@@ -237,6 +237,16 @@ def test_the_conformer_table_has_a_row_per_sweep_and_the_paired_difference_again
     csv_rows = (tmp_path / "results" / "mini" / "conformer_retrieval" / "table.csv").read_text().splitlines()
     assert csv_rows[0].endswith("vs SMILES (1D control) (conformer acc) verdict") and csv_rows[1].endswith(",better")
 
+    # under the table, what pre-training changed: the pre-trained row minus the same encoder's row from scratch
+    effects = lines[lines.index("| from `pretrain` minus from scratch | conformer acc |") :]
+    hits = np.arange(40)
+    expected = stats.paired([(hits < 36).astype(float)], [(hits < 30).astype(float)], higher=True)
+    d = expected.difference
+    assert effects[2] == f"| Uni-Mol, Q-Former | **better ({d.estimate:+.3f} [{d.lo:.3f}, {d.hi:.3f}])** |"
+    assert effects[3] == "" and effects[4].startswith("Each row from `pretrain` minus the same components' row from")
+    effect_rows = (tmp_path / "results" / "mini" / "conformer_retrieval" / "effects.csv").read_text().splitlines()
+    assert effect_rows[1].startswith("unimol,qformer,from `pretrain`,conformer acc,0.15,") and len(effect_rows) == 2
+
 
 def test_the_conformer_qa_table_sets_each_within_error_against_the_row_s_own_ceiling(table):
     """The last column pairs each row's within-molecule errors with its own runs' molecule-mean errors on the same
