@@ -249,6 +249,15 @@ def load(fabric: Fabric, folder: Path, state: dict[str, Any], *, trust_pickle: b
     return remainder
 
 
+def load_model(fabric: Fabric, folder: Path, module: torch.nn.Module) -> None:
+    """Restore only the model's weights from a checkpoint folder (set up by ``fabric``; any strategy's layout)."""
+    path = folder / STATE_FILE
+    try:
+        fabric.load(path, {"model": module}, strict=False, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
+        raise CheckpointError(f"cannot load the model of checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+
+
 def _legacy_rng(state: dict[str, Any]) -> dict[str, Any]:
     """The pickled RNG dict of older checkpoints, in the JSON layout :func:`set_rng_state` reads."""
     version, internal, gauss = state["python"]

@@ -405,6 +405,11 @@ class Loop:
             )
         self.frozen_modules = frozen_modules(model)
         self.model = fabric.setup_module(model)
+        if resume_from is not None:
+            # the run's own weights before the task builds its data: a frozen encoder's outputs are cached then
+            # (before the full restore below, which needs the loader), and would otherwise be the freshly built
+            # encoder's for the rest of the run
+            checkpoint.load_model(fabric, resume_from, self.model)
         scope = train.get("weight_decay_scope", "matrices")
         optimizer = build_optimizer(
             self.model, train.lr, train.weight_decay, self.recipe.recipe, scope, train.get("lr_scale")

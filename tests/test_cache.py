@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -173,6 +174,42 @@ def test_a_frozen_encoder_is_computed_once_for_every_run_that_shares_it(base, tm
         assert abs(value - first["metrics"][name]) <= 1e-3, name
     other = _stage2(tmp_path, "other", "encoder.preset=small", "seed=1")  # other initial weights: other namespace
     assert other["provenance"]["task_description"]["encoder_cache"]["namespace"] != report["namespace"]
+
+
+class _StopAfter:
+    """Interrupts the run after ``step`` as Ctrl-C would (the loop checkpoints and returns)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, loop, step, logs):
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_resumed_run_caches_the_frozen_encoder_it_continues_with(base, tmp_path, monkeypatch):
+    """Stage 2 from a trained stage-1 encoder, interrupted and resumed, equals the run never stopped: the frozen
+    encoder's outputs are cached from the run's own weights, not from the encoder as built before the restore
+    (which is what a resumed run cached before, and then trained and was scored on)."""
+    from molbridge.core.plugins import get_registry
+    from molbridge.core.recipe import load_recipe
+    from molbridge.core.runner import run
+
+    monkeypatch.chdir(tmp_path)
+    stage1 = ["run", "retrieval", "--output", "stage1", *TINY_STAGE2[2:8], "train.max_steps=2", "task.baseline=false"]
+    assert main([*stage1, "train.warmup_steps=0", "tracking.enabled=false"]) == 0
+    registry = get_registry()
+    overrides = [o for o in TINY_STAGE2[2:] if not o.startswith(("train.max_steps", "train.init_from"))]
+    overrides += ["train.max_steps=4", "train.checkpoint_every=2", "train.init_from=stage1"]
+    recipe = load_recipe("captioning", overrides, registry)
+    straight = run(recipe, registry, output=tmp_path / "straight")
+    stopped = run(recipe, registry, output=tmp_path / "resumed", callbacks=[_StopAfter(2)])
+    assert stopped["status"] == "interrupted"
+    resumed = run(recipe, registry, output=tmp_path / "resumed")
+    assert resumed["provenance"]["resumed_from"].endswith("step-000002")
+    cached = [r["provenance"]["task_description"]["encoder_cache"] for r in (straight, resumed)]
+    assert cached[1]["namespace"] == cached[0]["namespace"] and cached[1]["computed"] == 0  # the same encoder
+    assert resumed["metrics"] == straight["metrics"]
 
 
 def test_a_second_retrieval_run_encodes_no_text(base, tmp_path, monkeypatch):
