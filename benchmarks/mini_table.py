@@ -19,8 +19,8 @@ caption), the cell is the mean with its 95% bootstrap interval over test items a
 configurations that a paired bootstrap cannot tell from the best one are bold with it (``bench compare
 --aggregate``'s statistics, :mod:`molbridge.core.stats`); a table with a control row adds each row's paired
 difference against it, and one with pre-trained rows adds, under it, each of them minus the same components'
-row from scratch (also ``effects.csv``). Each table is its own block, so redrawing one from a new MLflow store leaves the others
-as they were.
+row from scratch (also ``effects.csv``). Each table is its own block, so redrawing one from a new MLflow store
+leaves the others as they were.
 """
 
 from __future__ import annotations
