@@ -8,7 +8,7 @@ import pytest
 
 from molbridge.core import stats
 from molbridge.core.compare import Group, Items, RunRow
-from molbridge.core.identity import stage_differences
+from molbridge.core.identity import identity_settings, stage_differences
 from molbridge.core.plugins import get_registry
 from molbridge.core.sweep import load_sweep, plan
 
@@ -284,3 +284,19 @@ def test_the_conformer_qa_table_sets_each_within_error_against_the_row_s_own_cei
     assert "Last column: each row's Rg, distance, energy minus its molecule mean" in table.legend(
         "conformer_qa", groups, items
     )
+
+
+def test_the_stage1_pretraining_sweep_is_the_table_s_configuration_from_scratch_and_from_each_seed_s_pretrain():
+    registry = get_registry()
+    children, pretrain, table = (
+        plan(load_sweep(BENCHMARKS / "mini" / f"{name}.yaml"), registry)
+        for name in ("retrieval_pretrain", "pretrain", "retrieval")
+    )
+    row = {c.recipe.seed: c.recipe for c in table if c.key.startswith("unimol-qformer-")}  # the results table's row
+    assert sorted(c.recipe.seed for c in children) == [0, 0, 1, 1, 2, 2]
+    for child in children:
+        if child.recipe.train.init_from is None:  # from scratch: the results table's own configuration
+            assert identity_settings(child.recipe) == identity_settings(row[child.recipe.seed])
+            continue
+        matching = [b for b in pretrain if not stage_differences(child.recipe, b.recipe)]
+        assert [b.key for b in matching] == [f"unimol-s{child.recipe.seed}"]  # its own seed's pre-trained encoder
