@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -176,18 +175,7 @@ def test_a_frozen_encoder_is_computed_once_for_every_run_that_shares_it(base, tm
     assert other["provenance"]["task_description"]["encoder_cache"]["namespace"] != report["namespace"]
 
 
-class _StopAfter:
-    """Interrupts the run after ``step`` as Ctrl-C would (the loop checkpoints and returns)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, loop, step, logs):
-        if step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
-def test_a_resumed_run_caches_the_frozen_encoder_it_continues_with(base, tmp_path, monkeypatch):
+def test_a_resumed_run_caches_the_frozen_encoder_it_continues_with(base, tmp_path, monkeypatch, test_module):
     """Stage 2 from a trained stage-1 encoder, interrupted and resumed, equals the run never stopped: the frozen
     encoder's outputs are cached from the run's own weights, not from the encoder as built before the restore
     (which is what a resumed run cached before, and then trained and was scored on)."""
@@ -203,7 +191,8 @@ def test_a_resumed_run_caches_the_frozen_encoder_it_continues_with(base, tmp_pat
     overrides += ["train.max_steps=4", "train.checkpoint_every=2", "train.init_from=stage1"]
     recipe = load_recipe("captioning", overrides, registry)
     straight = run(recipe, registry, output=tmp_path / "straight")
-    stopped = run(recipe, registry, output=tmp_path / "resumed", callbacks=[_StopAfter(2)])
+    ctrl_c = test_module("test_resume").SignalAt(2)  # SIGINT after step 2: the loop checkpoints and returns
+    stopped = run(recipe, registry, output=tmp_path / "resumed", callbacks=[ctrl_c])
     assert stopped["status"] == "interrupted"
     resumed = run(recipe, registry, output=tmp_path / "resumed")
     assert resumed["provenance"]["resumed_from"].endswith("step-000002")
