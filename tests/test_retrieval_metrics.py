@@ -119,3 +119,23 @@ def test_report_keys_and_determinism():
     assert len(first) == 16
     assert first["rerank_full_m2t_acc"] >= first["full_m2t_acc"]
     assert "rerank_full_m2t_acc" not in retrieval_report(mol, text)
+
+
+def test_ranks_do_not_change_under_bf16_autocast():
+    """Training under bf16-mixed evaluates under autocast: similarities must stay fp32, or scores closer than bf16
+    resolves tie and the ranks (the fixed baseline's too) depend on the run's precision."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(20, 1, 16, generator=g)
+    # texts in twins about 0.998 apart in cosine: fp32 tells each molecule's own text from its twin, bf16 (spacing
+    # 2^-8 below 1) rounds both scores to 1 and the tie rule would rank the second twin behind the first
+    text = torch.nn.functional.normalize((base + 1e-2 * torch.randn(20, 2, 16, generator=g)).reshape(40, 16), dim=-1)
+    mol = text[:, None, :].clone()
+    zero = lambda m, t: torch.zeros(len(m))  # noqa: E731
+    fp32 = [*full_set_ranks(mol, text, chunk_size=16), *rerank(mol, text, zero, k=8)]
+    assert all((ranks == 0).all() for ranks in fp32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (mol[:, 0] @ text.T == 1).sum() > 40  # the premise: under autocast a plain product does tie
+        bf16 = [*full_set_ranks(mol, text, chunk_size=16), *rerank(mol, text, zero, k=8)]
+        report = retrieval_report(mol, text)
+    assert all(torch.equal(a, b) for a, b in zip(fp32, bf16, strict=True))
+    assert report == retrieval_report(mol, text)
