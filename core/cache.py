@@ -1,4 +1,5 @@
-"""Content-addressed caches of what frozen parts compute: a text tower's text states, a frozen encoder's outputs.
+"""Content-addressed caches of what frozen parts compute: a text tower's text states, a frozen encoder's outputs,
+a fixed baseline's fit.
 
 A cache **namespace** is the digest of everything that computes the values (the weights, the settings that shape
 the output); an **entry** is the digest of its inputs (a text, a conformer's atoms and coordinates). A changed

@@ -92,9 +92,9 @@ class DataConfig:
     augment: bool = True
     """Training draws a seeded random conformer per molecule and epoch; evaluation always uses conformer 0."""
     cache: bool = True
-    """Keep what frozen parts compute (a locked text tower's text states, a frozen encoder's outputs) on disk, keyed
-    by a digest of the weights and of each input, and reuse it across runs, seeds and sweep children
-    (``bench cache info``). A changed weight or input is another key: nothing stale is ever read."""
+    """Keep what frozen parts compute (a locked text tower's text states, a frozen encoder's outputs, the fingerprint
+    baseline's fit) on disk, keyed by a digest of the weights and of each input, and reuse it across runs, seeds and
+    sweep children (``bench cache info``). A changed weight or input is another key: nothing stale is ever read."""
     bucketing: bool = False
     """Training batches of molecules of similar size (each epoch still a seeded shuffle; exact resume kept): less
     padding, so less wasted work in Uni-Mol's pair layers. Off by default: it changes which molecules share a

@@ -201,7 +201,7 @@ def test_a_resumed_run_caches_the_frozen_encoder_it_continues_with(base, tmp_pat
     assert resumed["metrics"] == straight["metrics"]
 
 
-def test_a_second_retrieval_run_encodes_no_text(base, tmp_path, monkeypatch):
+def test_a_second_retrieval_run_encodes_no_text_and_fits_no_baseline(base, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tiny = [
         "run",
@@ -216,13 +216,20 @@ def test_a_second_retrieval_run_encodes_no_text(base, tmp_path, monkeypatch):
         "tracking.enabled=false",
     ]
     results = []
-    for out, extra in (("cold", []), ("warm", ["train.log_every=1"]), ("off", ["data.cache=false"])):
+    runs = ("cold", []), ("warm", ["train.log_every=1"]), ("off", ["data.cache=false"])
+    for out, extra in (*runs, ("other", ["projector.pretrained=false"])):  # last: another text tower
         assert main([*tiny, "--output", str(tmp_path / out), *extra]) == 0
         results.append(json.loads((tmp_path / out / "metrics.json").read_text()))
+    other = results.pop()["provenance"]["task_description"]
+    assert other["text_cache"]["computed"] == other["text_cache"]["texts"] and other["baseline"]["fit"] == "computed"
     cold, warm, off = (r["provenance"]["task_description"]["text_cache"] for r in results)
     assert cold["computed"] == cold["texts"] > 0 and warm == cold | {"computed": 0}  # the second run encodes none
     assert off == {"texts": cold["texts"], "computed": cold["texts"], "cached": False}
-    assert results[1]["metrics"] == results[0]["metrics"]  # the same states, so the same numbers
+    # nor fits the fingerprint baseline again: the same molecules and targets find the first run's fit
+    fits = [r["provenance"]["task_description"]["baseline"].pop("fit") for r in results]
+    assert fits == ["computed", "read from the cache", "computed"]
+    assert len({json.dumps(r["provenance"]["task_description"]["baseline"]) for r in results}) == 1
+    assert results[1]["metrics"] == results[0]["metrics"] == results[2]["metrics"]  # the same states and fit
 
 
 def test_a_tokenizer_keeps_its_fingerprint_when_used():

@@ -57,3 +57,16 @@ def test_invalid_smiles_named_with_position(smiles):
         ridge.molecule_features(["CCO"])
     with pytest.raises(MolbridgeError, match="valid: 2 SMILES"):
         ridge.fit(["CCO"], torch.zeros(1, 4), ["CCO", "CCN"], torch.zeros(3, 4))
+
+
+def test_a_fit_read_back_from_its_state_predicts_the_same_bits(smiles):
+    emb = torch.nn.functional.normalize(torch.randn(900, 16, generator=torch.Generator().manual_seed(2)), dim=-1)
+    tr_s, tr_e, va_s, va_e, te_s, _ = split(smiles, emb)
+    fitted = FingerprintRidge(n_bits=256, alphas=(1, 100)).fit(tr_s, tr_e, va_s, va_e)
+    state = {name: tensor.clone() for name, tensor in fitted.state().items()}  # as a cache hands it back
+    loaded = FingerprintRidge(n_bits=256, alphas=(1, 100)).load_state(state)
+    assert torch.equal(loaded.molecule_features(te_s), fitted.molecule_features(te_s))
+    assert loaded.describe() == fitted.describe()
+    assert FingerprintRidge(n_bits=256).settings() != fitted.settings()  # other alphas: another cache namespace
+    with pytest.raises(MolbridgeError, match="before fit"):
+        FingerprintRidge().state()

@@ -111,6 +111,30 @@ class FingerprintRidge:
             raise MolbridgeError("FingerprintRidge.molecule_features called before fit")
         return self._predict(self.fingerprints(smiles), self._weights).float()
 
+    def settings(self) -> dict:
+        """What, besides its data, decides the fit."""
+        return {"method": "morgan_count_log1p_ridge", "radius": self.radius, "bits": self.n_bits, "alphas": self.alphas}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The fitted map and its choice of alpha as tensors (what a cache stores; float64, so a fit read back is
+        the fit computed, bit for bit)."""
+        if self._weights is None:
+            raise MolbridgeError("FingerprintRidge.state called before fit")
+        return {
+            "weights": self._weights,
+            "x_mean": self._x_mean,
+            "y_mean": self._y_mean,
+            "alpha": torch.tensor(self.chosen_alpha, dtype=torch.float64),
+            "validation_scores": torch.tensor([self.validation_scores[a] for a in self.alphas], dtype=torch.float64),
+        }
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> "FingerprintRidge":
+        """Take a fit from :meth:`state` (of a ridge with the same :meth:`settings`) instead of fitting."""
+        self._weights, self._x_mean, self._y_mean = state["weights"], state["x_mean"], state["y_mean"]
+        self.chosen_alpha = float(state["alpha"])
+        self.validation_scores = dict(zip(self.alphas, state["validation_scores"].tolist(), strict=True))
+        return self
+
     def describe(self) -> dict:
         """Provenance for metrics.json: method, radius, bits, chosen alpha and its validation score."""
         score = self.validation_scores.get(self.chosen_alpha) if self.chosen_alpha is not None else None
