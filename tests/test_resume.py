@@ -33,13 +33,15 @@ RECIPE = {
 
 
 class SignalAt:
-    """Sends this process ``signum`` after the given step, ``times`` times."""
+    """Sends this process ``signum`` after the given step, ``times`` times; with ``once``, only in the first run that
+    reaches the step (a sweep's later children run on)."""
 
-    def __init__(self, step: int, signum: int = signal.SIGINT, times: int = 1):
-        self.step, self.signum, self.times = step, signum, times
+    def __init__(self, step: int, signum: int = signal.SIGINT, times: int = 1, once: bool = False):
+        self.step, self.signum, self.times, self.once, self.sent = step, signum, times, once, False
 
     def on_step_end(self, loop, step, logs):
-        if step == self.step:
+        if step == self.step and not (self.once and self.sent):
+            self.sent = True
             for _ in range(self.times):
                 os.kill(os.getpid(), self.signum)
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 
 import pytest
 from mlflow import MlflowClient
@@ -173,21 +172,10 @@ def test_a_rerun_with_other_settings_is_refused(toy_cli, toy_registry):
     assert [child["output_dir"] for child in again["children"]] == [c["output_dir"] for c in state["children"]]
 
 
-class StopAt:
-    """SIGINT after ``step`` of the first child only (the loop saves a checkpoint and stops)."""
-
-    def __init__(self, step):
-        self.step, self.sent = step, False
-
-    def on_step_end(self, loop, step, logs):
-        if step == self.step and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), signal.SIGINT)
-
-
-def test_an_interrupted_sweep_resumes_its_child_from_the_checkpoint(toy_cli, toy_registry):
+def test_an_interrupted_sweep_resumes_its_child_from_the_checkpoint(toy_cli, toy_registry, test_module):
     sweep = sweeps.load_sweep(write_sweep(toy_cli, "stop", {"train.lr": [0.01, 0.05]}, overrides=["train.max_steps=4"]))
-    first = sweeps.run_sweep(sweep, toy_registry, callbacks=[StopAt(2)])
+    # SIGINT after step 2 of the first child only: the loop saves a checkpoint and stops
+    first = sweeps.run_sweep(sweep, toy_registry, callbacks=[test_module("test_resume").SignalAt(2, once=True)])
     assert first["status"] == "interrupted"
     assert [c["status"] for c in first["children"]] == ["interrupted", "pending"]
     client = MlflowClient(default_uri())
@@ -313,7 +301,7 @@ def test_children_run_as_submitit_jobs(tmp_cwd):
     assert any((tmp_cwd / "runs/sweep-cluster/submitit").iterdir())  # submitit's own job folders
 
 
-def test_callbacks_stay_in_this_process(toy_cli, toy_registry):
+def test_callbacks_stay_in_this_process(toy_cli, toy_registry, test_module):
     sweep = sweeps.load_sweep(write_sweep(toy_cli, "cb", {"train.lr": [0.01, 0.02]}))
     with pytest.raises(sweeps.SweepError, match="callbacks run in this process only"):
-        sweeps.run_sweep(sweep, toy_registry, callbacks=[StopAt(1)], jobs=2)
+        sweeps.run_sweep(sweep, toy_registry, callbacks=[test_module("test_resume").SignalAt(1)], jobs=2)
