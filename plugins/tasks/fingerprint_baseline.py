@@ -49,6 +49,8 @@ def nearest_neighbours(queries: Sequence[str], known: Sequence[str], radius: int
 class FingerprintRidge:
     """Ridge regression from log1p Morgan count fingerprints to L2-normalised text embeddings."""
 
+    METHOD = "morgan_count_log1p_ridge"
+
     def __init__(self, radius: int = 2, n_bits: int = 2048, alphas: Sequence[float] = (0.1, 1, 10, 100, 1000)):
         self.radius, self.n_bits, self.alphas = radius, n_bits, tuple(float(a) for a in alphas)
         self._generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
@@ -113,7 +115,7 @@ class FingerprintRidge:
 
     def settings(self) -> dict:
         """What, besides its data, decides the fit."""
-        return {"method": "morgan_count_log1p_ridge", "radius": self.radius, "bits": self.n_bits, "alphas": self.alphas}
+        return {"method": self.METHOD, "radius": self.radius, "bits": self.n_bits, "alphas": self.alphas}
 
     def state(self) -> dict[str, torch.Tensor]:
         """The fitted map and its choice of alpha as tensors (what a cache stores; float64, so a fit read back is
@@ -139,7 +141,7 @@ class FingerprintRidge:
         """Provenance for metrics.json: method, radius, bits, chosen alpha and its validation score."""
         score = self.validation_scores.get(self.chosen_alpha) if self.chosen_alpha is not None else None
         return {
-            "method": "morgan_count_log1p_ridge",
+            "method": self.METHOD,
             "radius": self.radius,
             "bits": self.n_bits,
             "alpha": self.chosen_alpha,

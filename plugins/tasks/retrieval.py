@@ -330,14 +330,10 @@ class RetrievalTask(Task):
             return
         settings = self.baseline.settings()
         fits = FeatureCache(cache_digest("fingerprint-ridge", settings), {"what": "fingerprint ridge fits", **settings})
-        key = cache_digest(*data)
-        found = fits.get([key]).get(key)
-        if found is None:
-            fits.put({key: self.baseline.fit(*data).state()})
-            self.baseline_fit = "computed"
-        else:
-            self.baseline.load_state(found)
-            self.baseline_fit = "read from the cache"
+        key = cache_digest(*data)  # fill: sweep children starting together fit it once, the others wait and read
+        computed = fits.fill({key: data}, lambda todo: [self.baseline.fit(*todo[0]).state()], chunk=1, progress=False)
+        self.baseline.load_state(fits.get([key])[key])
+        self.baseline_fit = "computed" if computed else "read from the cache"
 
     def _baseline_metrics(self, split: str) -> dict[str, float]:
         if split not in self._baseline:
